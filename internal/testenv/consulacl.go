@@ -1,0 +1,37 @@
+package testenv
+
+import (
+	"testing"
+
+	consul "github.com/hashicorp/consul/api"
+	"github.com/google/uuid"
+)
+
+// Client returns a consul/api client using the given token.
+func (c *Consul) Client(t testing.TB, token string) *consul.Client {
+	t.Helper()
+	cfg := consul.DefaultConfig()
+	cfg.Address = c.Addr
+	cfg.Token = token
+	cl, err := consul.NewClient(cfg)
+	if err != nil {
+		t.Fatalf("consul client: %v", err)
+	}
+	return cl
+}
+
+// Token creates a policy from HCL rules and a token holding it; it returns
+// the token's secret.
+func (c *Consul) Token(t testing.TB, rules string) string {
+	t.Helper()
+	acl := c.Client(t, c.ManagementToken).ACL()
+	pol, _, err := acl.PolicyCreate(&consul.ACLPolicy{Name: "p-" + uuid.NewString()[:8], Rules: rules}, nil)
+	if err != nil {
+		t.Fatalf("create policy: %v", err)
+	}
+	tok, _, err := acl.TokenCreate(&consul.ACLToken{Policies: []*consul.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+	if err != nil {
+		t.Fatalf("create token: %v", err)
+	}
+	return tok.SecretID
+}
