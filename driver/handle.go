@@ -1,0 +1,188 @@
+package driver
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/llorch/llorch/engine"
+)
+
+// handleVersion is TaskHandle.version; bump it when taskState changes
+// incompatibly so an old state is refused instead of misread.
+const handleVersion = 1
+
+// taskState is everything needed to find and manage a task again; it is
+// the handle's driver_state (JSON), because after an agent restart
+// RecoverTask gets no task config bytes and no task id. It never holds the
+// engine API key: driver_state is stored in the agent's state database.
+type taskState struct {
+	Version int `json:"version"`
+
+	TaskID    string `json:"task_id"` // <alloc id>/<task name>/<8 hex>
+	AllocID   string `json:"alloc_id"`
+	TaskName  string `json:"task_name"`
+	JobName   string `json:"job_name"`
+	JobID     string `json:"job_id"`
+	Group     string `json:"group"`
+	Namespace string `json:"namespace"`
+	NodeID    string `json:"node_id"`
+	NodeName  string `json:"node_name"`
+
+	Config TaskConfig  `json:"config"` // decoded task config
+	Engine string      `json:"engine"` // adapter name
+	Binary string      `json:"binary"`
+	Spec   engine.Spec `json:"spec"` // what the adapter built the command from; APIKey cleared
+
+	// Host is the address announced to the registry, BindHost the one the
+	// engine listens on, Port the host port.
+	Host      string `json:"host"`
+	BindHost  string `json:"bind_host"`
+	Port      int    `json:"port"`
+	PortLabel string `json:"port_label,omitempty"`
+
+	PoolID      string `json:"pool_id"`
+	ServiceName string `json:"service_name"`
+	InstanceID  string `json:"instance_id"` // registry id, stable for the task's life
+
+	Env        map[string]string `json:"env"` // the engine's full environment
+	TaskDir    string            `json:"task_dir"`
+	StateDir   string            `json:"state_dir"`
+	StdoutPath string            `json:"stdout_path"`
+	StderrPath string            `json:"stderr_path"`
+
+	Supervisor engineRecord `json:"supervisor"`
+	EnginePID  engineRecord `json:"engine_pid"`
+	StartedAt  time.Time    `json:"started_at"`
+
+	// GPUReservation is gpu.go's opaque record of what the task holds.
+	GPUReservation []byte `json:"gpu_reservation,omitempty"`
+}
+
+// taskHandle is one task this plugin process manages (started here or
+// recovered). announce.go, gpu.go and catalog.go read it through the
+// accessors below.
+type taskHandle struct {
+	st taskState
+
+	// apiKey is the engine API key read from engine_token_file at start or
+	// recovery; kept in memory only.
+	apiKey string
+
+	// ctx ends when the task exits, is stopped or destroyed: goroutines
+	// working for a task (readiness probes, registry heartbeats) use it as
+	// their owner.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu          sync.Mutex
+	exited      chan struct{}
+	exit        exitRecord
+	completedAt time.Time
+}
+
+func newHandle(st taskState, apiKey string) *taskHandle {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &taskHandle{st: st, apiKey: apiKey, ctx: ctx, cancel: cancel, exited: make(chan struct{})}
+}
+
+// Accessors for the seams (announce.go, gpu.go, catalog.go).
+
+func (h *taskHandle) TaskID() string                   { return h.st.TaskID }
+func (h *taskHandle) AllocID() string                  { return h.st.AllocID }
+func (h *taskHandle) TaskName() string                 { return h.st.TaskName }
+func (h *taskHandle) NodeID() string                   { return h.st.NodeID }
+func (h *taskHandle) NodeName() string                 { return h.st.NodeName }
+func (h *taskHandle) Config() TaskConfig               { return h.st.Config }
+func (h *taskHandle) EngineName() string               { return h.st.Engine }
+func (h *taskHandle) Spec() engine.Spec                { s := h.st.Spec; s.APIKey = h.apiKey; return s }
+func (h *taskHandle) Host() string                     { return h.st.Host }
+func (h *taskHandle) BindHost() string                 { return h.st.BindHost }
+func (h *taskHandle) Port() int                        { return h.st.Port }
+func (h *taskHandle) PoolID() string                   { return h.st.PoolID }
+func (h *taskHandle) ServiceName() string              { return h.st.ServiceName }
+func (h *taskHandle) InstanceID() string               { return h.st.InstanceID }
+func (h *taskHandle) Pid() int                         { return h.st.EnginePID.PID }
+func (h *taskHandle) Env() map[string]string           { return h.st.Env }
+func (h *taskHandle) StateDir() string                 { return h.st.StateDir }
+func (h *taskHandle) Context() context.Context         { return h.ctx }
+func (h *taskHandle) Exited() <-chan struct{}          { return h.exited }
+func (h *taskHandle) Adapter() (engine.Adapter, error) { return engine.Get(h.st.Engine) }
+
+// BaseURL is where the engine serves HTTP, as the router reaches it.
+func (h *taskHandle) BaseURL() string {
+	return "http://" + joinHostPort(h.st.Host, h.st.Port)
+}
+
+func (h *taskHandle) isExited() bool {
+	select {
+	case <-h.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// markExited records the exit once; later calls are ignored.
+func (h *taskHandle) markExited(rec exitRecord) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.isExited() {
+		return false
+	}
+	if rec.CompletedAt.IsZero() {
+		rec.CompletedAt = time.Now()
+	}
+	h.exit = rec
+	h.completedAt = rec.CompletedAt
+	close(h.exited)
+	h.cancel()
+	return true
+}
+
+func (h *taskHandle) exitResult() (exitRecord, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.exit, h.isExited()
+}
+
+// taskStore holds the handles by task id.
+type taskStore struct {
+	mu    sync.RWMutex
+	tasks map[string]*taskHandle
+}
+
+func newTaskStore() *taskStore { return &taskStore{tasks: map[string]*taskHandle{}} }
+
+func (s *taskStore) get(id string) *taskHandle {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.tasks[id]
+}
+
+// putNew stores h unless a task with its id exists.
+func (s *taskStore) putNew(h *taskHandle) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.tasks[h.st.TaskID]; ok {
+		return false
+	}
+	s.tasks[h.st.TaskID] = h
+	return true
+}
+
+func (s *taskStore) delete(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.tasks, id)
+}
+
+func (s *taskStore) all() []*taskHandle {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*taskHandle, 0, len(s.tasks))
+	for _, h := range s.tasks {
+		out = append(out, h)
+	}
+	return out
+}

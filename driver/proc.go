@@ -1,0 +1,151 @@
+package driver
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// procStat is the part of /proc/<pid>/stat the driver uses.
+type procStat struct {
+	PID, PPID, PGRP int
+	State           byte
+	UTime, STime    uint64 // clock ticks
+	StartTime       uint64 // clock ticks after boot; with the pid, names one process for ever
+	RSSPages        int64
+}
+
+// readProcStat parses /proc/<pid>/stat. The command name may contain
+// spaces and parentheses, so fields are counted from the last ')'.
+func readProcStat(pid int) (procStat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return procStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	f := strings.Fields(string(b[i+2:]))
+	// f[0] is field 3 (state); field N is f[N-3].
+	if len(f) < 22 {
+		return procStat{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	num := func(n int) uint64 { v, _ := strconv.ParseUint(f[n-3], 10, 64); return v }
+	rss, _ := strconv.ParseInt(f[24-3], 10, 64)
+	return procStat{
+		PID: pid, PPID: int(num(4)), PGRP: int(num(5)), State: f[0][0],
+		UTime: num(14), STime: num(15), StartTime: num(22), RSSPages: rss,
+	}, nil
+}
+
+// processAlive reports whether pid is still the process that started at
+// start (guarding against pid reuse) and has not exited (a zombie counts as
+// exited: its parent may not be us and may never reap it).
+func processAlive(pid int, start uint64) bool {
+	if pid <= 0 {
+		return false
+	}
+	st, err := readProcStat(pid)
+	if err != nil {
+		return false
+	}
+	if start != 0 && st.StartTime != start {
+		return false
+	}
+	return st.State != 'Z' && st.State != 'X'
+}
+
+// processTree returns root and all its descendants that are alive.
+func processTree(root int) []procStat {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	children := map[int][]procStat{}
+	var rootStat *procStat
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := readProcStat(pid)
+		if err != nil || st.State == 'Z' {
+			continue
+		}
+		if pid == root {
+			s := st
+			rootStat = &s
+		}
+		children[st.PPID] = append(children[st.PPID], st)
+	}
+	if rootStat == nil {
+		return nil
+	}
+	out := []procStat{*rootStat}
+	for i := 0; i < len(out); i++ {
+		out = append(out, children[out[i].PID]...)
+	}
+	return out
+}
+
+// processGroupMembers lists live pids whose process group is pgid.
+func processGroupMembers(pgid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if st, err := readProcStat(pid); err == nil && st.PGRP == pgid && st.State != 'Z' {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// procSwapBytes reads VmSwap from /proc/<pid>/status.
+func procSwapBytes(pid int) uint64 {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "VmSwap:") {
+			fs := strings.Fields(line)
+			if len(fs) >= 2 {
+				kb, _ := strconv.ParseUint(fs[1], 10, 64)
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}
+
+// cpuMHz is the first core's clock from /proc/cpuinfo (0 when unknown);
+// Nomad accounts CPU in MHz, so percent is converted with it.
+func cpuMHz() float64 {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "cpu MHz") {
+			if i := strings.IndexByte(line, ':'); i > 0 {
+				v, _ := strconv.ParseFloat(strings.TrimSpace(line[i+1:]), 64)
+				return v
+			}
+		}
+	}
+	return 0
+}

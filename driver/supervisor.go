@@ -1,0 +1,193 @@
+package driver
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Each task runs under its own supervisor: the llorch binary re-executed as
+// the hidden `task-supervisor` subcommand in a session of its own. It is the
+// engine's parent, so it alone can collect the engine's real exit status,
+// and it outlives the plugin (the agent kills and relaunches plugins at
+// will). It talks to the driver through files in the task's state dir.
+const (
+	// SupervisorCommand is the hidden subcommand name.
+	SupervisorCommand = "task-supervisor"
+
+	specFile   = "spec.json"
+	engineFile = "engine.json"
+	exitFile   = "exit.json"
+	supLogFile = "supervisor.log"
+)
+
+// supervisorSpec is what the supervisor runs.
+type supervisorSpec struct {
+	Path string   `json:"path"`
+	Args []string `json:"args"`
+	Env  []string `json:"env"`
+	Dir  string   `json:"dir"`
+}
+
+// engineRecord identifies the running engine; pid plus start time names one
+// process even if the pid is reused later.
+type engineRecord struct {
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+}
+
+// exitRecord is the engine's exit as the supervisor saw it.
+type exitRecord struct {
+	ExitCode    int       `json:"exit_code"`
+	Signal      int       `json:"signal"`
+	OOMKilled   bool      `json:"oom_killed"`
+	Err         string    `json:"err,omitempty"`
+	CompletedAt time.Time `json:"completed_at"`
+}
+
+// writeJSONAtomic writes v so readers never see a half-written file.
+func writeJSONAtomic(path string, v interface{}) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func readJSON(path string, v interface{}) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// RunSupervisor is the body of the hidden subcommand: args[0] is the task's
+// state dir. Its stdout and stderr are the task's log sinks, handed straight
+// to the engine.
+func RunSupervisor(args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintln(os.Stderr, "usage: llorch task-supervisor <state dir> (started by the llorch driver)")
+		return 2
+	}
+	dir := args[0]
+	logf, err := os.OpenFile(filepath.Join(dir, supLogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "llorch task-supervisor: %v\n", err)
+		return 1
+	}
+	defer logf.Close()
+	logLine := func(format string, a ...interface{}) {
+		fmt.Fprintf(logf, "%s %s\n", time.Now().UTC().Format(time.RFC3339Nano), fmt.Sprintf(format, a...))
+	}
+	fail := func(err error) int {
+		logLine("error: %v", err)
+		_ = writeJSONAtomic(filepath.Join(dir, exitFile), exitRecord{ExitCode: 127, Err: err.Error(), CompletedAt: time.Now()})
+		return 1
+	}
+
+	// Catch (not ignore) termination signals: an ignored signal stays
+	// ignored in the engine across exec, a caught one is reset.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE)
+	go func() {
+		for s := range sigs {
+			logLine("ignoring %v (the engine is stopped by the driver)", s)
+		}
+	}()
+
+	var spec supervisorSpec
+	if err := readJSON(filepath.Join(dir, specFile), &spec); err != nil {
+		return fail(fmt.Errorf("read spec: %w", err))
+	}
+	cmd := exec.Command(spec.Path, spec.Args...)
+	cmd.Env = spec.Env
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	// Its own process group, so a stop can kill the engine and everything
+	// it spawned without touching the supervisor.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fail(fmt.Errorf("start engine %s: %w", spec.Path, err))
+	}
+	pid := cmd.Process.Pid
+	st, err := readProcStat(pid)
+	if err != nil {
+		logLine("read engine start time: %v", err)
+	}
+	if err := writeJSONAtomic(filepath.Join(dir, engineFile), engineRecord{PID: pid, StartTime: st.StartTime}); err != nil {
+		logLine("write engine record: %v", err)
+	}
+	logLine("engine started: pid %d: %s %s", pid, spec.Path, strings.Join(spec.Args, " "))
+
+	werr := cmd.Wait()
+	rec := exitRecord{CompletedAt: time.Now()}
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+		rec.ExitCode = ws.ExitStatus()
+		if ws.Signaled() {
+			rec.Signal = int(ws.Signal())
+			rec.ExitCode = 128 + rec.Signal
+		}
+	} else if werr != nil {
+		rec.ExitCode, rec.Err = 1, werr.Error()
+	}
+	// Whatever the engine left in its group goes with it: no orphans.
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		logLine("kill engine group %d: %v", pid, err)
+	}
+	logLine("engine exited: code %d signal %d", rec.ExitCode, rec.Signal)
+	if err := writeJSONAtomic(filepath.Join(dir, exitFile), rec); err != nil {
+		logLine("write exit record: %v", err)
+		return 1
+	}
+	return 0
+}
+
+// supervisorEnv is the plugin's environment without what would make the
+// re-executed binary think a Nomad agent started it.
+func supervisorEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "NOMAD_PLUGIN_MAGIC_COOKIE=") || strings.HasPrefix(kv, "PLUGIN_") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// openLogSink opens a task log path for writing. The agent's paths are
+// FIFOs whose reader is already open; opening non-blocking turns "no
+// reader" into an error instead of a hang, then the fd goes back to
+// blocking because the engine expects ordinary writes.
+func openLogSink(path string) (*os.File, error) {
+	if path == "" {
+		path = os.DevNull
+	}
+	fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_APPEND|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0o640)
+	if err != nil {
+		if errors.Is(err, syscall.ENXIO) {
+			return nil, fmt.Errorf("log %s: the log reader is not running: %w", path, err)
+		}
+		return nil, fmt.Errorf("open log %s: %w", path, err)
+	}
+	if err := syscall.SetNonblock(fd, false); err != nil {
+		syscall.Close(fd)
+		return nil, fmt.Errorf("log %s: %w", path, err)
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}

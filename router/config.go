@@ -1,0 +1,236 @@
+package router
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/llorch/llorch/instance"
+)
+
+// Config is everything the router can be told. The fields that come from
+// flags and the environment are listed once, in Options; the flag parser,
+// the environment reader and the configuration reference all read that table.
+type Config struct {
+	Addr              string
+	APITokenFile      string
+	AuthOptional      bool
+	TrustForwardedFor bool
+	EngineTokenFile   string
+	ConsulAddr        string
+	ConsulTokenFile   string
+	ServiceName       string
+	MaxBodyBytes      int64
+	MetricsAuth       bool
+	Retries           int
+	RetryBudget       time.Duration
+	ConnectTimeout    time.Duration
+	FirstByteTimeout  time.Duration
+	IdleStreamTimeout time.Duration
+	EjectAfter        int
+	EjectBackoff      time.Duration
+	EjectBackoffMax   time.Duration
+	DegradedAfter     time.Duration
+	MaxIdleConns      int
+	TokenGrace        time.Duration
+
+	// Resolved at start-up from the files above (see cli/router.go); not
+	// options themselves, so secrets never pass through flags.
+
+	// APIToken is the client token from LLORCH_API_TOKEN when no file is
+	// given (environment only: a flag would show in `ps`).
+	APIToken string
+	// EngineToken is presented to engines as "Authorization: Bearer".
+	EngineToken string
+}
+
+// Option is one configuration setting: its flag, its environment variable,
+// its default and what it does.
+type Option struct {
+	Flag    string
+	Env     string
+	Default string
+	Help    string
+	IsBool  bool
+	set     func(c *Config, v string) error
+	get     func(c *Config) string
+}
+
+func strOpt(flag, env, def, help string, p func(*Config) *string) Option {
+	return Option{Flag: flag, Env: env, Default: def, Help: help,
+		set: func(c *Config, v string) error { *p(c) = v; return nil },
+		get: func(c *Config) string { return *p(c) }}
+}
+
+func boolOpt(flag, env, def, help string, p func(*Config) *bool) Option {
+	return Option{Flag: flag, Env: env, Default: def, Help: help, IsBool: true,
+		set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("want true or false, got %q", v)
+			}
+			*p(c) = b
+			return nil
+		},
+		get: func(c *Config) string { return strconv.FormatBool(*p(c)) }}
+}
+
+func intOpt(flag, env, def, help string, min int64, p func(*Config) *int) Option {
+	return Option{Flag: flag, Env: env, Default: def, Help: help,
+		set: func(c *Config, v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < min {
+				return fmt.Errorf("want an integer >= %d, got %q", min, v)
+			}
+			*p(c) = int(n)
+			return nil
+		},
+		get: func(c *Config) string { return strconv.Itoa(*p(c)) }}
+}
+
+func bytesOpt(flag, env, def, help string, p func(*Config) *int64) Option {
+	return Option{Flag: flag, Env: env, Default: def, Help: help,
+		set: func(c *Config, v string) error {
+			n, err := parseBytes(v)
+			if err != nil {
+				return err
+			}
+			*p(c) = n
+			return nil
+		},
+		get: func(c *Config) string { return strconv.FormatInt(*p(c), 10) }}
+}
+
+func durOpt(flag, env, def, help string, p func(*Config) *time.Duration) Option {
+	return Option{Flag: flag, Env: env, Default: def, Help: help,
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return fmt.Errorf("want a duration such as 5s or 250ms, got %q", v)
+			}
+			*p(c) = d
+			return nil
+		},
+		get: func(c *Config) string { return p(c).String() }}
+}
+
+// Options is the configuration table, in the order the help shows it.
+func Options() []Option {
+	return []Option{
+		strOpt("addr", "LLORCH_ADDR", "127.0.0.1:8080", "address to listen on; a non-loopback address needs an API token of at least 32 characters", func(c *Config) *string { return &c.Addr }),
+		strOpt("api-token-file", "LLORCH_API_TOKEN_FILE", "", "file holding the client API token(s), one per line; re-read on SIGHUP or change (LLORCH_API_TOKEN is used when no file is set)", func(c *Config) *string { return &c.APITokenFile }),
+		boolOpt("auth-optional", "LLORCH_AUTH_OPTIONAL", "false", "let requests without a token through (loopback development only)", func(c *Config) *bool { return &c.AuthOptional }),
+		boolOpt("trust-forwarded-for", "LLORCH_TRUST_FORWARDED_FOR", "false", "take the client address from X-Forwarded-For (behind a trusted proxy only)", func(c *Config) *bool { return &c.TrustForwardedFor }),
+		strOpt("engine-token-file", "LLORCH_ENGINE_TOKEN_FILE", "", "file holding the token the router presents to engines; the client's token never reaches an engine", func(c *Config) *string { return &c.EngineTokenFile }),
+		strOpt("consul-addr", "CONSUL_HTTP_ADDR", "127.0.0.1:8500", "Consul HTTP API address", func(c *Config) *string { return &c.ConsulAddr }),
+		strOpt("consul-token-file", "CONSUL_HTTP_TOKEN_FILE", "", "file holding the Consul ACL token (read policy; CONSUL_HTTP_TOKEN is used when no file is set)", func(c *Config) *string { return &c.ConsulTokenFile }),
+		strOpt("service-name", "LLORCH_SERVICE_NAME", instance.DefaultServiceName, "Consul service the engines register under", func(c *Config) *string { return &c.ServiceName }),
+		bytesOpt("max-body-bytes", "LLORCH_MAX_BODY_BYTES", "4MiB", "largest request body accepted (bytes, or with KiB/MiB suffix); larger gets 413", func(c *Config) *int64 { return &c.MaxBodyBytes }),
+		boolOpt("metrics-auth", "LLORCH_METRICS_AUTH", "false", "require the API token on /metrics", func(c *Config) *bool { return &c.MetricsAuth }),
+		intOpt("retries", "LLORCH_RETRIES", "2", "further instances tried after a failure before the first byte (0 = no retry)", 0, func(c *Config) *int { return &c.Retries }),
+		durOpt("retry-budget", "LLORCH_RETRY_BUDGET", "30s", "time after which no further instance is tried", func(c *Config) *time.Duration { return &c.RetryBudget }),
+		durOpt("connect-timeout", "LLORCH_CONNECT_TIMEOUT", "2s", "TCP connect timeout to an engine", func(c *Config) *time.Duration { return &c.ConnectTimeout }),
+		durOpt("first-byte-timeout", "LLORCH_FIRST_BYTE_TIMEOUT", "120s", "time an engine has to start answering (prompt processing included)", func(c *Config) *time.Duration { return &c.FirstByteTimeout }),
+		durOpt("idle-stream-timeout", "LLORCH_IDLE_STREAM_TIMEOUT", "60s", "longest silence allowed inside an answer before it is cut", func(c *Config) *time.Duration { return &c.IdleStreamTimeout }),
+		intOpt("eject-after", "LLORCH_EJECT_AFTER", "3", "consecutive faults (connect errors, resets, 5xx, timeouts; never 4xx) that eject an instance", 1, func(c *Config) *int { return &c.EjectAfter }),
+		durOpt("eject-backoff", "LLORCH_EJECT_BACKOFF", "5s", "first ejection period; doubles while the instance keeps failing", func(c *Config) *time.Duration { return &c.EjectBackoff }),
+		durOpt("eject-backoff-max", "LLORCH_EJECT_BACKOFF_MAX", "2m", "cap on the ejection period", func(c *Config) *time.Duration { return &c.EjectBackoffMax }),
+		durOpt("degraded-after", "LLORCH_DEGRADED_AFTER", "90s", "snapshot age after which /healthz reports degraded", func(c *Config) *time.Duration { return &c.DegradedAfter }),
+		intOpt("max-idle-conns", "LLORCH_MAX_IDLE_CONNS", "1024", "idle keep-alive connections kept per engine", 1, func(c *Config) *int { return &c.MaxIdleConns }),
+		durOpt("token-grace", "LLORCH_TOKEN_GRACE", "5m", "how long a rotated-out API token keeps working", func(c *Config) *time.Duration { return &c.TokenGrace }),
+	}
+}
+
+// DefaultConfig returns the configuration with every option at its default.
+func DefaultConfig() Config {
+	var c Config
+	for _, o := range Options() {
+		if err := o.set(&c, o.Default); err != nil {
+			panic(fmt.Sprintf("router: bad default for %s: %v", o.Flag, err)) // a programming error, caught by tests
+		}
+	}
+	return c
+}
+
+// FromEnv overrides c with the options set in the environment (getenv is
+// os.Getenv outside tests), plus LLORCH_API_TOKEN.
+func (c *Config) FromEnv(getenv func(string) string) error {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	for _, o := range Options() {
+		if v := getenv(o.Env); v != "" {
+			if err := o.set(c, v); err != nil {
+				return fmt.Errorf("%s: %w", o.Env, err)
+			}
+		}
+	}
+	c.APIToken = getenv("LLORCH_API_TOKEN")
+	return nil
+}
+
+type optValue struct {
+	c *Config
+	o Option
+}
+
+func (v optValue) String() string {
+	if v.c == nil {
+		return ""
+	}
+	return v.o.get(v.c)
+}
+func (v optValue) Set(s string) error { return v.o.set(v.c, s) }
+func (v optValue) IsBoolFlag() bool   { return v.o.IsBool }
+
+// BindFlags registers every option on fs. Call it after FromEnv: a flag's
+// default shown in -h is then the effective value, and a flag given on the
+// command line wins over the environment.
+func (c *Config) BindFlags(fs *flag.FlagSet) {
+	for _, o := range Options() {
+		fs.Var(optValue{c, o}, o.Flag, fmt.Sprintf("%s (env %s, default %q)", o.Help, o.Env, o.Default))
+	}
+}
+
+// Validate checks combinations a single option cannot.
+func (c *Config) Validate() error {
+	var bad []string
+	if c.Addr == "" {
+		bad = append(bad, "addr: must not be empty")
+	}
+	if c.MaxBodyBytes <= 0 {
+		bad = append(bad, "max-body-bytes: must be positive")
+	}
+	if c.EjectBackoffMax < c.EjectBackoff {
+		bad = append(bad, "eject-backoff-max: must be at least eject-backoff")
+	}
+	if c.ServiceName == "" {
+		bad = append(bad, "service-name: must not be empty")
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("router config: %s", strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+func parseBytes(v string) (int64, error) {
+	s := strings.TrimSpace(v)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > (1<<40)/mult {
+		return 0, fmt.Errorf("want a positive size such as 4194304 or 4MiB, got %q", v)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,210 @@
+// Package router is llorch's OpenAI-compatible front door: it authenticates
+// clients, picks an engine instance for each request from the discovery
+// snapshot (through a pluggable Placer), relays the answer (SSE event by
+// event) and fails over before the first byte when an engine fails.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/llorch/llorch/authmin"
+	"github.com/llorch/llorch/discovery"
+	"github.com/llorch/llorch/registry"
+)
+
+// Router is one router process's state. Create it with New, serve Handler,
+// and run Run for discovery.
+type Router struct {
+	cfg         Config
+	source      registry.Source
+	placer      Placer
+	log         hclog.Logger
+	view        *discovery.View
+	state       *localState
+	metrics     *metrics
+	promReg     *prometheus.Registry
+	transport   *http.Transport
+	tokens      *authmin.TokenSet
+	engineToken string
+	handler     http.Handler
+}
+
+// New builds a router. source feeds the instance view (discovery.Consul in
+// production, discovery.Static in tests and the home profile); placer nil
+// means LeastInFlight; reg is the registry /metrics serves (nil: a new
+// one). It refuses a non-loopback cfg.Addr without an API token.
+func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger, reg *prometheus.Registry) (*Router, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if source == nil {
+		return nil, errors.New("router: no instance source")
+	}
+	if placer == nil {
+		placer = LeastInFlight{}
+	}
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	rt := &Router{cfg: cfg, source: source, placer: placer, log: logger, view: discovery.NewView(), promReg: reg}
+
+	var err error
+	if cfg.APITokenFile != "" {
+		rt.tokens, err = authmin.LoadTokenSet(cfg.APITokenFile, "", cfg.TokenGrace, logger)
+		if err != nil {
+			return nil, fmt.Errorf("router: API token file: %w", err)
+		}
+	} else if cfg.APIToken != "" {
+		rt.tokens = authmin.NewTokenSet(cfg.APIToken)
+	} else {
+		rt.tokens = authmin.NewTokenSet()
+	}
+	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	rt.engineToken = cfg.EngineToken
+	if cfg.EngineTokenFile != "" {
+		b, err := os.ReadFile(cfg.EngineTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("router: engine token file: %w", err)
+		}
+		rt.engineToken = strings.TrimSpace(string(b))
+		if rt.engineToken == "" {
+			return nil, fmt.Errorf("router: engine token file %s is empty", cfg.EngineTokenFile)
+		}
+	}
+	if rt.engineToken == "" {
+		logger.Warn("no engine token: requests reach engines without Authorization (engines must be reachable from the router only)")
+	} else {
+		logger.Info("engine token loaded", "engine_token", "token:"+authmin.TokenFP6(rt.engineToken))
+	}
+
+	rt.metrics, err = newMetrics(reg,
+		func() float64 {
+			if age := rt.view.Age(); age >= 0 {
+				return age.Seconds()
+			}
+			return -1
+		},
+		func() float64 { return float64(len(rt.view.Current().Instances)) })
+	if err != nil {
+		return nil, fmt.Errorf("router: metrics: %w", err)
+	}
+	rt.state = newLocalState(cfg.EjectAfter, cfg.EjectBackoff, cfg.EjectBackoffMax, func(id string, d time.Duration) {
+		rt.metrics.ejections.Inc()
+		rt.log.Warn("instance ejected after consecutive faults", "instance_id", id, "for", d.String())
+	})
+	rt.transport = newTransport(cfg)
+	rt.handler = rt.buildHandler()
+	return rt, nil
+}
+
+// newTransport is tuned for many long-lived streams to a few engines:
+// a large keep-alive pool per host, HTTP/1.1 only (engines speak it, and a
+// single HTTP/2 connection would multiplex every stream onto one TCP flow),
+// and no transparent gzip, which would buffer SSE.
+func newTransport(cfg Config) *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          0, // no global cap; the per-host cap bounds it
+		MaxIdleConnsPerHost:   cfg.MaxIdleConns,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: cfg.FirstByteTimeout,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		Protocols:             http1Only(),
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
+	}
+}
+
+func http1Only() *http.Protocols {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	return &p
+}
+
+// Handler is the router's HTTP API.
+func (rt *Router) Handler() http.Handler { return rt.handler }
+
+// Ready reports whether discovery has delivered a first snapshot.
+func (rt *Router) Ready() bool { return rt.view.Synced() }
+
+// SnapshotAge is the time since discovery last heard from the registry
+// (-1 before the first contact).
+func (rt *Router) SnapshotAge() time.Duration { return rt.view.Age() }
+
+// Snapshot is the current view of the instances (do not modify it).
+func (rt *Router) Snapshot() *registry.Snapshot { return rt.view.Current() }
+
+// Run owns the router's background work, discovery and API token reloads,
+// until ctx ends; then it closes idle upstream connections and returns.
+func (rt *Router) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	if rt.cfg.APITokenFile != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rt.tokens.Watch(ctx, rt.cfg.APITokenFile, rt.log)
+		}()
+	}
+	var last int = -1
+	err := rt.source.Watch(ctx, func(s registry.Snapshot) {
+		rt.view.Store(s)
+		cur := rt.view.Current()
+		rt.state.prune(cur)
+		if n := len(cur.Instances); n != last {
+			rt.log.Info("instance view changed", "instances", n, "index", cur.Index)
+			last = n
+		}
+	})
+	wg.Wait()
+	rt.transport.CloseIdleConnections()
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return nil
+	}
+	return err
+}
+
+func (rt *Router) buildHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", rt.serveHealth)
+	mux.Handle("/metrics", promhttp.HandlerFor(rt.promReg, promhttp.HandlerOpts{}))
+	for _, p := range proxiedPaths {
+		mux.HandleFunc(p, rt.serveProxy)
+	}
+	mux.HandleFunc("/v1/models", rt.serveModels)
+	mux.HandleFunc("/v1/models/{model...}", rt.serveModel)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, APIError{Code: CodeNotFound, Message: "no endpoint " + r.Method + " " + r.URL.Path})
+	})
+	metricsAuth := rt.cfg.MetricsAuth
+	authed := authmin.Middleware(authmin.MiddlewareConfig{
+		Tokens:            rt.tokens,
+		AuthOptional:      rt.cfg.AuthOptional,
+		TrustForwardedFor: rt.cfg.TrustForwardedFor,
+		Exempt: func(r *http.Request) bool {
+			return r.URL.Path == "/healthz" || (r.URL.Path == "/metrics" && !metricsAuth)
+		},
+		Logger: rt.log,
+	}, mux)
+	return rt.withRequestContext(authed)
+}
+
+var proxiedPaths = []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
