@@ -87,6 +87,10 @@ func (c *Consul) Watch(ctx context.Context, fn func(registry.Snapshot)) error {
 				return ctx.Err()
 			}
 			backoff = min(backoff*2, maxB)
+			// The server that answers next may be a restarted one whose
+			// index is behind ours: a blocking query would then sit out
+			// its whole wait time. Ask without blocking first.
+			index = 0
 			continue
 		}
 		if failures > 0 {

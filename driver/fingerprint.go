@@ -63,10 +63,12 @@ func (d *Driver) fingerprint() *drivers.FingerprintResponse {
 	case len(found) == 0:
 		resp.Health = drivers.FingerprintResponse_UNHEALTHY
 		resp.HealthDescription = "no engine binary found; set engines { llamacpp = \"/path/to/llama-server\" } in the plugin config"
-	case cfg.RequireGPU:
+	default:
+		// gpu.go weighs require_gpu itself: a GPU that failed mid-way makes
+		// the driver unhealthy even without it (hook for gpu.go).
 		if ok, why := d.gpuHealth(); !ok {
 			resp.Health = drivers.FingerprintResponse_UNHEALTHY
-			resp.HealthDescription = "require_gpu is set: " + why
+			resp.HealthDescription = why
 		}
 	}
 	return resp

@@ -45,7 +45,10 @@ type taskState struct {
 	ServiceName string `json:"service_name"`
 	InstanceID  string `json:"instance_id"` // registry id, stable for the task's life
 
-	Env        map[string]string `json:"env"` // the engine's full environment
+	// Env is the engine's full environment. It stays out of driver_state
+	// (the agent persists that; the env may hold secrets): it lives in the
+	// 0600 supervisor spec in StateDir and is read back on recovery.
+	Env        map[string]string `json:"-"`
 	TaskDir    string            `json:"task_dir"`
 	StateDir   string            `json:"state_dir"`
 	StdoutPath string            `json:"stdout_path"`

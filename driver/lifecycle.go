@@ -33,6 +33,8 @@ const (
 	reapTimeout = 10 * time.Second
 	// pollInterval is how often a recovered task's supervisor is checked.
 	pollInterval = 100 * time.Millisecond
+	// defaultKillTimeout is Nomad's default kill_timeout.
+	defaultKillTimeout = 5 * time.Second
 )
 
 func absPath(p string) (string, error) { return filepath.Abs(p) }
@@ -60,9 +62,9 @@ func (d *Driver) StartTask(ctx context.Context, req *drivers.StartTaskRequest) (
 	if err != nil {
 		return nil, permanentError(codes.Internal, "start task %s: encode driver state: %v", st.TaskID, err)
 	}
-	d.log.Info("task started", "task_id", st.TaskID, "engine", st.Engine, "pid", st.EnginePID.PID,
+	d.log.Info("task started", "task_id", st.TaskID, "engine", st.Engine, "pid", h.st.EnginePID.PID,
 		"address", joinHostPort(st.Host, st.Port), "model", st.Spec.ModelName)
-	d.events.emit(h, fmt.Sprintf("Started %s engine (pid %d) for model %q on %s", st.Engine, st.EnginePID.PID,
+	d.events.emit(h, fmt.Sprintf("Started %s engine (pid %d) for model %q on %s", st.Engine, h.st.EnginePID.PID,
 		st.Spec.ModelName, joinHostPort(st.Host, st.Port)), nil)
 	d.announceStart(h)
 	return &drivers.StartTaskResponse{
@@ -115,7 +117,7 @@ func (d *Driver) prepare(tc *drivers.TaskConfig) (taskState, string, error) {
 		return taskState{}, "", permanentError(codes.InvalidArgument, "task config: field %q: %v", "port", err)
 	}
 	host := cfg.AdvertiseAddress
-	if host == "" {
+	if host == "" && !isUnspecified(hostIP) {
 		host = hostIP
 	}
 	if host == "" {
@@ -400,6 +402,12 @@ func resolvePort(setting string, tc *drivers.TaskConfig) (port int, hostIP, labe
 	return 0, "", "", fmt.Errorf("port label %q is not in the group's network block (labels: %v)", setting, known)
 }
 
+// isUnspecified: a wildcard address can be bound but not advertised.
+func isUnspecified(ip string) bool {
+	p := net.ParseIP(ip)
+	return p != nil && p.IsUnspecified()
+}
+
 // firstIPv4 is the node's first non-loopback IPv4, else loopback.
 func firstIPv4() string {
 	addrs, err := net.InterfaceAddrs()
@@ -511,6 +519,12 @@ func (d *Driver) RecoverTask(_ context.Context, req *drivers.RecoverTaskRequest)
 			d.log.Warn("recover task: read engine_token_file", "task_id", id, "error", err)
 		}
 	}
+	var spec supervisorSpec
+	if err := readJSON(filepath.Join(st.StateDir, specFile), &spec); err == nil {
+		st.Env = envSliceToMap(spec.Env)
+	} else {
+		d.log.Warn("recover task: read supervisor spec", "task_id", id, "error", err)
+	}
 	h := newHandle(st, apiKey)
 	if err := d.restoreGPUs(id, st.GPUReservation); err != nil {
 		d.log.Warn("recover task: restore GPU reservation", "task_id", id, "error", err)
@@ -580,9 +594,11 @@ func (d *Driver) StopTask(ctx context.Context, req *drivers.StopTaskRequest) (*d
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "stop task %s: %v", h.st.TaskID, err)
 	}
-	timeout := req.GetTimeout().AsDuration()
-	if req.GetTimeout() == nil || timeout < 0 {
-		timeout = 0
+	// The agent always sends the job's kill_timeout; without one, Nomad's
+	// default applies.
+	timeout := defaultKillTimeout
+	if req.GetTimeout() != nil {
+		timeout = max(req.GetTimeout().AsDuration(), 0)
 	}
 	d.log.Debug("stopping task", "task_id", h.st.TaskID, "signal", unix.SignalName(sig), "timeout", timeout.String())
 	if e := h.st.EnginePID; processAlive(e.PID, e.StartTime) {

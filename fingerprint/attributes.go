@@ -52,6 +52,7 @@ const Prefix = "driver.llorch."
 //	gpu.<i>.uuid, gpu.<i>.name      string
 //	gpu.<i>.memory.total/.free      int MiB
 //	vram.total, vram.free, vram.largest_free   int MiB (over all GPUs)
+//	vram.total_mib, vram.free_mib, vram.largest_free_mib   the same, unit-less
 //	nvml.driver_version, nvml.cuda_version     string
 //
 // <i> is GPU.Index. Without NVML only gpu.count (0) and the vram sums (0)
@@ -78,6 +79,12 @@ func Attributes(prefix string, s Snapshot) map[string]Attr {
 	out[prefix+"vram.total"] = MiB(total)
 	out[prefix+"vram.free"] = MiB(free)
 	out[prefix+"vram.largest_free"] = MiB(largest)
+	// Unit-less twins for job constraints: Nomad compares attribute values
+	// numerically only when both sides parse as numbers, and "24576MiB"
+	// does not, so `>=` on the MiB attributes would compare strings.
+	out[prefix+"vram.total_mib"] = Int(int64(total))
+	out[prefix+"vram.free_mib"] = Int(int64(free))
+	out[prefix+"vram.largest_free_mib"] = Int(int64(largest))
 	if s.DriverVersion != "" {
 		out[prefix+"nvml.driver_version"] = Str(s.DriverVersion)
 	}
@@ -98,13 +105,18 @@ const FreeNoiseMiB = 256
 
 // isFreeKey reports the attributes that carry free memory.
 func isFreeKey(k string) bool {
-	return strings.HasSuffix(k, ".memory.free") || strings.HasSuffix(k, "vram.free") || strings.HasSuffix(k, "vram.largest_free")
+	return strings.HasSuffix(k, ".memory.free") || strings.HasSuffix(k, "vram.free") || strings.HasSuffix(k, "vram.largest_free") ||
+		strings.HasSuffix(k, "vram.free_mib") || strings.HasSuffix(k, "vram.largest_free_mib")
 }
 
 // Changed reports whether next differs from what was last sent in a way
 // worth a fingerprint: any key added or removed, any value other than free
 // memory changed, or free memory moved by FreeNoiseMiB or more.
+//
+// A "" string in sent is a deletion already sent (see WithDeletions) and
+// counts as absent.
 func Changed(sent, next map[string]Attr) bool {
+	sent, next = live(sent), live(next)
 	if len(sent) != len(next) {
 		return true
 	}
@@ -127,6 +139,19 @@ func Changed(sent, next map[string]Attr) bool {
 	return false
 }
 
+func isDeletion(a Attr) bool { return a.String != nil && *a.String == "" }
+
+// live drops deletions.
+func live(m map[string]Attr) map[string]Attr {
+	out := make(map[string]Attr, len(m))
+	for k, v := range m {
+		if !isDeletion(v) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 func kind(a Attr) string {
 	switch {
 	case a.Int != nil:
@@ -144,7 +169,8 @@ func kind(a Attr) string {
 // WithDeletions returns next plus an empty string for every key that was
 // sent before and is gone now: the Nomad client merges driver attributes
 // into the node, and "" is how a driver deletes one (a GPU that vanished
-// must not linger as gpu.7.*).
+// must not linger as gpu.7.*). Deletions already in sent are kept, so the
+// result can be stored and compared again without flapping.
 func WithDeletions(sent, next map[string]Attr) map[string]Attr {
 	out := make(map[string]Attr, len(next))
 	for k, v := range next {

@@ -82,13 +82,13 @@ type Snapshot struct {
 func (s Snapshot) Health(requireGPU bool) (healthy bool, description string) {
 	switch {
 	case !s.Status.Available && requireGPU:
-		return false, "require_gpu is set but NVML is not available: " + s.Status.Reason
+		return false, "require_gpu is set but no NVIDIA GPU is usable (NVML not available: " + s.Status.Reason + ")"
 	case !s.Status.Available:
 		return true, "no NVIDIA GPU (NVML not available: " + s.Status.Reason + "); CPU engines only"
 	case s.Fault != "":
 		return false, s.Fault
 	case len(s.GPUs) == 0 && requireGPU:
-		return false, "require_gpu is set but NVML reports no GPU"
+		return false, "require_gpu is set but NVML reports no NVIDIA GPU"
 	}
 	return true, fmt.Sprintf("healthy, %d GPU(s)", len(s.GPUs))
 }

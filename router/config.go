@@ -36,6 +36,8 @@ type Config struct {
 	DegradedAfter     time.Duration
 	MaxIdleConns      int
 	TokenGrace        time.Duration
+	LogLevel          string
+	LogJSON           bool
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -141,6 +143,8 @@ func Options() []Option {
 		durOpt("degraded-after", "LLORCH_DEGRADED_AFTER", "90s", "snapshot age after which /healthz reports degraded", func(c *Config) *time.Duration { return &c.DegradedAfter }),
 		intOpt("max-idle-conns", "LLORCH_MAX_IDLE_CONNS", "1024", "idle keep-alive connections kept per engine", 1, func(c *Config) *int { return &c.MaxIdleConns }),
 		durOpt("token-grace", "LLORCH_TOKEN_GRACE", "5m", "how long a rotated-out API token keeps working", func(c *Config) *time.Duration { return &c.TokenGrace }),
+		strOpt("log-level", "LLORCH_LOG_LEVEL", "info", "log level: trace, debug, info, warn, error", func(c *Config) *string { return &c.LogLevel }),
+		boolOpt("log-json", "LLORCH_LOG_JSON", "false", "log as JSON lines", func(c *Config) *bool { return &c.LogJSON }),
 	}
 }
 
@@ -191,7 +195,9 @@ func (v optValue) IsBoolFlag() bool   { return v.o.IsBool }
 // command line wins over the environment.
 func (c *Config) BindFlags(fs *flag.FlagSet) {
 	for _, o := range Options() {
-		fs.Var(optValue{c, o}, o.Flag, fmt.Sprintf("%s (env %s, default %q)", o.Help, o.Env, o.Default))
+		// flag appends "(default <value now>)": the effective value,
+		// environment included.
+		fs.Var(optValue{c, o}, o.Flag, fmt.Sprintf("%s (env %s)", o.Help, o.Env))
 	}
 }
 

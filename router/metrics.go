@@ -7,8 +7,8 @@ import (
 // metrics are the router's Prometheus series. Every definition lives here so
 // the observability work can extend one file.
 type metrics struct {
-	requests    *prometheus.CounterVec   // by path, model, HTTP status
-	retries     *prometheus.CounterVec   // by reason
+	requests    *prometheus.CounterVec // by path, model, HTTP status
+	retries     *prometheus.CounterVec // by reason
 	ejections   prometheus.Counter
 	streamErrs  *prometheus.CounterVec   // SSE error events sent, by code
 	firstByte   *prometheus.HistogramVec // time to the first byte sent to the client

@@ -29,7 +29,7 @@ const (
 	// FaultStatus answers Behavior.Status with an OpenAI error body.
 	FaultStatus
 	// FaultDieMidStream aborts the connection after Behavior.DieAfter
-	// tokens of a streamed answer (non-streamed answers abort before the
+	// tokens of a streamed answer (non-streamed answers: after half the
 	// body).
 	FaultDieMidStream
 )
@@ -315,9 +315,6 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, model string, 
 		s.canceled.Add(1)
 		return
 	}
-	if b.Fault == FaultDieMidStream {
-		panic(http.ErrAbortHandler)
-	}
 	text := Text(b.Tokens)
 	usage := map[string]int{"prompt_tokens": 1, "completion_tokens": b.Tokens, "total_tokens": 1 + b.Tokens}
 	var resp map[string]any
@@ -334,6 +331,18 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, model string, 
 			"choices": []any{map[string]any{"index": 0, "finish_reason": "stop", "text": text}},
 			"usage":   usage,
 		}
+	}
+	if b.Fault == FaultDieMidStream {
+		// Promise the whole body, send half, then drop the connection.
+		body, _ := json.Marshal(resp)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(body[:len(body)/2])
+		if fl, ok := w.(http.Flusher); ok {
+			fl.Flush()
+		}
+		panic(http.ErrAbortHandler)
 	}
 	writeJSON(w, http.StatusOK, resp)
 	s.finished.Add(1)

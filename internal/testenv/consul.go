@@ -75,6 +75,9 @@ func (c *Consul) Start() error {
 		"-http-port="+strconv.Itoa(c.ports.http), "-dns-port=-1",
 		"-serf-lan-port="+strconv.Itoa(c.ports.serfLAN), "-serf-wan-port="+strconv.Itoa(c.ports.serfWAN),
 		"-server-port="+strconv.Itoa(c.ports.server), "-grpc-port="+strconv.Itoa(c.ports.grpc),
+		// The dev agent otherwise takes the fixed gRPC-TLS port 8503, so
+		// two test packages starting Consul at once would collide.
+		"-grpc-tls-port=-1",
 	)
 	c.cmd.Stdout, c.cmd.Stderr = log, log
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -3,8 +3,8 @@ package testenv
 import (
 	"testing"
 
-	consul "github.com/hashicorp/consul/api"
 	"github.com/google/uuid"
+	consul "github.com/hashicorp/consul/api"
 )
 
 // Client returns a consul/api client using the given token.

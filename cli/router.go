@@ -1,0 +1,150 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	consul "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/llorch/llorch/authmin"
+	"github.com/llorch/llorch/discovery"
+	"github.com/llorch/llorch/router"
+)
+
+func init() {
+	Register(Command{
+		Name:    "router",
+		Summary: "OpenAI-compatible router over the engines registered in Consul",
+		Run:     runRouter,
+	})
+}
+
+const routerUsage = `usage: llorch router [flags]
+
+Serves the OpenAI API (/v1/chat/completions, /v1/completions, /v1/embeddings,
+/v1/models) and routes each request to an engine instance registered in Consul.
+Every setting is a flag or an environment variable; a flag wins.
+Secrets come from files or the environment only: LLORCH_API_TOKEN,
+CONSUL_HTTP_TOKEN (when no token file is set).
+
+`
+
+func runRouter(args []string) int {
+	cfg := router.DefaultConfig()
+	if err := cfg.FromEnv(os.Getenv); err != nil {
+		fmt.Fprintf(os.Stderr, "llorch router: %v\n", err)
+		return 2
+	}
+	fs := flag.NewFlagSet("router", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), routerUsage)
+		fs.PrintDefaults()
+	}
+	cfg.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "llorch router: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "llorch-router", Level: hclog.LevelFromString(cfg.LogLevel), JSONFormat: cfg.LogJSON, Output: os.Stderr})
+
+	ccfg := consul.DefaultConfig()
+	ccfg.Address = cfg.ConsulAddr
+	if cfg.ConsulTokenFile != "" {
+		ccfg.TokenFile = cfg.ConsulTokenFile
+	}
+	cc, err := consul.NewClient(ccfg)
+	if err != nil {
+		log.Error("consul client", "error", err)
+		return 1
+	}
+	logConsulToken(log, cfg.ConsulTokenFile)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	src := &discovery.Consul{Client: cc, Service: cfg.ServiceName, Logger: log.Named("discovery")}
+	rt, err := router.New(cfg, src, nil, log, reg)
+	if err != nil {
+		// CheckBind's error carries its code (NON_LOOPBACK_WITHOUT_TOKEN).
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		log.Error("listen", "addr", cfg.Addr, "error", err)
+		return 1
+	}
+	srv := &http.Server{
+		Handler:           rt.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		// Bounds a slow upload (request bodies are at most max-body-bytes).
+		ReadTimeout: time.Minute,
+		IdleTimeout: 2 * time.Minute,
+		// No WriteTimeout: answers stream for as long as the engine
+		// produces; the idle-stream timeout bounds silence instead.
+		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	runDone := make(chan error, 1)
+	go func() { runDone <- rt.Run(ctx) }()
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve(ln) }()
+	log.Info("router listening", "addr", ln.Addr().String(), "consul", cfg.ConsulAddr, "service", cfg.ServiceName)
+
+	code := 0
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down; waiting for answers in flight")
+	case err := <-serveDone:
+		log.Error("serve", "error", err)
+		code = 1
+		stop()
+	}
+	shCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shCtx); err != nil {
+		log.Warn("shutdown cut answers in flight", "error", err)
+	}
+	if err := <-runDone; err != nil {
+		log.Error("discovery", "error", err)
+		code = 1
+	}
+	return code
+}
+
+// logConsulToken says which Consul token is in use, by fingerprint only.
+func logConsulToken(log hclog.Logger, file string) {
+	token := os.Getenv(consul.HTTPTokenEnvName)
+	from := consul.HTTPTokenEnvName
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return // NewClient already failed on it
+		}
+		token, from = strings.TrimSpace(string(b)), file
+	}
+	if token == "" {
+		log.Warn("no Consul token: discovery sees what the anonymous token may read")
+		return
+	}
+	log.Info("consul token", "from", from, "token", "token:"+authmin.TokenFP6(token))
+}

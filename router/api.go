@@ -1,0 +1,104 @@
+package router
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strconv"
+
+	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
+)
+
+type healthBody struct {
+	Status        string `json:"status"` // ok, degraded (snapshot old), starting (no snapshot yet)
+	SnapshotAgeMs int64  `json:"snapshot_age_ms"`
+	Instances     int    `json:"instances"`
+}
+
+// serveHealth answers 200 while the router can serve, with "degraded" when
+// the registry has not been heard from for cfg.DegradedAfter: the router
+// still routes on its last snapshot then. 503 only before the first one.
+func (rt *Router) serveHealth(w http.ResponseWriter, r *http.Request) {
+	age := rt.view.Age()
+	b := healthBody{Status: "ok", SnapshotAgeMs: age.Milliseconds(), Instances: len(rt.view.Current().Instances)}
+	status := http.StatusOK
+	switch {
+	case age < 0:
+		b.Status, b.SnapshotAgeMs, status = "starting", -1, http.StatusServiceUnavailable
+	case age > rt.cfg.DegradedAfter:
+		b.Status = "degraded"
+	}
+	writeJSON(w, status, b)
+}
+
+type modelObject struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+type modelList struct {
+	Object string        `json:"object"`
+	Data   []modelObject `json:"data"`
+}
+
+// availableModels lists the models that have at least one instance able to
+// take requests (passing, not draining), sorted by name.
+func availableModels(snap *registry.Snapshot) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, in := range snap.Instances {
+		if in.Draining || (in.Health != "" && in.Health != instance.HealthPassing) || seen[in.Model] {
+			continue
+		}
+		seen[in.Model] = true
+		out = append(out, in.Model)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (rt *Router) serveModels(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		writeError(w, http.StatusMethodNotAllowed, APIError{Code: CodeMethodNotAllowed, Message: "use GET on /v1/models"})
+		return
+	}
+	list := modelList{Object: "list", Data: []modelObject{}}
+	for _, m := range availableModels(rt.view.Current()) {
+		list.Data = append(list.Data, modelObject{ID: m, Object: "model", OwnedBy: "llorch"})
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+func (rt *Router) serveModel(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		writeError(w, http.StatusMethodNotAllowed, APIError{Code: CodeMethodNotAllowed, Message: "use GET on /v1/models/{model}"})
+		return
+	}
+	name := r.PathValue("model")
+	for _, m := range availableModels(rt.view.Current()) {
+		if m == name {
+			infoFrom(r.Context()).model = m
+			writeJSON(w, http.StatusOK, modelObject{ID: m, Object: "model", OwnedBy: "llorch"})
+			return
+		}
+	}
+	writeError(w, http.StatusNotFound, APIError{Code: CodeModelNotAvailable, Param: "model",
+		Message: "model " + strconv.Quote(name) + " is not available on any healthy instance"})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, APIError{Code: CodeInternal, Message: "encoding the response failed"})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}

@@ -1,0 +1,115 @@
+package router
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hashicorp/go-hclog"
+)
+
+// CorrelationHeader carries a request's id from the client to the engine
+// and back on every response.
+const CorrelationHeader = "X-Correlation-Id"
+
+// maxCorrelationLen bounds an id taken from a client.
+const maxCorrelationLen = 128
+
+// saneCorrelationID accepts what can safely be echoed in a header and a log
+// line: 1..128 printable ASCII characters, no spaces.
+func saneCorrelationID(s string) bool {
+	if len(s) == 0 || len(s) > maxCorrelationLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// reqInfo is per-request state shared by the middleware and the handlers.
+type reqInfo struct {
+	id    string
+	log   hclog.Logger
+	model string // metrics label; set by handlers that know the model
+}
+
+type ctxKey struct{}
+
+func infoFrom(ctx context.Context) *reqInfo {
+	if ri, ok := ctx.Value(ctxKey{}).(*reqInfo); ok {
+		return ri
+	}
+	return &reqInfo{log: hclog.NewNullLogger()}
+}
+
+// statusWriter remembers the status for metrics; Unwrap lets
+// http.ResponseController reach the connection's Flush.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// withRequestContext runs outside authentication, so every response (401s
+// included) carries the correlation id and is counted.
+func (rt *Router) withRequestContext(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get(CorrelationHeader)
+		if !saneCorrelationID(id) {
+			id = uuid.NewString()
+		}
+		ri := &reqInfo{id: id, log: rt.log.With("correlation_id", id), model: unknownModel}
+		w.Header().Set(CorrelationHeader, id)
+		sw := &statusWriter{ResponseWriter: w}
+		start := time.Now()
+		defer func() {
+			// Deferred so an aborted response (http.ErrAbortHandler)
+			// is counted too.
+			status := sw.status
+			if status == 0 {
+				status = 499 // the client went away before any answer
+			}
+			rt.metrics.requests.WithLabelValues(pathLabel(r.URL.Path), ri.model, strconv.Itoa(status)).Inc()
+			ri.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start).String())
+		}()
+		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, ri)))
+	})
+}
+
+// pathLabel keeps the path label's values to a known set.
+func pathLabel(p string) string {
+	switch p {
+	case "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics":
+		return p
+	}
+	if len(p) > len("/v1/models/") && p[:len("/v1/models/")] == "/v1/models/" {
+		return "/v1/models/{model}"
+	}
+	return "other"
+}
