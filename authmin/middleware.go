@@ -1,0 +1,169 @@
+package authmin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Error codes of the auth gate and their numeric forms.
+const (
+	CodeMissingToken            = "MISSING_TOKEN"
+	CodeBadToken                = "BAD_TOKEN"
+	CodeNonLoopbackWithoutToken = "NON_LOOPBACK_WITHOUT_TOKEN"
+
+	NumericMissingToken            = 40101
+	NumericBadToken                = 40102
+	NumericNonLoopbackWithoutToken = 40301
+)
+
+// MiddlewareConfig configures Middleware.
+type MiddlewareConfig struct {
+	Tokens *TokenSet
+	// AuthOptional lets requests from loopback peers in without a token
+	// (LLORCH_AUTH_OPTIONAL=true). It never applies to other peers.
+	AuthOptional bool
+	// TrustForwardedFor takes the client address from X-Forwarded-For (the
+	// right-most entry: the one our own proxy appended) instead of the TCP
+	// peer. Only for deployments behind a proxy that sets it.
+	TrustForwardedFor bool
+	// Exempt requests skip auth (e.g. /healthz for load balancers).
+	Exempt func(*http.Request) bool
+	Logger hclog.Logger
+}
+
+// AuthOptionalFromEnv reads LLORCH_AUTH_OPTIONAL.
+func AuthOptionalFromEnv() bool {
+	v := strings.ToLower(os.Getenv("LLORCH_AUTH_OPTIONAL"))
+	return v == "true" || v == "1"
+}
+
+type ctxKey struct{}
+
+// IdentityFrom is the authenticated identity of a request: "token:<fp6>",
+// "localhost" (loopback with AuthOptional) or "" (exempt).
+func IdentityFrom(ctx context.Context) string {
+	s, _ := ctx.Value(ctxKey{}).(string)
+	return s
+}
+
+// errorBody is the 401 body: {code, numeric, message, hint}.
+type errorBody struct {
+	Code    string `json:"code"`
+	Numeric int    `json:"numeric"`
+	Message string `json:"message"`
+	Hint    string `json:"hint,omitempty"`
+}
+
+// Middleware requires a valid bearer token on every request it wraps.
+func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if cfg.Exempt != nil && cfg.Exempt(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		peer := clientAddr(r, cfg.TrustForwardedFor)
+		tok, err := ParseBearer(r.Header.Get("Authorization"))
+		if errors.Is(err, ErrMissing) && cfg.AuthOptional && IsLoopback(peer) {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, "localhost")))
+			return
+		}
+		switch {
+		case errors.Is(err, ErrMissing):
+			log.Info("auth denied", "code", CodeMissingToken, "peer", peer, "path", r.URL.Path)
+			deny(w, CodeMissingToken, NumericMissingToken, "missing bearer token", "send Authorization: Bearer <token>")
+			return
+		case err != nil:
+			// The credential is malformed; fingerprint what was sent so an
+			// operator can match it, never the value itself.
+			log.Info("auth denied", "code", CodeBadToken, "peer", peer, "path", r.URL.Path, "reason", err.Error(),
+				"identity", Identity(strings.TrimSpace(r.Header.Get("Authorization"))))
+			deny(w, CodeBadToken, NumericBadToken, "malformed bearer token: "+err.Error(), "send Authorization: Bearer <token>")
+			return
+		case !cfg.Tokens.Check(tok):
+			log.Info("auth denied", "code", CodeBadToken, "peer", peer, "path", r.URL.Path, "identity", Identity(tok))
+			deny(w, CodeBadToken, NumericBadToken, "invalid bearer token", "check the token file the server reads (its fingerprint is in the server log)")
+			return
+		}
+		id := Identity(tok)
+		log.Debug("auth ok", "identity", id, "path", r.URL.Path)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
+	})
+}
+
+func deny(w http.ResponseWriter, code string, numeric int, msg, hint string) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="llorch"`)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusUnauthorized)
+	_ = json.NewEncoder(w).Encode(errorBody{Code: code, Numeric: numeric, Message: msg, Hint: hint})
+}
+
+// clientAddr is the peer's IP: the TCP peer, or with trustXFF the
+// right-most X-Forwarded-For entry (left-most entries are client-supplied
+// and can be forged).
+func clientAddr(r *http.Request, trustXFF bool) string {
+	if trustXFF {
+		if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
+			parts := strings.Split(xff, ",")
+			return strings.TrimSpace(parts[len(parts)-1])
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// IsLoopback reports whether a host, IP or host:port is loopback: all of
+// 127.0.0.0/8, ::1, IPv4-mapped 127.x, and the name "localhost".
+func IsLoopback(hostOrAddr string) bool {
+	h := hostOrAddr
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		h = host
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// CheckBind is the startup policy: a listener on anything but loopback
+// needs a token of at least MinTokenLen characters. The error text starts
+// with the code so logs and exit messages carry it.
+func CheckBind(addr string, tokens *TokenSet) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	if IsLoopback(host) {
+		return nil
+	}
+	if tokens.Empty() {
+		return fmt.Errorf("%s: refusing to listen on %s without an API token; hint: llorch token new --file /etc/llorch/api.token, then set LLORCH_API_TOKEN_FILE", CodeNonLoopbackWithoutToken, displayAddr(addr))
+	}
+	if n := len(tokens.Current()); n < MinTokenLen {
+		return fmt.Errorf("%s: refusing to listen on %s with a %d-character API token (at least %d required); hint: llorch token new --file /etc/llorch/api.token", CodeNonLoopbackWithoutToken, displayAddr(addr), n, MinTokenLen)
+	}
+	return nil
+}
+
+func displayAddr(a string) string {
+	if strings.HasPrefix(a, ":") {
+		return "all interfaces" + a
+	}
+	return a
+}
