@@ -7,8 +7,6 @@ package consulreg
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -19,6 +17,7 @@ import (
 	consul "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/llorch/llorch/authmin"
 	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
@@ -108,14 +107,12 @@ func New(cfg Config) (*Registrar, error) {
 	return r, nil
 }
 
-// fingerprint names a token in logs and errors without revealing it:
-// "token:" and the first 6 hex digits of its SHA-256 (as authmin.TokenFP6).
+// fingerprint names a token in logs and errors without revealing it.
 func fingerprint(token string) string {
 	if token == "" {
 		return "token:none"
 	}
-	sum := sha256.Sum256([]byte(token))
-	return "token:" + hex.EncodeToString(sum[:])[:6]
+	return authmin.Identity(token)
 }
 
 // CheckID is the TTL check of an instance.

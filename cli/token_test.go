@@ -1,0 +1,36 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/llorch/llorch/authmin"
+)
+
+func TestTokenNew(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "sub", "api.token")
+	if err := newTokenFile(f, false); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := os.Stat(f)
+	b, _ := os.ReadFile(f)
+	tok := strings.TrimSpace(string(b))
+	if info.Mode().Perm() != 0o600 || len(tok) != 64 {
+		t.Fatalf("mode %v, token length %d", info.Mode().Perm(), len(tok))
+	}
+	if err := authmin.CheckBind("0.0.0.0:8080", authmin.NewTokenSet(tok)); err != nil {
+		t.Errorf("a new token must satisfy the bind policy: %v", err)
+	}
+	if err := newTokenFile(f, false); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Errorf("overwrite without --force: %v", err)
+	}
+	if err := newTokenFile(f, true); err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := os.ReadFile(f)
+	if string(b2) == string(b) {
+		t.Error("--force did not rotate the token")
+	}
+}
