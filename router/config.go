@@ -38,6 +38,7 @@ type Config struct {
 	TokenGrace        time.Duration
 	LogLevel          string
 	LogJSON           bool
+	SchedulerProfile  string
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -145,6 +146,7 @@ func Options() []Option {
 		durOpt("token-grace", "LLORCH_TOKEN_GRACE", "5m", "how long a rotated-out API token keeps working", func(c *Config) *time.Duration { return &c.TokenGrace }),
 		strOpt("log-level", "LLORCH_LOG_LEVEL", "info", "log level: trace, debug, info, warn, error", func(c *Config) *string { return &c.LogLevel }),
 		boolOpt("log-json", "LLORCH_LOG_JSON", "false", "log as JSON lines", func(c *Config) *bool { return &c.LogJSON }),
+		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight", func(c *Config) *string { return &c.SchedulerProfile }),
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/scheduler"
 )
 
 // PlaceRequest is what placement knows about a request.
@@ -21,6 +22,12 @@ type PlaceRequest struct {
 	// Local is the router's own view of each instance: its in-flight
 	// requests and passive ejections. Never nil when the router calls.
 	Local LocalState
+	// Session is X-Session-Id (placers fall back to User).
+	Session string
+	// Prefix is the start of the prompt, for prefix affinity.
+	Prefix []byte
+	// Placement carries /v2 placement constraints (pin, prefer, avoid).
+	Placement scheduler.Placement
 }
 
 // LocalState is the router's per-instance view that the registry lacks.
@@ -46,6 +53,9 @@ var ErrModelNotAvailable = errors.New("model not available")
 type NoCapacityError struct {
 	Model      string
 	RetryAfter time.Duration
+	// Saturated: instances are healthy but every slot is busy (admission
+	// may queue the request) rather than all ejected or unhealthy.
+	Saturated bool
 }
 
 func (e *NoCapacityError) Error() string {

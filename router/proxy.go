@@ -16,7 +16,16 @@ import (
 	"time"
 
 	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/scheduler"
 )
+
+// retryMs is the retry hint for retriable placement errors.
+func retryMs(retriable bool) int64 {
+	if retriable {
+		return 1000
+	}
+	return 0
+}
 
 // presence records whether a JSON field was given (and not null) without
 // copying it: messages and prompts can be megabytes.
@@ -113,13 +122,24 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	snap := rt.view.Current()
 	pr := PlaceRequest{Model: *req.Model, Path: r.URL.Path, Stream: req.Stream != nil && *req.Stream,
-		BodyBytes: len(body), Local: rt.state}
+		BodyBytes: len(body), Local: rt.state, Session: r.Header.Get("X-Session-Id"), Prefix: promptPrefix(body)}
 	if req.User != nil {
 		pr.User = *req.User
 	}
 	cands, err := rt.placer.Place(pr, *snap)
 	var nc *NoCapacityError
+	var se *scheduler.Error
 	switch {
+	case errors.As(err, &se):
+		e := APIError{Code: se.Code, Message: se.Message, Retriable: se.Retriable, RetryAfterMs: retryMs(se.Retriable)}
+		if se.Code == scheduler.CodeModelNotAvailable {
+			// A client-chosen name never becomes a metrics label.
+			e.Param = "model"
+		} else {
+			ri.model = pr.Model
+		}
+		writeError(w, se.Status, e)
+		return
 	case errors.Is(err, ErrModelNotAvailable):
 		writeError(w, http.StatusNotFound, APIError{Code: CodeModelNotAvailable, Param: "model", Message: err.Error()})
 		return

@@ -43,7 +43,7 @@ type Router struct {
 
 // New builds a router. source feeds the instance view (discovery.Consul in
 // production, discovery.Static in tests and the home profile); placer nil
-// means LeastInFlight; reg is the registry /metrics serves (nil: a new
+// means the one cfg.SchedulerProfile names (the scheduler by default); reg is the registry /metrics serves (nil: a new
 // one). It refuses a non-loopback cfg.Addr without an API token.
 func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger, reg *prometheus.Registry) (*Router, error) {
 	if err := cfg.Validate(); err != nil {
@@ -53,7 +53,11 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 		return nil, errors.New("router: no instance source")
 	}
 	if placer == nil {
-		placer = LeastInFlight{}
+		p, err := PlacerFromConfig(cfg.SchedulerProfile)
+		if err != nil {
+			return nil, err
+		}
+		placer = p
 	}
 	if logger == nil {
 		logger = hclog.NewNullLogger()

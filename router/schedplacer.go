@@ -1,0 +1,110 @@
+package router
+
+import (
+	"bytes"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/scheduler"
+)
+
+// SchedulerPlacer places requests with the scheduler's filter/scorer
+// profile: session affinity (X-Session-Id or the body's "user"), prompt-
+// prefix affinity, load and KV headroom. It owns the scheduler's mutable
+// state (the prefix table) and a per-snapshot index, rebuilt only when the
+// discovery snapshot changes.
+type SchedulerPlacer struct {
+	sched  *scheduler.Scheduler
+	prefix *scheduler.PrefixTable
+
+	mu      sync.Mutex
+	ixKey   *instance.Instance // identity of the snapshot the index was built from
+	ixLen   int
+	ix      *scheduler.Index
+	observe func(scheduler.Decision)
+}
+
+// NewSchedulerPlacer builds a placer from a profile config.
+func NewSchedulerPlacer(cfg scheduler.ProfileConfig) (*SchedulerPlacer, error) {
+	table := scheduler.NewPrefixTable(1 << 16)
+	p, err := cfg.Build(table)
+	if err != nil {
+		return nil, err
+	}
+	return &SchedulerPlacer{sched: scheduler.New(p), prefix: table}, nil
+}
+
+// PlacerFromConfig is the placer a router runs with: the scheduler with the
+// built-in profile (""), with a profile file, or "least-in-flight".
+func PlacerFromConfig(profile string) (Placer, error) {
+	switch profile {
+	case "least-in-flight":
+		return LeastInFlight{}, nil
+	case "":
+		return NewSchedulerPlacer(scheduler.DefaultProfileConfig())
+	}
+	cfg, err := scheduler.LoadProfileConfig(profile)
+	if err != nil {
+		return nil, err
+	}
+	return NewSchedulerPlacer(cfg)
+}
+
+// OnDecision registers a hook called with every decision (metrics).
+func (p *SchedulerPlacer) OnDecision(fn func(scheduler.Decision)) { p.observe = fn }
+
+func (p *SchedulerPlacer) index(snap registry.Snapshot) *scheduler.Index {
+	key := unsafe.SliceData(snap.Instances) // snapshots are immutable: same array, same snapshot
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ix == nil || key != p.ixKey || len(snap.Instances) != p.ixLen {
+		p.ix, p.ixKey, p.ixLen = scheduler.NewIndex(snap), key, len(snap.Instances)
+	}
+	return p.ix
+}
+
+type localLoad struct{ l LocalState }
+
+func (v localLoad) Load(id string) scheduler.Load {
+	if v.l == nil {
+		return scheduler.Load{}
+	}
+	return scheduler.Load{InFlight: v.l.InFlight(id), Ejected: v.l.EjectedFor(id) > 0}
+}
+
+// Place implements Placer.
+func (p *SchedulerPlacer) Place(req PlaceRequest, snap registry.Snapshot) ([]instance.Instance, error) {
+	sreq := scheduler.Request{Model: req.Model, Path: req.Path, SessionKey: req.Session,
+		PrefixHashes: scheduler.PrefixHashes(string(req.Prefix)), Placement: req.Placement}
+	if sreq.SessionKey == "" {
+		sreq.SessionKey = req.User
+	}
+	d := p.sched.Decide(sreq, p.index(snap), localLoad{req.Local})
+	if p.observe != nil {
+		p.observe(d)
+	}
+	switch {
+	case d.Err != nil:
+		return nil, d.Err
+	case d.Saturated:
+		return nil, &NoCapacityError{Model: req.Model, RetryAfter: time.Second, Saturated: true}
+	}
+	p.prefix.Observe(sreq, d.Ranked[0])
+	return d.Ranked, nil
+}
+
+// promptPrefix is the start of the body's prompt or messages, raw JSON:
+// enough for prefix affinity (requests that share a system prompt share
+// these bytes) without parsing megabytes of conversation.
+func promptPrefix(body []byte) []byte {
+	for _, key := range [][]byte{[]byte(`"messages"`), []byte(`"prompt"`)} {
+		if i := bytes.Index(body, key); i >= 0 {
+			end := min(len(body), i+len(key)+scheduler.PrefixBlockChars*scheduler.MaxPrefixBlocks)
+			return body[i+len(key) : end]
+		}
+	}
+	return nil
+}
