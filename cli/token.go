@@ -1,13 +1,10 @@
 package cli
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/llorch/llorch/authmin"
@@ -38,7 +35,7 @@ func runToken(args []string) int {
 		if *file == "" {
 			return usageErr(errors.New("token new: --file is required (tokens are never printed or passed as flags)"))
 		}
-		if err := newTokenFile(*file, *force); err != nil {
+		if err := authmin.WriteNewTokenFile(*file, *force); err != nil {
 			return fail(err)
 		}
 		b, _ := os.ReadFile(*file)
@@ -58,37 +55,4 @@ func runToken(args []string) int {
 	}
 	fmt.Fprint(os.Stderr, tokenUsage)
 	return 2
-}
-
-// newTokenFile writes the token to a temporary file with mode 0600 and
-// renames it into place, so a reader never sees a partial token.
-func newTokenFile(path string, force bool) error {
-	if _, err := os.Stat(path); err == nil && !force {
-		return fmt.Errorf("token new: %s exists (use --force to rotate)", path)
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return fmt.Errorf("token new: %w", err)
-	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("token new: %w", err)
-	}
-	tmp, err := os.CreateTemp(dir, ".token-*")
-	if err != nil {
-		return fmt.Errorf("token new: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("token new: %w", err)
-	}
-	if _, err := tmp.WriteString(hex.EncodeToString(raw) + "\n"); err != nil {
-		tmp.Close()
-		return fmt.Errorf("token new: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("token new: %w", err)
-	}
-	return os.Rename(tmp.Name(), path)
 }

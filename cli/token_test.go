@@ -11,7 +11,7 @@ import (
 
 func TestTokenNew(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "sub", "api.token")
-	if err := newTokenFile(f, false); err != nil {
+	if err := authmin.WriteNewTokenFile(f, false); err != nil {
 		t.Fatal(err)
 	}
 	info, _ := os.Stat(f)
@@ -23,10 +23,10 @@ func TestTokenNew(t *testing.T) {
 	if err := authmin.CheckBind("0.0.0.0:8080", authmin.NewTokenSet(tok)); err != nil {
 		t.Errorf("a new token must satisfy the bind policy: %v", err)
 	}
-	if err := newTokenFile(f, false); err == nil || !strings.Contains(err.Error(), "exists") {
+	if err := authmin.WriteNewTokenFile(f, false); err == nil || !strings.Contains(err.Error(), "exists") {
 		t.Errorf("overwrite without --force: %v", err)
 	}
-	if err := newTokenFile(f, true); err != nil {
+	if err := authmin.WriteNewTokenFile(f, true); err != nil {
 		t.Fatal(err)
 	}
 	b2, _ := os.ReadFile(f)

@@ -10,6 +10,7 @@ import (
 	"github.com/llorch/llorch/fingerprint"
 	"github.com/llorch/llorch/gpualloc"
 	"github.com/llorch/llorch/internal/nomadpb/structs"
+	"github.com/llorch/llorch/internal/procfs"
 )
 
 // GPU discovery (fingerprint/) and assignment (gpualloc/) wired into the
@@ -182,7 +183,7 @@ func (d *Driver) gpuDevices(snap fingerprint.Snapshot) []gpualloc.Device {
 		if h.Pid() <= 0 {
 			continue
 		}
-		for _, p := range processTree(h.Pid()) {
+		for _, p := range procfs.Tree(h.Pid()) {
 			taskOf[p.PID] = h.TaskID()
 		}
 	}
@@ -244,7 +245,7 @@ func (d *Driver) gpuTaskMemoryBytes(h *taskHandle) (bytes uint64, ok bool) {
 		return 0, false
 	}
 	var pids []int
-	for _, p := range processTree(h.Pid()) {
+	for _, p := range procfs.Tree(h.Pid()) {
 		pids = append(pids, p.PID)
 	}
 	return fingerprint.Snapshot{Processes: procs}.TaskMemoryBytes(pids), true

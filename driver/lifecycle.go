@@ -23,6 +23,7 @@ import (
 
 	"github.com/llorch/llorch/engine"
 	"github.com/llorch/llorch/internal/nomadpb/drivers"
+	"github.com/llorch/llorch/internal/procfs"
 )
 
 const (
@@ -233,7 +234,7 @@ func (d *Driver) launch(st taskState, apiKey string) (*taskHandle, error) {
 		cleanup()
 		return nil, recoverableError("start task supervisor: %v", err)
 	}
-	supStat, _ := readProcStat(sup.Process.Pid)
+	supStat, _ := procfs.ReadStat(sup.Process.Pid)
 	st.Supervisor = engineRecord{PID: sup.Process.Pid, StartTime: supStat.StartTime}
 	st.StartedAt = time.Now()
 
@@ -432,7 +433,7 @@ func (d *Driver) watch(h *taskHandle, supDone <-chan struct{}) {
 	} else {
 		t := time.NewTicker(pollInterval)
 		defer t.Stop()
-		for processAlive(h.st.Supervisor.PID, h.st.Supervisor.StartTime) {
+		for procfs.Alive(h.st.Supervisor.PID, h.st.Supervisor.StartTime) {
 			select {
 			case <-d.ctx.Done():
 				return
@@ -466,7 +467,7 @@ func (d *Driver) killGroup(h *taskHandle, sig syscall.Signal) {
 	if e.PID <= 0 {
 		return
 	}
-	if !processAlive(e.PID, e.StartTime) && len(processGroupMembers(e.PID)) == 0 {
+	if !procfs.Alive(e.PID, e.StartTime) && len(procfs.GroupMembers(e.PID)) == 0 {
 		return
 	}
 	if err := syscall.Kill(-e.PID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -501,7 +502,7 @@ func (d *Driver) RecoverTask(_ context.Context, req *drivers.RecoverTaskRequest)
 	if st.TaskID != id {
 		return nil, status.Errorf(codes.InvalidArgument, "recover task %s: driver state is for task %q", id, st.TaskID)
 	}
-	supAlive := processAlive(st.Supervisor.PID, st.Supervisor.StartTime)
+	supAlive := procfs.Alive(st.Supervisor.PID, st.Supervisor.StartTime)
 	_, exitErr := os.Stat(filepath.Join(st.StateDir, exitFile))
 	if !supAlive && exitErr != nil {
 		// Neither running nor a recorded exit: the task is lost. Make sure
@@ -601,7 +602,7 @@ func (d *Driver) StopTask(ctx context.Context, req *drivers.StopTaskRequest) (*d
 		timeout = max(req.GetTimeout().AsDuration(), 0)
 	}
 	d.log.Debug("stopping task", "task_id", h.st.TaskID, "signal", unix.SignalName(sig), "timeout", timeout.String())
-	if e := h.st.EnginePID; processAlive(e.PID, e.StartTime) {
+	if e := h.st.EnginePID; procfs.Alive(e.PID, e.StartTime) {
 		if err := syscall.Kill(e.PID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return nil, status.Errorf(codes.Internal, "stop task %s: signal %s: %v", h.st.TaskID, unix.SignalName(sig), err)
 		}
@@ -651,7 +652,7 @@ func (d *Driver) DestroyTask(ctx context.Context, req *drivers.DestroyTaskReques
 		if err := d.waitExited(ctx, h, 5*time.Second); err != nil {
 			// The supervisor itself is stuck: kill it; the watcher then
 			// records the exit.
-			if processAlive(h.st.Supervisor.PID, h.st.Supervisor.StartTime) {
+			if procfs.Alive(h.st.Supervisor.PID, h.st.Supervisor.StartTime) {
 				_ = syscall.Kill(h.st.Supervisor.PID, syscall.SIGKILL)
 			}
 			if err := d.waitExited(ctx, h, 5*time.Second); err != nil {
@@ -708,7 +709,7 @@ func (d *Driver) SignalTask(_ context.Context, req *drivers.SignalTaskRequest) (
 		return nil, status.Errorf(codes.InvalidArgument, "signal task %s: field \"signal\": unknown signal %q", h.st.TaskID, req.GetSignal())
 	}
 	e := h.st.EnginePID
-	if h.isExited() || !processAlive(e.PID, e.StartTime) {
+	if h.isExited() || !procfs.Alive(e.PID, e.StartTime) {
 		return nil, status.Errorf(codes.FailedPrecondition, "signal task %s: task is not running", h.st.TaskID)
 	}
 	if err := syscall.Kill(e.PID, sig); err != nil {

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/llorch/llorch/internal/nomadpb/drivers"
+	"github.com/llorch/llorch/internal/procfs"
 )
 
 // clockTicks is USER_HZ, 100 on every Linux Nomad runs on.
@@ -29,7 +30,7 @@ type cpuSample struct {
 }
 
 func newStatsSampler() *statsSampler {
-	return &statsSampler{mhz: cpuMHz(), prev: map[int]cpuSample{}}
+	return &statsSampler{mhz: procfs.CPUMHz(), prev: map[int]cpuSample{}}
 }
 
 // sample measures the engine's whole process tree.
@@ -39,7 +40,7 @@ func (s *statsSampler) sample(rootPID int) *drivers.TaskStats {
 	byPid := map[string]*drivers.TaskResourceUsage{}
 	var aggUser, aggSys, aggRSS, aggSwap float64
 	next := map[int]cpuSample{}
-	for _, p := range processTree(rootPID) {
+	for _, p := range procfs.Tree(rootPID) {
 		cur := cpuSample{start: p.StartTime, user: p.UTime, sys: p.STime, at: now}
 		next[p.PID] = cur
 		var userPct, sysPct float64
@@ -50,7 +51,7 @@ func (s *statsSampler) sample(rootPID int) *drivers.TaskStats {
 			}
 		}
 		rss := uint64(p.RSSPages) * page
-		swap := procSwapBytes(p.PID)
+		swap := procfs.SwapBytes(p.PID)
 		byPid[strconv.Itoa(p.PID)] = s.usage(userPct, sysPct, rss, swap)
 		aggUser += userPct
 		aggSys += sysPct

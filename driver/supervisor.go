@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/llorch/llorch/internal/procfs"
 )
 
 // Each task runs under its own supervisor: the llorch binary re-executed as
@@ -125,7 +127,7 @@ func RunSupervisor(args []string) int {
 		return fail(fmt.Errorf("start engine %s: %w", spec.Path, err))
 	}
 	pid := cmd.Process.Pid
-	st, err := readProcStat(pid)
+	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		logLine("read engine start time: %v", err)
 	}

@@ -1,4 +1,7 @@
-package driver
+// Package procfs reads what llorch needs from /proc: process state, start
+// times (which with the pid name one process for ever), trees, groups.
+// The driver and the home profile share it.
+package procfs
 
 import (
 	"bufio"
@@ -9,8 +12,8 @@ import (
 	"strings"
 )
 
-// procStat is the part of /proc/<pid>/stat the driver uses.
-type procStat struct {
+// Stat is the part of /proc/<pid>/stat the driver uses.
+type Stat struct {
 	PID, PPID, PGRP int
 	State           byte
 	UTime, STime    uint64 // clock ticks
@@ -18,38 +21,38 @@ type procStat struct {
 	RSSPages        int64
 }
 
-// readProcStat parses /proc/<pid>/stat. The command name may contain
+// ReadStat parses /proc/<pid>/stat. The command name may contain
 // spaces and parentheses, so fields are counted from the last ')'.
-func readProcStat(pid int) (procStat, error) {
+func ReadStat(pid int) (Stat, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return procStat{}, err
+		return Stat{}, err
 	}
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 || i+2 >= len(b) {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return Stat{}, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
 	f := strings.Fields(string(b[i+2:]))
 	// f[0] is field 3 (state); field N is f[N-3].
 	if len(f) < 22 {
-		return procStat{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+		return Stat{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
 	}
 	num := func(n int) uint64 { v, _ := strconv.ParseUint(f[n-3], 10, 64); return v }
 	rss, _ := strconv.ParseInt(f[24-3], 10, 64)
-	return procStat{
+	return Stat{
 		PID: pid, PPID: int(num(4)), PGRP: int(num(5)), State: f[0][0],
 		UTime: num(14), STime: num(15), StartTime: num(22), RSSPages: rss,
 	}, nil
 }
 
-// processAlive reports whether pid is still the process that started at
+// Alive reports whether pid is still the process that started at
 // start (guarding against pid reuse) and has not exited (a zombie counts as
 // exited: its parent may not be us and may never reap it).
-func processAlive(pid int, start uint64) bool {
+func Alive(pid int, start uint64) bool {
 	if pid <= 0 {
 		return false
 	}
-	st, err := readProcStat(pid)
+	st, err := ReadStat(pid)
 	if err != nil {
 		return false
 	}
@@ -59,20 +62,20 @@ func processAlive(pid int, start uint64) bool {
 	return st.State != 'Z' && st.State != 'X'
 }
 
-// processTree returns root and all its descendants that are alive.
-func processTree(root int) []procStat {
+// Tree returns root and all its descendants that are alive.
+func Tree(root int) []Stat {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
-	children := map[int][]procStat{}
-	var rootStat *procStat
+	children := map[int][]Stat{}
+	var rootStat *Stat
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		st, err := readProcStat(pid)
+		st, err := ReadStat(pid)
 		if err != nil || st.State == 'Z' {
 			continue
 		}
@@ -85,15 +88,15 @@ func processTree(root int) []procStat {
 	if rootStat == nil {
 		return nil
 	}
-	out := []procStat{*rootStat}
+	out := []Stat{*rootStat}
 	for i := 0; i < len(out); i++ {
 		out = append(out, children[out[i].PID]...)
 	}
 	return out
 }
 
-// processGroupMembers lists live pids whose process group is pgid.
-func processGroupMembers(pgid int) []int {
+// GroupMembers lists live pids whose process group is pgid.
+func GroupMembers(pgid int) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -104,15 +107,15 @@ func processGroupMembers(pgid int) []int {
 		if err != nil {
 			continue
 		}
-		if st, err := readProcStat(pid); err == nil && st.PGRP == pgid && st.State != 'Z' {
+		if st, err := ReadStat(pid); err == nil && st.PGRP == pgid && st.State != 'Z' {
 			out = append(out, pid)
 		}
 	}
 	return out
 }
 
-// procSwapBytes reads VmSwap from /proc/<pid>/status.
-func procSwapBytes(pid int) uint64 {
+// SwapBytes reads VmSwap from /proc/<pid>/status.
+func SwapBytes(pid int) uint64 {
 	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0
@@ -132,9 +135,9 @@ func procSwapBytes(pid int) uint64 {
 	return 0
 }
 
-// cpuMHz is the first core's clock from /proc/cpuinfo (0 when unknown);
+// CPUMHz is the first core's clock from /proc/cpuinfo (0 when unknown);
 // Nomad accounts CPU in MHz, so percent is converted with it.
-func cpuMHz() float64 {
+func CPUMHz() float64 {
 	b, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {
 		return 0

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# make demo: the home profile with a real engine (llama.cpp's llama-server)
+# and the generated demo model, then one real chat request. Idempotent: a
+# demo already running is reused. Stop it with `make demo-stop`.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+cache=${LLORCH_CACHE:-$HOME/.cache/llorch}
+state=${LLORCH_DEMO_STATE:-$cache/demo}
+addr=${LLORCH_DEMO_ADDR:-127.0.0.1:8080}
+mkdir -p "$cache/models" "$state"
+
+echo "==> engine: llama.cpp llama-server"
+scripts/get-llama-server.sh >/dev/null
+echo "==> building bin/llorch"
+CGO_ENABLED=1 go build -o bin/llorch .
+model=$cache/models/tiny.gguf
+[ -f "$model" ] || bin/llorch gen-model -o "$model"
+
+pidfile=$state/home.pid
+if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  echo "==> home profile already running (pid $(cat "$pidfile"))"
+else
+  echo "==> starting the home profile on $addr (log: $state/home.log)"
+  nohup bin/llorch home --model "$model" --state-dir "$state" --addr "$addr" >"$state/home.log" 2>&1 &
+  echo $! >"$pidfile"
+fi
+
+token_file=$state/api.token
+for _ in $(seq 1 300); do
+  if [ -f "$token_file" ] && curl -fsS -H "Authorization: Bearer $(cat "$token_file")" "http://$addr/v1/models" 2>/dev/null | grep -q '"tiny"'; then
+    break
+  fi
+  if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "llorch home exited; its log:" >&2; tail -20 "$state/home.log" >&2; exit 1
+  fi
+  sleep 0.1
+done
+
+echo "==> POST /v1/chat/completions"
+reply=$(curl -fsS "http://$addr/v1/chat/completions" \
+  -H "Authorization: Bearer $(cat "$token_file")" -H 'Content-Type: application/json' \
+  -d '{"model":"tiny","messages":[{"role":"user","content":"Hello, llorch!"}],"max_tokens":64}')
+echo "$reply"
+content=$(printf '%s' "$reply" | sed -n 's/.*"content":"\(\([^"\\]\|\\.\)*\)".*/\1/p')
+echo
+echo "reply: $content"
+echo
+echo "Try it yourself:"
+echo "  curl http://$addr/v1/chat/completions -H \"Authorization: Bearer \$(cat $token_file)\" -H 'Content-Type: application/json' -d '{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
+echo "Stop it: make demo-stop   (or: kill \$(cat $pidfile))"
