@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/llorch/llorch/admission"
 	"github.com/llorch/llorch/instance"
 )
 
@@ -39,6 +40,9 @@ type Config struct {
 	LogLevel          string
 	LogJSON           bool
 	SchedulerProfile  string
+	QueueCapacity     int
+	QueuePolicy       string
+	QueueTimeout      time.Duration
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -146,6 +150,9 @@ func Options() []Option {
 		durOpt("token-grace", "LLORCH_TOKEN_GRACE", "5m", "how long a rotated-out API token keeps working", func(c *Config) *time.Duration { return &c.TokenGrace }),
 		strOpt("log-level", "LLORCH_LOG_LEVEL", "info", "log level: trace, debug, info, warn, error", func(c *Config) *string { return &c.LogLevel }),
 		boolOpt("log-json", "LLORCH_LOG_JSON", "false", "log as JSON lines", func(c *Config) *bool { return &c.LogJSON }),
+		intOpt("queue-capacity", "LLORCH_QUEUE_CAPACITY", "8", "requests that may wait per model while every instance is busy", 1, func(c *Config) *int { return &c.QueueCapacity }),
+		strOpt("queue-policy", "LLORCH_QUEUE_POLICY", "reject", "full queue: reject (429 ADMISSION_REJECT) or drop-lru (evict the oldest batch, then interactive, waiter)", func(c *Config) *string { return &c.QueuePolicy }),
+		durOpt("queue-timeout", "LLORCH_QUEUE_TIMEOUT", "30s", "longest wait in the queue before DEADLINE_UNMET", func(c *Config) *time.Duration { return &c.QueueTimeout }),
 		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight", func(c *Config) *string { return &c.SchedulerProfile }),
 	}
 }
@@ -217,6 +224,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ServiceName == "" {
 		bad = append(bad, "service-name: must not be empty")
+	}
+	if c.QueuePolicy != string(admission.Reject) && c.QueuePolicy != string(admission.DropLRU) {
+		bad = append(bad, fmt.Sprintf("queue-policy: %q is not reject or drop-lru", c.QueuePolicy))
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("router config: %s", strings.Join(bad, "; "))

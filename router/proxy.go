@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/llorch/llorch/admission"
 	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/scheduler"
 )
@@ -120,16 +121,27 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, *perr)
 		return
 	}
-	snap := rt.view.Current()
+	prio, perr2 := priorityOf(r)
+	if perr2 != nil {
+		writeError(w, http.StatusBadRequest, APIError{Code: CodeInvalidParams, Param: "X-Priority", Message: perr2.Error()})
+		return
+	}
 	pr := PlaceRequest{Model: *req.Model, Path: r.URL.Path, Stream: req.Stream != nil && *req.Stream,
 		BodyBytes: len(body), Local: rt.state, Session: r.Header.Get("X-Session-Id"), Prefix: promptPrefix(body)}
 	if req.User != nil {
 		pr.User = *req.User
 	}
-	cands, err := rt.placer.Place(pr, *snap)
+	cands, err := rt.placeAdmitted(r.Context(), pr, prio, start.Add(rt.cfg.QueueTimeout))
 	var nc *NoCapacityError
 	var se *scheduler.Error
+	var ae *admission.Error
 	switch {
+	case errors.As(err, &ae):
+		ri.model = pr.Model
+		ae.WriteHTTP(w)
+		return
+	case r.Context().Err() != nil:
+		return // the client left while queued
 	case errors.As(err, &se):
 		e := APIError{Code: se.Code, Message: se.Message, Retriable: se.Retriable, RetryAfterMs: retryMs(se.Retriable)}
 		if se.Code == scheduler.CodeModelNotAvailable {
@@ -160,6 +172,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	ri.model = pr.Model
 	rt.metrics.inFlight.Inc()
 	defer rt.metrics.inFlight.Dec()
+	defer func() { rt.finished(pr.Model, time.Since(start)) }()
 
 	attempts := 1 + rt.cfg.Retries
 	deadline := start.Add(rt.cfg.RetryBudget)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -110,6 +111,14 @@ func pathLabel(p string) string {
 	}
 	if len(p) > len("/v1/models/") && p[:len("/v1/models/")] == "/v1/models/" {
 		return "/v1/models/{model}"
+	}
+	switch {
+	case p == "/v2/tasks", p == "/v2/nodes", p == "/v2/catalog/availability", p == "/v2/meta/capabilities":
+		return p
+	case strings.HasPrefix(p, "/v2/tasks/") && strings.HasSuffix(p, "/events"):
+		return "/v2/tasks/{id}/events"
+	case strings.HasPrefix(p, "/v2/tasks/") && strings.HasSuffix(p, "/cancel"):
+		return "/v2/tasks/{id}/cancel"
 	}
 	return "other"
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/llorch/llorch/admission"
 	"github.com/llorch/llorch/authmin"
 	"github.com/llorch/llorch/discovery"
 	"github.com/llorch/llorch/registry"
@@ -39,6 +40,8 @@ type Router struct {
 	tokens      *authmin.TokenSet
 	engineToken string
 	handler     http.Handler
+	queues      *admission.Queues
+	tasks       *taskStore
 }
 
 // New builds a router. source feeds the instance view (discovery.Consul in
@@ -66,6 +69,8 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 		reg = prometheus.NewRegistry()
 	}
 	rt := &Router{cfg: cfg, source: source, placer: placer, log: logger, view: discovery.NewView(), promReg: reg}
+	rt.queues = admission.New(admission.Config{Capacity: cfg.QueueCapacity, Policy: admission.Policy(cfg.QueuePolicy)}, admission.Hooks{})
+	rt.tasks = newTaskStore()
 
 	var err error
 	if cfg.APITokenFile != "" {
@@ -195,6 +200,12 @@ func (rt *Router) buildHandler() http.Handler {
 	}
 	mux.HandleFunc("/v1/models", rt.serveModels)
 	mux.HandleFunc("/v1/models/{model...}", rt.serveModel)
+	mux.HandleFunc("POST /v2/tasks", rt.serveTaskSubmit)
+	mux.HandleFunc("GET /v2/tasks/{id}/events", rt.serveTaskEvents)
+	mux.HandleFunc("POST /v2/tasks/{id}/cancel", rt.serveTaskCancel)
+	mux.HandleFunc("GET /v2/nodes", rt.serveNodes)
+	mux.HandleFunc("GET /v2/catalog/availability", rt.serveAvailability)
+	mux.HandleFunc("GET /v2/meta/capabilities", rt.serveCapabilities)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, APIError{Code: CodeNotFound, Message: "no endpoint " + r.Method + " " + r.URL.Path})
 	})

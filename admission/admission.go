@@ -1,0 +1,332 @@
+// Package admission holds requests the scheduler could not place because
+// every candidate of their model was busy: a bounded queue per model with
+// two priority classes (interactive before batch, FIFO within a class) and
+// a policy for a full queue — reject the newcomer, or drop the oldest
+// waiter (batch first) to admit it. A waiter is woken when a request of
+// its model finishes (Notify) and then tries placement again.
+package admission
+
+import (
+	"container/list"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Priority is a request's class.
+type Priority int
+
+const (
+	Interactive Priority = iota
+	Batch
+)
+
+func (p Priority) String() string {
+	if p == Batch {
+		return "batch"
+	}
+	return "interactive"
+}
+
+// ParsePriority reads "interactive" (default for "") or "batch".
+func ParsePriority(s string) (Priority, error) {
+	switch s {
+	case "", "interactive":
+		return Interactive, nil
+	case "batch":
+		return Batch, nil
+	}
+	return 0, fmt.Errorf("priority %q: want interactive or batch", s)
+}
+
+// Policy is what a full queue does with a newcomer.
+type Policy string
+
+const (
+	Reject  Policy = "reject"
+	DropLRU Policy = "drop-lru"
+)
+
+// Codes and their statuses.
+const (
+	CodeAdmissionReject = "ADMISSION_REJECT"    // 429, label reject
+	CodeQueueFullDrop   = "QUEUE_FULL_DROP_LRU" // 429, label drop-lru: the evicted waiter
+	CodeDeadlineUnmet   = "DEADLINE_UNMET"      // 400 before queueing; also a waiter whose deadline passed
+)
+
+// Error is an admission outcome with everything its HTTP answer needs.
+type Error struct {
+	Status       int
+	Code         string
+	Message      string
+	Retriable    bool
+	RetryAfterMs int64
+	PolicyLabel  string
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// WriteHTTP writes the answer: for 429, Retry-After (whole seconds, ≥1)
+// and X-Backoff-Ms, and the body {code, message, retriable, retry_after_ms,
+// policy_label} inside an OpenAI-style "error" so SDKs read it too.
+func (e *Error) WriteHTTP(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	if e.RetryAfterMs > 0 {
+		h.Set("Retry-After", strconv.FormatInt(max(1, (e.RetryAfterMs+999)/1000), 10))
+		h.Set("X-Backoff-Ms", strconv.FormatInt(e.RetryAfterMs, 10))
+	}
+	typ := "rate_limit_error"
+	if e.Status != http.StatusTooManyRequests {
+		typ = "invalid_request_error"
+	}
+	w.WriteHeader(e.Status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
+		"type": typ, "code": e.Code, "message": e.Message, "retriable": e.Retriable,
+		"retry_after_ms": e.RetryAfterMs, "policy_label": e.PolicyLabel,
+	}})
+}
+
+// Config sizes the queues.
+type Config struct {
+	// Capacity is how many requests may wait per model (default 8).
+	Capacity int
+	Policy   Policy // default reject
+	// Recheck bounds a wait between placement attempts, so a wake-up lost
+	// to a race never strands a waiter (default 250 ms).
+	Recheck time.Duration
+}
+
+// Hooks let the router count outcomes without this package knowing
+// Prometheus.
+type Hooks struct {
+	Outcome func(model string, p Priority, outcome string) // queued, admitted, rejected, dropped, deadline, canceled
+	Depth   func(model string, p Priority, depth int)
+}
+
+// Queues are the per-model queues.
+type Queues struct {
+	cfg   Config
+	hooks Hooks
+
+	mu     sync.Mutex
+	models map[string]*modelQueue
+	// svcMs is a moving average of service time, for predicted start.
+	svcMs float64
+}
+
+type modelQueue struct {
+	classes [2]*list.List // of *Ticket
+}
+
+// Ticket is one waiting request.
+type Ticket struct {
+	q     *Queues
+	model string
+	prio  Priority
+	elem  *list.Element
+	wake  chan struct{}
+	err   *Error // set when evicted
+}
+
+// New makes empty queues.
+func New(cfg Config, hooks Hooks) *Queues {
+	if cfg.Capacity <= 0 {
+		cfg.Capacity = 8
+	}
+	if cfg.Policy == "" {
+		cfg.Policy = Reject
+	}
+	if cfg.Recheck <= 0 {
+		cfg.Recheck = 250 * time.Millisecond
+	}
+	return &Queues{cfg: cfg, hooks: hooks, models: map[string]*modelQueue{}, svcMs: 100}
+}
+
+func (q *Queues) queue(model string) *modelQueue {
+	mq, ok := q.models[model]
+	if !ok {
+		mq = &modelQueue{classes: [2]*list.List{list.New(), list.New()}}
+		q.models[model] = mq
+	}
+	return mq
+}
+
+func (mq *modelQueue) len() int { return mq.classes[0].Len() + mq.classes[1].Len() }
+
+// Enqueue adds a request that could not be placed. A full queue answers by
+// policy: reject → *Error ADMISSION_REJECT; drop-lru → the oldest batch
+// waiter (else the oldest interactive one) is evicted with
+// QUEUE_FULL_DROP_LRU and the newcomer admitted.
+func (q *Queues) Enqueue(model string, p Priority) (*Ticket, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	mq := q.queue(model)
+	if mq.len() >= q.cfg.Capacity {
+		backoff := int64(q.svcMs) * int64(q.cfg.Capacity)
+		if q.cfg.Policy == Reject {
+			q.outcome(model, p, "rejected")
+			return nil, &Error{Status: http.StatusTooManyRequests, Code: CodeAdmissionReject, Retriable: true,
+				RetryAfterMs: max(1000, backoff), PolicyLabel: string(Reject),
+				Message: fmt.Sprintf("the queue for model %q is full (%d waiting)", model, mq.len())}
+		}
+		victimClass := mq.classes[Batch]
+		vp := Batch
+		if victimClass.Len() == 0 {
+			victimClass, vp = mq.classes[Interactive], Interactive
+		}
+		victim := victimClass.Remove(victimClass.Front()).(*Ticket)
+		victim.elem = nil
+		victim.err = &Error{Status: http.StatusTooManyRequests, Code: CodeQueueFullDrop, Retriable: true,
+			RetryAfterMs: max(1000, backoff), PolicyLabel: string(DropLRU),
+			Message: fmt.Sprintf("dropped from the full queue of model %q for a newer request", model)}
+		close(victim.wake)
+		q.outcome(model, vp, "dropped")
+	}
+	t := &Ticket{q: q, model: model, prio: p, wake: make(chan struct{})}
+	t.elem = mq.classes[p].PushBack(t)
+	q.outcome(model, p, "queued")
+	q.depth(model, mq)
+	return t, nil
+}
+
+// Notify wakes the first waiter of the model (interactive first): a
+// request finished, so a slot may be free.
+func (q *Queues) Notify(model string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	mq, ok := q.models[model]
+	if !ok {
+		return
+	}
+	for _, c := range mq.classes {
+		if f := c.Front(); f != nil {
+			t := f.Value.(*Ticket)
+			c.Remove(f)
+			t.elem = nil
+			close(t.wake)
+			q.depth(model, mq)
+			return
+		}
+	}
+}
+
+// Observe feeds a finished request's service time into the prediction.
+func (q *Queues) Observe(d time.Duration) {
+	q.mu.Lock()
+	q.svcMs = 0.9*q.svcMs + 0.1*float64(d.Milliseconds())
+	q.mu.Unlock()
+}
+
+// Position is the ticket's 0-based place within its class; -1 once it has
+// been woken or has left.
+func (t *Ticket) Position() int {
+	t.q.mu.Lock()
+	defer t.q.mu.Unlock()
+	if t.elem == nil {
+		return -1
+	}
+	n := 0
+	for e := t.q.models[t.model].classes[t.prio].Front(); e != nil && e != t.elem; e = e.Next() {
+		n++
+	}
+	return n
+}
+
+// PredictedStartMs estimates when the ticket will run: the waiters ahead
+// of it (all interactive ones for a batch ticket) times the mean service
+// time.
+func (t *Ticket) PredictedStartMs() int64 {
+	pos := t.Position()
+	t.q.mu.Lock()
+	defer t.q.mu.Unlock()
+	ahead := pos + 1
+	if t.prio == Batch {
+		ahead += t.q.models[t.model].classes[Interactive].Len()
+	}
+	return int64(float64(ahead) * t.q.svcMs)
+}
+
+// Wait blocks until the ticket is woken (try placement again), evicted
+// (its *Error), ctx ends, the deadline passes (DEADLINE_UNMET), or Recheck
+// elapses (try again anyway). Only a nil return means "place again".
+func (t *Ticket) Wait(ctx context.Context, deadline time.Time) error {
+	var dl <-chan time.Time
+	if !deadline.IsZero() {
+		timer := time.NewTimer(time.Until(deadline))
+		defer timer.Stop()
+		dl = timer.C
+	}
+	recheck := time.NewTimer(t.q.cfg.Recheck)
+	defer recheck.Stop()
+	select {
+	case <-t.wake:
+		if t.err != nil {
+			return t.err
+		}
+		return nil
+	case <-recheck.C:
+		return nil
+	case <-dl:
+		t.Leave("deadline")
+		return &Error{Status: http.StatusServiceUnavailable, Code: CodeDeadlineUnmet, Retriable: false,
+			Message: fmt.Sprintf("the deadline passed while queued for model %q", t.model)}
+	case <-ctx.Done():
+		t.Leave("canceled")
+		return ctx.Err()
+	}
+}
+
+// Requeue puts a woken ticket back at the front of its class (placement
+// lost the race for the freed slot).
+func (t *Ticket) Requeue() {
+	t.q.mu.Lock()
+	defer t.q.mu.Unlock()
+	if t.elem != nil || t.err != nil {
+		return
+	}
+	t.wake = make(chan struct{})
+	mq := t.q.queue(t.model)
+	t.elem = mq.classes[t.prio].PushFront(t)
+	t.q.depth(t.model, mq)
+}
+
+// Leave removes the ticket (placed, canceled or timed out).
+func (t *Ticket) Leave(outcome string) {
+	t.q.mu.Lock()
+	defer t.q.mu.Unlock()
+	if t.elem != nil {
+		mq := t.q.models[t.model]
+		mq.classes[t.prio].Remove(t.elem)
+		t.elem = nil
+		t.q.depth(t.model, mq)
+	}
+	t.q.outcome(t.model, t.prio, outcome)
+}
+
+// Depth is the number of waiters of a model per class.
+func (q *Queues) Depth(model string) (interactive, batch int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if mq, ok := q.models[model]; ok {
+		return mq.classes[Interactive].Len(), mq.classes[Batch].Len()
+	}
+	return 0, 0
+}
+
+func (q *Queues) outcome(model string, p Priority, o string) {
+	if q.hooks.Outcome != nil {
+		q.hooks.Outcome(model, p, o)
+	}
+}
+
+func (q *Queues) depth(model string, mq *modelQueue) {
+	if q.hooks.Depth != nil {
+		q.hooks.Depth(model, Interactive, mq.classes[Interactive].Len())
+		q.hooks.Depth(model, Batch, mq.classes[Batch].Len())
+	}
+}

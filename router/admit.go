@@ -1,0 +1,59 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/llorch/llorch/admission"
+	"github.com/llorch/llorch/instance"
+)
+
+// placeAdmitted places a request; while every candidate of its model is
+// busy (saturated) it waits in the model's admission queue, which may
+// reject it (429) or, under drop-lru, evict it for a newer request.
+func (rt *Router) placeAdmitted(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time) ([]instance.Instance, error) {
+	return rt.placeWithTicket(ctx, pr, prio, deadline, nil)
+}
+
+// placeWithTicket is placeAdmitted for a request that may already hold a
+// queue ticket (a /v2 task queued when it was submitted).
+func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time, t *admission.Ticket) ([]instance.Instance, error) {
+	if t != nil {
+		if err := t.Wait(ctx, deadline); err != nil {
+			return nil, err
+		}
+	}
+	for {
+		cands, err := rt.placer.Place(pr, *rt.view.Current())
+		var nc *NoCapacityError
+		if !errors.As(err, &nc) || !nc.Saturated {
+			if t != nil {
+				t.Leave("admitted")
+			}
+			return cands, err
+		}
+		if t == nil {
+			if t, err = rt.queues.Enqueue(pr.Model, prio); err != nil {
+				return nil, err
+			}
+		} else {
+			t.Requeue() // woken but the slot went elsewhere: back to the front
+		}
+		if err := t.Wait(ctx, deadline); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// finished tells the model's queue a slot may be free.
+func (rt *Router) finished(model string, took time.Duration) {
+	rt.queues.Observe(took)
+	rt.queues.Notify(model)
+}
+
+// priorityOf reads X-Priority (interactive by default).
+func priorityOf(r *http.Request) (admission.Priority, error) {
+	return admission.ParsePriority(r.Header.Get("X-Priority"))
+}
