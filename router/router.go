@@ -222,4 +222,16 @@ func (rt *Router) buildHandler() http.Handler {
 	return rt.withRequestContext(authed)
 }
 
+// Routes lists the method and path of every endpoint the router serves
+// (the OpenAPI document's test holds it to this list).
+func Routes() [][2]string {
+	out := [][2]string{{"GET", "/healthz"}, {"GET", "/metrics"}, {"GET", "/v1/models"}, {"GET", "/v1/models/{model}"},
+		{"POST", "/v2/tasks"}, {"GET", "/v2/tasks/{id}/events"}, {"POST", "/v2/tasks/{id}/cancel"},
+		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}}
+	for _, p := range proxiedPaths {
+		out = append(out, [2]string{"POST", p})
+	}
+	return out
+}
+
 var proxiedPaths = []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}

@@ -1,0 +1,211 @@
+// Package docgen generates docs/configuration.md from the code: the
+// router's option table, the driver's plugin and task config schemas (the
+// very hclspec the agent reads) and the home profile's config struct. Its
+// test fails when the committed document and the code differ, so the
+// reference cannot drift.
+package docgen
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+
+	"github.com/llorch/llorch/driver"
+	"github.com/llorch/llorch/home"
+	"github.com/llorch/llorch/internal/nomadpb/hclspec"
+	"github.com/llorch/llorch/router"
+)
+
+// Field is one documented setting.
+type Field struct {
+	Name, Type, Default, Help string
+	Required                  bool
+}
+
+// SchemaFields flattens an hclspec object into dotted field names.
+func SchemaFields(spec *hclspec.Spec) []Field {
+	var out []Field
+	var walk func(prefix string, s *hclspec.Spec)
+	walk = func(prefix string, s *hclspec.Spec) {
+		for name, sub := range s.GetObject().GetAttributes() {
+			full := prefix + name
+			switch {
+			case sub.GetAttr() != nil:
+				out = append(out, Field{Name: full, Type: sub.GetAttr().GetType(), Required: sub.GetAttr().GetRequired()})
+			case sub.GetDefault() != nil:
+				d := sub.GetDefault()
+				out = append(out, Field{Name: full, Type: d.GetPrimary().GetAttr().GetType(), Default: d.GetDefault().GetLiteral().GetValue()})
+			case sub.GetBlockAttrs() != nil:
+				out = append(out, Field{Name: full, Type: "block of " + sub.GetBlockAttrs().GetType()})
+			case sub.GetBlockValue() != nil:
+				walk(full+".", sub.GetBlockValue().GetNested())
+			}
+		}
+	}
+	walk("", spec)
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// YAMLFields lists a struct's yaml keys (nested structs and slices of
+// structs as key[].sub).
+func YAMLFields(t reflect.Type, prefix string) []Field {
+	var out []Field
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		key := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if key == "" || key == "-" {
+			continue
+		}
+		ft := f.Type
+		switch {
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
+			out = append(out, YAMLFields(ft.Elem(), prefix+key+"[].")...)
+		case ft.Kind() == reflect.Struct:
+			out = append(out, YAMLFields(ft, prefix+key+".")...)
+		default:
+			out = append(out, Field{Name: prefix + key, Type: ft.String()})
+		}
+	}
+	return out
+}
+
+// Configuration renders docs/configuration.md.
+func Configuration() (string, error) {
+	var b strings.Builder
+	b.WriteString("# Configuration reference\n\n")
+	b.WriteString("Generated from the code by `go test ./internal/docgen -update`; a test fails when this file and the code differ.\n\n")
+
+	b.WriteString("## Router (`llorch router`)\n\nEvery option is a flag or an environment variable; a flag wins. Secrets come from files (or the environment), never from flags.\n\n")
+	b.WriteString("| flag | environment | default | what it does |\n|---|---|---|---|\n")
+	for _, o := range router.Options() {
+		fmt.Fprintf(&b, "| `--%s` | `%s` | %s | %s |\n", o.Flag, o.Env, code(o.Default), esc(o.Help))
+	}
+	b.WriteString("\nAlso read from the environment only: `LLORCH_API_TOKEN` (when no token file is set), `CONSUL_HTTP_TOKEN` (likewise), `LLORCH_AUTH_OPTIONAL`.\n\n")
+
+	for _, sec := range []struct {
+		title, intro string
+		fields       []Field
+		help         map[string]string
+	}{
+		{"Driver plugin config (`plugin \"llorch\" { config { ... } }`)", "The Nomad client's plugin stanza; see deploy/nomad/agent-plugin.hcl.", SchemaFields(driver.PluginConfigSpec()), pluginHelp},
+		{"Task config (job `task { driver = \"llorch\" config { ... } }`)", "An unknown or ill-typed field fails the task with a message that names it; see example.nomad.hcl.", SchemaFields(driver.TaskConfigSpec()), taskHelp},
+	} {
+		fmt.Fprintf(&b, "## %s\n\n%s\n\n| field | type | default | what it does |\n|---|---|---|---|\n", sec.title, sec.intro)
+		for _, f := range sec.fields {
+			h, ok := sec.help[f.Name]
+			if !ok {
+				return "", fmt.Errorf("no help text for %s field %q: add it to internal/docgen", sec.title, f.Name)
+			}
+			def := code(f.Default)
+			if f.Required {
+				def = "required"
+			}
+			fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", f.Name, code(f.Type), def, esc(h))
+		}
+		if err := unknownHelp(sec.help, sec.fields); err != nil {
+			return "", err
+		}
+		b.WriteString("\n")
+	}
+
+	b.WriteString("## Home profile (`llorch home --config home.yaml`)\n\nFlags `--model`, `--engine`, `--name`, `--model-name`, `--engine-bin`, `--ctx`, `--slots`, `--threads`, `--addr`, `--state-dir` describe one pool without a file. Unknown keys in the file are errors that name the key.\n\n| key | type | what it does |\n|---|---|---|\n")
+	hf := YAMLFields(reflect.TypeOf(home.Config{}), "")
+	for _, f := range hf {
+		h, ok := homeHelp[f.Name]
+		if !ok {
+			return "", fmt.Errorf("no help text for home config key %q: add it to internal/docgen", f.Name)
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", f.Name, code(f.Type), esc(h))
+	}
+	if err := unknownHelp(homeHelp, hf); err != nil {
+		return "", err
+	}
+	b.WriteString("\n## Other environment variables\n\n| variable | read by | meaning |\n|---|---|---|\n")
+	for _, e := range otherEnv {
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", e[0], e[1], esc(e[2]))
+	}
+	return b.String(), nil
+}
+
+func unknownHelp(help map[string]string, fields []Field) error {
+	known := map[string]bool{}
+	for _, f := range fields {
+		known[f.Name] = true
+	}
+	for k := range help {
+		if !known[k] {
+			return fmt.Errorf("help text for %q, which the code does not have", k)
+		}
+	}
+	return nil
+}
+
+func code(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "`" + s + "`"
+}
+
+func esc(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
+
+var pluginHelp = map[string]string{
+	"consul.address":      "Consul HTTP address engines register with (else `CONSUL_HTTP_ADDR`); without either the driver only probes engines",
+	"consul.token_file":   "file holding the driver's Consul token (policy deploy/consul/driver-policy.hcl); else `CONSUL_HTTP_TOKEN`",
+	"consul.service_name": "Consul service engines register under",
+	"engines":             "engine name → binary path, e.g. `llamacpp = \"/usr/local/bin/llama-server\"`; the fingerprint lists the engines found",
+	"default_engine":      "engine of tasks that name none",
+	"fingerprint_period":  "how often GPUs and the model catalog are re-read (changes are sent at once)",
+	"require_gpu":         "report the driver unhealthy on a node without a usable NVIDIA GPU",
+	"gpu_sharing":         "let several engines share a GPU when its free VRAM allows",
+	"vram_headroom_mib":   "VRAM per GPU kept free when assigning GPUs",
+	"model_dir":           "the node's model directory: fingerprinted into `driver.llorch.models` (see docs/models.md); relative task model paths resolve here",
+	"engine_token_file":   "file holding the engine API key; engines that take one require it, and the router presents it",
+	"advertise_address":   "address registered in Consul for engines (default: the task's port mapping host IP, else the node's first non-loopback IPv4)",
+	"node_id":             "node id in registrations (default: Nomad's node id)",
+}
+
+var taskHelp = map[string]string{
+	"engine":       "llamacpp, vllm, ollama, sglang or tgi (default: the plugin's default_engine)",
+	"model":        "model file (GGUF) or model name/directory, absolute or under model_dir",
+	"model_name":   "name clients send as `model` (default: the file's base name)",
+	"port":         "a port label of the group's network block (`\"http\"`) or a number",
+	"ctx":          "context length per slot",
+	"slots":        "parallel sequences the engine serves",
+	"gpu_layers":   "layers to offload to the GPU; -1 = all",
+	"threads":      "CPU threads",
+	"gpus":         "GPUs: a count, or a list of GPU UUIDs",
+	"vram_mib":     "VRAM to reserve per GPU (default: whole GPUs)",
+	"extra_args":   "more engine arguments, appended as given",
+	"env":          "extra environment variables for the engine",
+	"pool":         "pool id registered with the engine (default `<job>/<group>`)",
+	"service.name": "Consul service name for this task's engine (default: the plugin's)",
+	"service.tags": "extra Consul tags",
+}
+
+var homeHelp = map[string]string{
+	"addr":               "router address (default `127.0.0.1:8080`)",
+	"state_dir":          "tokens, engine logs, and the state file that lets a restart clean up engines left by a crash (default `$XDG_STATE_HOME/llorch` or `~/.local/state/llorch`)",
+	"api_token_file":     "client API token file (default `<state_dir>/api.token`, created on first start)",
+	"pools[].name":       "pool name (default: the model name)",
+	"pools[].engine":     "engine (default llamacpp)",
+	"pools[].model":      "model file (required)",
+	"pools[].model_name": "name clients send as `model` (default: the file's base name)",
+	"pools[].binary":     "engine program (default `$LLORCH_CACHE/bin/<engine>`, then `PATH`)",
+	"pools[].ctx":        "context per slot",
+	"pools[].slots":      "parallel slots (default 1)",
+	"pools[].threads":    "CPU threads",
+	"pools[].gpu_layers": "layers to offload to the GPU",
+	"pools[].extra_args": "more engine arguments",
+}
+
+var otherEnv = [][3]string{
+	{"LLORCH_PROFILE", "llorch home", "`cloud` makes `llorch home` refuse and point to `llorch router`"},
+	{"LLORCH_CACHE", "scripts, home, tests", "where Consul, llama-server and the demo model are cached (default `~/.cache/llorch`)"},
+	{"LLORCH_LOG_FORMAT", "llorch home", "`json` for JSON log lines"},
+	{"NOMAD_ADDR, NOMAD_TOKEN", "llorch jobs", "the Nomad API, as the nomad CLI reads them"},
+	{"LLORCH_REQUIRE_INTEGRATION", "tests", "`1` (CI): a missing Consul or engine binary fails tests instead of skipping them"},
+	{"LLORCH_BIN", "tests", "the built llorch binary the protocol tests start"},
+}
