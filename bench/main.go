@@ -1,0 +1,130 @@
+// Command bench is `make bench`: llorch measured against its baselines in
+// the same run, on whatever machine runs it. It writes
+// bench/results/latest.md and latest.json and prints the table.
+//
+// Everything is measured here, now: the router against a direct call and
+// against a stock nginx reverse proxy (interleaved rounds, open-loop load),
+// streaming relay, the router's footprint at 1,000 streams, scheduler
+// decisions, Consul discovery at 1,000 and 10,000 instances, and engine
+// failure detection with a real llama-server. A figure that could not be
+// measured says why instead.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+type row struct {
+	Section string `json:"section"`
+	Figure  string `json:"figure"`
+	Llorch  string `json:"llorch"`
+	Base    string `json:"baseline"`
+	Goal    string `json:"goal"`
+	Met     string `json:"met"`
+}
+
+var rows []row
+
+func add(section, figure, llorch, base, goal string, met *bool) {
+	m := ""
+	if met != nil {
+		m = map[bool]string{true: "yes", false: "NO"}[*met]
+	}
+	rows = append(rows, row{section, figure, llorch, base, goal, m})
+	fmt.Printf("  %-34s llorch %-22s baseline %-22s goal %-14s %s\n", figure, llorch, base, goal, m)
+}
+
+func notMeasured(section, figure, why string) {
+	rows = append(rows, row{section, figure, "not measured: " + why, "", "", ""})
+	fmt.Printf("  %-34s not measured: %s\n", figure, why)
+}
+
+func b(v bool) *bool { return &v }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }
+
+func main() {
+	quick := flag.Bool("quick", false, "shorter rounds (a smoke run, noisier figures)")
+	out := flag.String("out", "bench/results", "where latest.md and latest.json go")
+	flag.Parse()
+	round := 2 * time.Second
+	rounds := 3
+	if *quick {
+		round, rounds = 700*time.Millisecond, 2
+	}
+	env, err := setup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	defer env.close()
+
+	fmt.Println("== router overhead (open loop, interleaved rounds)")
+	routerOverhead(env, round, rounds)
+	fmt.Println("== streaming relay (50 concurrent streams)")
+	streamRelay(env)
+	fmt.Println("== router at 1,000 concurrent streams")
+	routerScale(env)
+	fmt.Println("== scheduler decisions")
+	schedulerBench(*quick)
+	fmt.Println("== discovery in Consul")
+	discoveryBench(env, *quick)
+	fmt.Println("== failure detection (real llama-server)")
+	failureBench(env, *quick)
+	notMeasured("driver", "StartTask → Consul passing", "runs in the driver's protocol tests (go test -run Announce -v ./driver/), which print it")
+
+	if err := write(*out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	nginx := "nginx not found"
+	if out, err := exec.Command("nginx", "-v").CombinedOutput(); err == nil {
+		nginx = strings.TrimSpace(string(out))
+	}
+	return fmt.Sprintf("%s, %d cores, %s, %s, %s", model, runtime.NumCPU(), runtime.Version(), nginx, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+}
+
+func write(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var md strings.Builder
+	fmt.Fprintf(&md, "# llorch benchmark\n\nMachine: %s\n\nProduced by `make bench`; every figure was measured in this run, baselines beside llorch.\n\n", machine())
+	section := ""
+	for _, r := range rows {
+		if r.Section != section {
+			section = r.Section
+			fmt.Fprintf(&md, "\n## %s\n\n| figure | llorch | baseline | goal | met |\n|---|---|---|---|---|\n", section)
+		}
+		fmt.Fprintf(&md, "| %s | %s | %s | %s | %s |\n", r.Figure, r.Llorch, r.Base, r.Goal, r.Met)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "latest.md"), []byte(md.String()), 0o644); err != nil {
+		return err
+	}
+	js, _ := json.MarshalIndent(map[string]any{"machine": machine(), "rows": rows}, "", "  ")
+	if err := os.WriteFile(filepath.Join(dir, "latest.json"), js, 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("\n%s\nwritten to %s/latest.md and latest.json\n", md.String(), dir)
+	return nil
+}

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	consul "github.com/hashicorp/consul/api"
+
+	"github.com/llorch/llorch/instance"
+)
+
+const apiToken = "bench-token-0123456789abcdef0123456789abcdef"
+
+type env struct {
+	dir                     string
+	upstream, stream, slow  *proc
+	uPort, sPort, wPort     int
+	consul                  *proc
+	consulAddr              string
+	cc                      *consul.Client
+	router                  *proc
+	routerURL               string
+	nginx                   *proc
+	nFast, nStream, nSlow   int
+	direct, viaNginx, viaRt target
+}
+
+func cacheDir() string {
+	if d := os.Getenv("LLORCH_CACHE"); d != "" {
+		return d
+	}
+	h, _ := os.UserHomeDir()
+	return filepath.Join(h, ".cache", "llorch")
+}
+
+func setup() (*env, error) {
+	e := &env{}
+	var err error
+	if e.dir, err = os.MkdirTemp("", "llorch-bench-"); err != nil {
+		return nil, err
+	}
+	llorch, _ := filepath.Abs("bin/llorch")
+	if _, err := os.Stat(llorch); err != nil {
+		return nil, fmt.Errorf("bin/llorch missing (run make build): %w", err)
+	}
+	up := filepath.Join(e.dir, "upstream")
+	if out, err := exec.Command("go", "build", "-o", up, "./bench/upstream").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("build upstream: %v\n%s", err, out)
+	}
+	e.uPort, e.sPort, e.wPort = freePort(), freePort(), freePort()
+	if e.upstream, err = start("upstream", nil, up, "-addr", addr(e.uPort), "-tokens", "8"); err != nil {
+		return nil, err
+	}
+	if e.stream, err = start("stream", nil, up, "-addr", addr(e.sPort), "-tokens", "32", "-token-delay", "2ms"); err != nil {
+		return nil, err
+	}
+	if e.slow, err = start("slow", nil, up, "-addr", addr(e.wPort), "-tokens", "20", "-token-delay", "100ms"); err != nil {
+		return nil, err
+	}
+	for _, p := range []int{e.uPort, e.sPort, e.wPort} {
+		if err := waitHTTP("http://"+addr(p)+"/v1/models", 10*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.startConsul(); err != nil {
+		return nil, err
+	}
+	for _, r := range []struct {
+		model string
+		port  int
+	}{{"bench", e.uPort}, {"bench-stream", e.sPort}, {"bench-slow", e.wPort}} {
+		in := instance.Instance{ID: "bench-" + r.model, Service: instance.DefaultServiceName, Address: "127.0.0.1", Port: r.port,
+			Model: r.model, Engine: "fixture", NodeID: "bench-node", Slots: 4096, APIs: []string{"/v1/chat/completions"}}
+		meta, _ := in.Meta()
+		if err := e.cc.Agent().ServiceRegister(&consul.AgentServiceRegistration{ID: in.ID, Name: in.Service, Address: in.Address, Port: in.Port, Tags: in.Tags(), Meta: meta}); err != nil {
+			return nil, fmt.Errorf("register %s: %w", in.ID, err)
+		}
+	}
+	rPort := freePort()
+	e.routerURL = "http://" + addr(rPort)
+	if e.router, err = start("router", []string{"LLORCH_ADDR=" + addr(rPort), "LLORCH_API_TOKEN=" + apiToken,
+		"CONSUL_HTTP_ADDR=" + e.consulAddr, "LLORCH_LOG_LEVEL=warn", "LLORCH_QUEUE_CAPACITY=4096"}, llorch, "router"); err != nil {
+		return nil, err
+	}
+	if err := e.waitModels(); err != nil {
+		return nil, err
+	}
+	if err := e.startNginx(); err != nil {
+		fmt.Println("  nginx:", err)
+	}
+	e.direct = target{name: "direct", url: "http://" + addr(e.uPort)}
+	e.viaRt = target{name: "llorch", url: e.routerURL, token: apiToken, pgid: e.router.cmd.Process.Pid}
+	if e.nginx != nil {
+		e.viaNginx = target{name: "nginx", url: "http://" + addr(e.nFast), pgid: e.nginx.cmd.Process.Pid}
+	}
+	return e, nil
+}
+
+func addr(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
+
+func (e *env) startConsul() error {
+	bin := filepath.Join(cacheDir(), "bin", "consul")
+	if _, err := os.Stat(bin); err != nil {
+		return fmt.Errorf("consul not found at %s (run scripts/build-consul.sh)", bin)
+	}
+	hp := freePort()
+	e.consulAddr = addr(hp)
+	var err error
+	e.consul, err = start("consul", nil, bin, "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=bench-node",
+		"-http-port="+strconv.Itoa(hp), "-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1",
+		"-serf-lan-port="+strconv.Itoa(freePort()), "-serf-wan-port="+strconv.Itoa(freePort()), "-server-port="+strconv.Itoa(freePort()))
+	if err != nil {
+		return err
+	}
+	cfg := consul.DefaultConfig()
+	cfg.Address = e.consulAddr
+	if e.cc, err = consul.NewClient(cfg); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if l, err := e.cc.Status().Leader(); err == nil && l != "" {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("consul did not start")
+}
+
+func (e *env) waitModels() error {
+	deadline := time.Now().Add(20 * time.Second)
+	cl := newClient(4)
+	for time.Now().Before(deadline) {
+		if err := do(cl, target{url: e.routerURL, token: apiToken}, chatBody); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("router did not route to the upstream in 20s")
+}
+
+// startNginx runs Debian's nginx as the operators' baseline: keepalive
+// upstreams, HTTP/1.1 to the upstream, no buffering, no access log.
+func (e *env) startNginx() error {
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		return fmt.Errorf("not installed (apt-get install nginx)")
+	}
+	e.nFast, e.nStream, e.nSlow = freePort(), freePort(), freePort()
+	var servers strings.Builder
+	for i, pair := range [][2]int{{e.nFast, e.uPort}, {e.nStream, e.sPort}, {e.nSlow, e.wPort}} {
+		fmt.Fprintf(&servers, `
+  upstream up%d { server 127.0.0.1:%d; keepalive 64; }
+  server {
+    listen 127.0.0.1:%d;
+    location / {
+      proxy_pass http://up%d;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 60s;
+    }
+  }`, i, pair[1], pair[0], i)
+	}
+	conf := fmt.Sprintf(`worker_processes auto;
+pid %s/nginx.pid;
+error_log %s/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  client_body_temp_path %s;
+  proxy_temp_path %s;
+%s
+}
+`, e.dir, e.dir, e.dir, e.dir, servers.String())
+	cf := filepath.Join(e.dir, "nginx.conf")
+	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	if e.nginx, err = start("nginx", nil, bin, "-c", cf, "-p", e.dir, "-g", "daemon off;"); err != nil {
+		return err
+	}
+	return waitHTTP("http://"+addr(e.nFast)+"/v1/models", 10*time.Second)
+}
+
+func (e *env) close() {
+	for _, p := range []*proc{e.router, e.nginx, e.consul, e.upstream, e.stream, e.slow} {
+		p.stop()
+	}
+	os.RemoveAll(e.dir)
+}
