@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/llorch/llorch/admission"
 	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/scheduler"
@@ -112,7 +114,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 				Message: fmt.Sprintf("request body is over the %d-byte limit", mbe.Limit)})
 			return
 		}
-		ri.log.Debug("reading request body failed", "error", err)
+		ri.logger().Debug("reading request body failed", "error", err)
 		writeError(w, http.StatusBadRequest, APIError{Code: CodeInvalidParams, Message: "reading the request body failed: " + err.Error()})
 		return
 	}
@@ -161,7 +163,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 			Retriable: true, RetryAfterMs: max(1, nc.RetryAfter.Milliseconds())})
 		return
 	case err != nil:
-		ri.log.Error("placement failed", "model", pr.Model, "error", err)
+		ri.logger().Error("placement failed", "model", pr.Model, "error", err)
 		writeError(w, http.StatusInternalServerError, APIError{Code: CodeInternal, Message: "placement failed"})
 		return
 	case len(cands) == 0:
@@ -204,7 +206,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		}
 		failures = append(failures, inst.ID+": "+out.reason)
 		rt.metrics.retries.WithLabelValues(out.label).Inc()
-		ri.log.Warn("instance failed before answering; trying the next", "instance_id", inst.ID, "model", pr.Model, "reason", out.reason)
+		ri.logger().Warn("instance failed before answering; trying the next", "instance_id", inst.ID, "model", pr.Model, "reason", out.reason)
 	}
 	if r.Context().Err() != nil {
 		return
@@ -248,7 +250,7 @@ var (
 // attempt sends the request to one instance and, once the instance has
 // produced its first byte of body, commits the response to the client.
 func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst instance.Instance, body []byte, pr PlaceRequest, ri *reqInfo, start time.Time) outcome {
-	log := ri.log.With("instance_id", inst.ID)
+	log := func() hclog.Logger { return ri.logger().With("instance_id", inst.ID) }
 	release := rt.state.acquire(inst.ID)
 	defer release()
 
@@ -345,12 +347,12 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst instance.
 	case upErr == nil:
 		rt.state.success(inst.ID)
 	case clientGone || errors.Is(upErr, errClientWrite):
-		log.Debug("client went away; upstream request cancelled", "error", upErr)
+		log().Debug("client went away; upstream request cancelled", "error", upErr)
 		return outcome{kind: outcomeDone}
 	default:
 		rt.state.fault(inst.ID)
 		_, reason := classify(upErr, context.Cause(ctx))
-		log.Warn("engine failed mid-answer", "model", pr.Model, "reason", reason)
+		log().Warn("engine failed mid-answer", "model", pr.Model, "reason", reason)
 		if !sse {
 			return outcome{kind: outcomeAbort}
 		}

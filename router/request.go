@@ -35,8 +35,18 @@ func saneCorrelationID(s string) bool {
 // reqInfo is per-request state shared by the middleware and the handlers.
 type reqInfo struct {
 	id    string
-	log   hclog.Logger
-	model string // metrics label; set by handlers that know the model
+	base  hclog.Logger
+	lg    hclog.Logger // base.With(correlation_id), built on first use
+	model string       // metrics label; set by handlers that know the model
+}
+
+// logger is the request's logger, carrying its correlation id. It is built
+// on first use: hclog's With copies, and most requests never log.
+func (ri *reqInfo) logger() hclog.Logger {
+	if ri.lg == nil {
+		ri.lg = ri.base.With("correlation_id", ri.id)
+	}
+	return ri.lg
 }
 
 type ctxKey struct{}
@@ -45,7 +55,7 @@ func infoFrom(ctx context.Context) *reqInfo {
 	if ri, ok := ctx.Value(ctxKey{}).(*reqInfo); ok {
 		return ri
 	}
-	return &reqInfo{log: hclog.NewNullLogger()}
+	return &reqInfo{base: hclog.NewNullLogger()}
 }
 
 // statusWriter remembers the status for metrics; Unwrap lets
@@ -85,7 +95,7 @@ func (rt *Router) withRequestContext(next http.Handler) http.Handler {
 		if !saneCorrelationID(id) {
 			id = uuid.NewString()
 		}
-		ri := &reqInfo{id: id, log: rt.log.With("correlation_id", id), model: unknownModel}
+		ri := &reqInfo{id: id, base: rt.log, model: unknownModel}
 		w.Header().Set(CorrelationHeader, id)
 		sw := &statusWriter{ResponseWriter: w}
 		start := time.Now()
@@ -97,7 +107,9 @@ func (rt *Router) withRequestContext(next http.Handler) http.Handler {
 				status = 499 // the client went away before any answer
 			}
 			rt.metrics.requests.WithLabelValues(pathLabel(r.URL.Path), ri.model, strconv.Itoa(status)).Inc()
-			ri.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start).String())
+			if rt.log.IsDebug() {
+				ri.logger().Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start).String())
+			}
 		}()
 		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, ri)))
 	})

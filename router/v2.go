@@ -258,7 +258,7 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 	if ticket != nil {
 		pos, predicted = ticket.Position(), ticket.PredictedStartMs()
 	}
-	go rt.runTask(ctx, t, tr, pr, path, ticket, deadline, pos, predicted, ri.log.With("task_id", t.id))
+	go rt.runTask(ctx, t, tr, pr, path, ticket, deadline, pos, predicted, ri.logger().With("task_id", t.id))
 	writeJSON(w, http.StatusAccepted, map[string]any{
 		"task_id": t.id, "queue_position": pos, "predicted_start_ms": predicted, "backoff_ms": 0,
 		"streams": map[string]string{"sse": "/v2/tasks/" + t.id + "/events"},
