@@ -78,11 +78,20 @@ func (s *syncBuffer) String() string {
 // its log is printed if the test failed.
 func Launch(t testing.TB, bin string) *Plugin {
 	t.Helper()
+	return LaunchCmd(t, exec.Command(bin))
+}
+
+// LaunchCmd is Launch for a prepared command, e.g. `ip netns exec <ns>
+// llorch` to run the plugin on a test host in a network namespace (the
+// unix socket works across namespaces on one filesystem).
+func LaunchCmd(t testing.TB, cmd *exec.Cmd) *Plugin {
+	t.Helper()
+	bin := cmd.Path
 	logs := &syncBuffer{}
 	c := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
 		Plugins:          plugin.PluginSet{"base": connPlugin{}, "driver": connPlugin{}},
-		Cmd:              exec.Command(bin),
+		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           hclog.New(&hclog.LoggerOptions{Name: "agent", Output: logs, Level: hclog.Trace}),
 	})
