@@ -203,9 +203,18 @@ func (d *Driver) launch(st taskState, apiKey string) (*taskHandle, error) {
 		return nil, recoverableError("create task state dir: %v", err)
 	}
 	cleanup := func() { _ = os.RemoveAll(st.StateDir) }
-	if err := writeJSONAtomic(filepath.Join(st.StateDir, specFile), supervisorSpec{
-		Path: cmd.Path, Args: cmd.Args, Env: envMapToSlice(env), Dir: st.TaskDir,
-	}); err != nil {
+	sspec := supervisorSpec{Path: cmd.Path, Args: cmd.Args, Dir: st.TaskDir}
+	for k, v := range env {
+		// The engine token goes to the engine through the supervisor,
+		// which reads it from the token file: never into the spec on disk.
+		if apiKey != "" && v == apiKey && d.config().EngineTokenFile != "" {
+			sspec.SecretEnv = append(sspec.SecretEnv, secretEnv{Name: k, File: d.config().EngineTokenFile})
+			continue
+		}
+		sspec.Env = append(sspec.Env, k+"="+v)
+	}
+	sort.Strings(sspec.Env)
+	if err := writeJSONAtomic(filepath.Join(st.StateDir, specFile), sspec); err != nil {
 		cleanup()
 		return nil, recoverableError("write supervisor spec: %v", err)
 	}

@@ -36,6 +36,15 @@ type supervisorSpec struct {
 	Args []string `json:"args"`
 	Env  []string `json:"env"`
 	Dir  string   `json:"dir"`
+	// SecretEnv names variables whose values the supervisor reads from a
+	// file when it starts the engine, so the spec on disk never holds the
+	// engine token itself.
+	SecretEnv []secretEnv `json:"secret_env,omitempty"`
+}
+
+type secretEnv struct {
+	Name string `json:"name"`
+	File string `json:"file"`
 }
 
 // engineRecord identifies the running engine; pid plus start time names one
@@ -118,6 +127,13 @@ func RunSupervisor(args []string) int {
 	}
 	cmd := exec.Command(spec.Path, spec.Args...)
 	cmd.Env = spec.Env
+	for _, se := range spec.SecretEnv {
+		b, err := os.ReadFile(se.File)
+		if err != nil {
+			return fail(fmt.Errorf("read %s for %s: %w", se.File, se.Name, err))
+		}
+		cmd.Env = append(cmd.Env, se.Name+"="+strings.TrimSpace(string(b)))
+	}
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	// Its own process group, so a stop can kill the engine and everything

@@ -256,6 +256,8 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst instance.
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
+	unwatch := rt.state.watchGone(inst.ID, cancel)
+	defer unwatch()
 	up, err := http.NewRequestWithContext(ctx, http.MethodPost, inst.URL()+r.URL.Path, bytes.NewReader(body))
 	if err != nil {
 		return outcome{kind: outcomeRetry, reason: "bad instance address: " + err.Error(), label: "bad_address"}
@@ -316,7 +318,9 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst instance.
 		return outcome{kind: outcomeRetry, reason: "before the first byte: " + reason, label: label}
 	}
 
-	// Commit.
+	// Commit: from here on a vanished instance breaks the stream instead of
+	// being retried (the client has bytes already).
+	unwatch()
 	h := w.Header()
 	for k, v := range resp.Header {
 		if !hopHeaders[k] {
@@ -467,6 +471,8 @@ func classify(err, cause error) (label, reason string) {
 	switch {
 	case errors.Is(cause, errIdle):
 		return "timeout", "timed out waiting for the engine"
+	case errors.Is(cause, errInstanceGone):
+		return "gone", errInstanceGone.Error()
 	case errors.As(err, &ne) && ne.Timeout():
 		return "timeout", "timed out: " + err.Error()
 	case errors.As(err, &oe) && oe.Op == "dial":

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,33 @@ type instState struct {
 	consecutive int
 	backoff     time.Duration // the next ejection's length
 	probation   bool          // back from an ejection, not yet proven healthy
+	// waiting holds the cancels of attempts that have not had their first
+	// byte yet: when the instance leaves the registry (its node died, its
+	// check went critical) they are cancelled and retried elsewhere rather
+	// than left waiting for a first byte that will never come.
+	waiting map[*int]func(error)
+}
+
+// errInstanceGone cancels attempts to an instance that left the registry.
+var errInstanceGone = errors.New("instance left the registry before answering")
+
+// watchGone registers an attempt's cancel until its first byte; the
+// returned func unregisters it (call it once the answer starts, and at the
+// end).
+func (s *localState) watchGone(id string, cancel func(error)) func() {
+	st := s.get(id)
+	key := new(int)
+	st.mu.Lock()
+	if st.waiting == nil {
+		st.waiting = map[*int]func(error){}
+	}
+	st.waiting[key] = cancel
+	st.mu.Unlock()
+	return func() {
+		st.mu.Lock()
+		delete(st.waiting, key)
+		st.mu.Unlock()
+	}
 }
 
 func newLocalState(ejectAfter int, base, cap time.Duration, onEject func(string, time.Duration)) *localState {
@@ -142,7 +170,16 @@ func (s *localState) prune(snap *registry.Snapshot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id, st := range s.m {
-		if !live[id] && st.inFlight.Load() == 0 {
+		if live[id] {
+			continue
+		}
+		st.mu.Lock()
+		for _, cancel := range st.waiting {
+			cancel(errInstanceGone)
+		}
+		st.waiting = nil
+		st.mu.Unlock()
+		if st.inFlight.Load() == 0 {
 			delete(s.m, id)
 		}
 	}

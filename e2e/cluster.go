@@ -1,0 +1,446 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	consul "github.com/hashicorp/consul/api"
+
+	"github.com/llorch/llorch/driver/nomadclient"
+	"github.com/llorch/llorch/internal/consultest"
+	"github.com/llorch/llorch/internal/nomadpb/base"
+	"github.com/llorch/llorch/internal/nomadpb/drivers"
+	"github.com/llorch/llorch/internal/testenv"
+)
+
+// enginePort is where the tiny model listens on each host; other pools take
+// the next ports.
+const enginePort = 8081
+
+// cluster is the running multi-host setup.
+type cluster struct {
+	t      *testing.T
+	f      *fabric
+	dir    string
+	bin    string // llorch
+	llama  string
+	model  string
+	consul string // consul binary
+
+	mgmt                         string // Consul management token
+	apiToken, engineToken        string
+	driverToken, routerToken     string
+	apiTokFile, engineTokFile    string
+	driverTokFile, routerTokFile string
+
+	mu      sync.Mutex
+	agents  map[string]*exec.Cmd
+	plugins map[string]*nomadclient.Plugin
+	router  *exec.Cmd
+	logs    []string // every log file of the run, for the leak scan
+	scanned int
+	http    *http.Client
+}
+
+type task struct {
+	host, id, allocID, dir, marker string
+	handle                         *drivers.TaskHandle
+}
+
+func newCluster(t *testing.T, f *fabric) *cluster {
+	c := &cluster{t: t, f: f, dir: t.TempDir(), agents: map[string]*exec.Cmd{}, plugins: map[string]*nomadclient.Plugin{},
+		http: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+	c.bin = nomadclient.Binary(t)
+	c.llama = testenv.LlamaServer(t)
+	c.consul = testenv.ConsulBinary(t)
+	c.mgmt = uuid.NewString()
+	c.apiToken = "api-" + strings.ReplaceAll(uuid.NewString(), "-", "")
+	c.engineToken = "eng-" + strings.ReplaceAll(uuid.NewString(), "-", "")
+	c.apiTokFile = c.secret("api.token", c.apiToken)
+	c.engineTokFile = c.secret("engine.token", c.engineToken)
+	return c
+}
+
+func (c *cluster) secret(name, v string) string {
+	p := filepath.Join(c.dir, name)
+	if err := os.WriteFile(p, []byte(v+"\n"), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	return p
+}
+
+func (c *cluster) logFile(name string) *os.File {
+	p := filepath.Join(c.dir, "logs", name)
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.logs = append(c.logs, p)
+	c.mu.Unlock()
+	return f
+}
+
+func (c *cluster) spawn(host, name string, env []string, bin string, args ...string) *exec.Cmd {
+	cmd := c.f.in(host, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	lf := c.logFile(name + ".log")
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatalf("start %s on %s: %v", name, host, err)
+	}
+	go func() { _ = cmd.Wait(); lf.Close() }()
+	return cmd
+}
+
+// startConsul starts the server (ctl) or a client agent joined to it, ACLs
+// on, fast LAN gossip so a lost node is noticed in seconds.
+func (c *cluster) startConsul(host string, server bool) {
+	ip := c.f.hosts[host]
+	dataDir := filepath.Join(c.dir, "consul-"+host)
+	os.MkdirAll(dataDir, 0o700)
+	role := `retry_join = ["` + subnet + `1"]`
+	if server {
+		role = "server = true\nbootstrap_expect = 1"
+	}
+	cfg := fmt.Sprintf(`datacenter = "dc1"
+node_name = %q
+data_dir = %q
+bind_addr = %q
+client_addr = "127.0.0.1 %s"
+%s
+ports { dns = -1, grpc = -1, grpc_tls = -1 }
+acl {
+  enabled = true
+  default_policy = "deny"
+  enable_token_persistence = true
+  tokens { initial_management = %q, agent = %q }
+}
+gossip_lan {
+  probe_interval = "200ms"
+  probe_timeout = "100ms"
+  suspicion_mult = 2
+}
+log_level = "info"
+`, host, dataDir, ip, ip, role, c.mgmt, c.mgmt)
+	cf := filepath.Join(c.dir, "consul-"+host+".hcl")
+	if err := os.WriteFile(cf, []byte(cfg), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	cmd := c.spawn(host, "consul-"+host, nil, c.consul, "agent", "-config-file="+cf)
+	c.mu.Lock()
+	c.agents[host] = cmd
+	c.mu.Unlock()
+}
+
+// api is a Consul client to the server agent from the test's namespace.
+func (c *cluster) api(token string) *consul.Client {
+	cfg := consul.DefaultConfig()
+	cfg.Address = subnet + "1:8500"
+	cfg.Token = token
+	cl, err := consul.NewClient(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cl
+}
+
+func (c *cluster) waitConsulACL() {
+	cl := c.api(c.mgmt)
+	eventually(c.t, 60*time.Second, "consul server with ACLs", func() bool {
+		_, _, err := cl.ACL().TokenReadSelf(nil)
+		return err == nil
+	})
+}
+
+func (c *cluster) makeTokens() {
+	acl := c.api(c.mgmt).ACL()
+	mk := func(name, rules string) string {
+		pol, _, err := acl.PolicyCreate(&consul.ACLPolicy{Name: name + "-" + uuid.NewString()[:6], Rules: rules}, nil)
+		if err != nil {
+			c.t.Fatalf("policy %s: %v", name, err)
+		}
+		tok, _, err := acl.TokenCreate(&consul.ACLToken{Policies: []*consul.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+		if err != nil {
+			c.t.Fatalf("token %s: %v", name, err)
+		}
+		return tok.SecretID
+	}
+	c.driverToken = mk("llorch-driver", consultest.DriverPolicy(c.t))
+	c.routerToken = mk("llorch-router", consultest.RouterPolicy(c.t))
+	c.driverTokFile = c.secret("consul-driver.token", c.driverToken)
+	c.routerTokFile = c.secret("consul-router.token", c.routerToken)
+}
+
+// startRouter runs `llorch router` on the control host.
+func (c *cluster) startRouter() {
+	c.router = c.spawn("ctl", "router", []string{
+		"LLORCH_ADDR=" + subnet + "1:8080", "LLORCH_API_TOKEN_FILE=" + c.apiTokFile,
+		"LLORCH_ENGINE_TOKEN_FILE=" + c.engineTokFile, "CONSUL_HTTP_ADDR=127.0.0.1:8500",
+		"CONSUL_HTTP_TOKEN_FILE=" + c.routerTokFile, "LLORCH_CONNECT_TIMEOUT=500ms", "LLORCH_LOG_LEVEL=debug", "LLORCH_QUEUE_CAPACITY=64",
+	}, c.bin, "router")
+	eventually(c.t, 20*time.Second, "router /healthz", func() bool {
+		resp, err := c.http.Get("http://" + subnet + "1:8080/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+}
+
+// startDriver launches the plugin on a host as the Nomad agent would.
+func (c *cluster) startDriver(host string) *nomadclient.Plugin {
+	cmd := exec.Command("ip", "netns", "exec", c.f.ns(host), c.bin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p := nomadclient.LaunchCmd(c.t, cmd)
+	spec, err := p.Base.ConfigSchema(ctx(c.t, 5*time.Second), &base.ConfigSchemaRequest{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	b, err := nomadclient.EncodeConfig(spec.GetSpec(), map[string]interface{}{
+		"engines":           map[string]interface{}{"llamacpp": c.llama},
+		"consul":            map[string]interface{}{"address": "127.0.0.1:8500", "token_file": c.driverTokFile},
+		"engine_token_file": c.engineTokFile,
+		"advertise_address": c.f.hosts[host],
+		"node_id":           host,
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := p.Base.SetConfig(ctx(c.t, 5*time.Second), &base.SetConfigRequest{MsgpackConfig: b, PluginApiVersion: "v0.1.0",
+		NomadConfig: &base.NomadConfig{Driver: &base.NomadDriverConfig{ClientMaxPort: 14512, ClientMinPort: 14000}}}); err != nil {
+		c.t.Fatalf("SetConfig on %s: %v", host, err)
+	}
+	c.mu.Lock()
+	c.plugins[host] = p
+	c.mu.Unlock()
+	return p
+}
+
+func (c *cluster) plugin(host string) *nomadclient.Plugin {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.plugins[host]
+}
+
+// startTask starts an engine for model on host through the driver.
+func (c *cluster) startTask(host, model string, port int) *task {
+	p := c.plugin(host)
+	tk := &task{host: host, allocID: uuid.NewString(), marker: uuid.NewString()}
+	tk.dir = filepath.Join(c.dir, "alloc-"+tk.allocID[:8])
+	for _, d := range []string{"alloc/logs", "engine/local", "engine/secrets", "engine/tmp"} {
+		os.MkdirAll(filepath.Join(tk.dir, d), 0o755)
+	}
+	tk.id = tk.allocID + "/engine/" + uuid.NewString()[:8]
+	ts, err := p.Driver.TaskConfigSchema(ctx(c.t, 5*time.Second), &drivers.TaskConfigSchemaRequest{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	b, err := nomadclient.EncodeConfig(ts.GetSpec(), map[string]interface{}{
+		"engine": "llamacpp", "model": c.model, "model_name": model, "port": "http",
+		"slots": 4, "ctx": 512, "threads": 1, "pool": model + "-pool",
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	out, errf := filepath.Join(tk.dir, "alloc/logs/engine.stdout"), filepath.Join(tk.dir, "alloc/logs/engine.stderr")
+	c.mu.Lock()
+	c.logs = append(c.logs, out, errf, filepath.Join(tk.dir, "engine"))
+	c.mu.Unlock()
+	cfg := &drivers.TaskConfig{
+		Id: tk.id, Name: "engine", MsgpackDriverConfig: b,
+		Env: map[string]string{"PATH": os.Getenv("PATH"), "NOMAD_ALLOC_ID": tk.allocID, "NOMAD_TASK_NAME": "engine",
+			"NOMAD_PORT_http": strconv.Itoa(port), "LLORCH_MARKER": tk.marker},
+		Resources: &drivers.Resources{
+			AllocatedResources: &drivers.AllocatedTaskResources{Cpu: &drivers.AllocatedCpuResources{CpuShares: 500}, Memory: &drivers.AllocatedMemoryResources{MemoryMb: 256}},
+			LinuxResources:     &drivers.LinuxResources{CpuShares: 500, MemoryLimitBytes: 256 << 20},
+			Ports:              []*drivers.PortMapping{{Label: "http", Value: int32(port), To: int32(port), HostIp: c.f.hosts[host]}},
+		},
+		AllocDir: tk.dir, StdoutPath: out, StderrPath: errf, TaskGroupName: "engine", JobName: model, JobId: model,
+		Namespace: "default", AllocId: tk.allocID, NodeName: host, NodeId: host,
+	}
+	resp, err := p.Driver.StartTask(ctx(c.t, 20*time.Second), &drivers.StartTaskRequest{Task: cfg})
+	if err != nil {
+		c.t.Fatalf("StartTask %s on %s: %v", model, host, err)
+	}
+	tk.handle = resp.GetHandle()
+	return tk
+}
+
+func (c *cluster) stopTask(tk *task) {
+	p := c.plugin(tk.host)
+	_, err := p.Driver.StopTask(ctx(c.t, 20*time.Second), &drivers.StopTaskRequest{TaskId: tk.id, Timeout: nil, Signal: ""})
+	if err != nil {
+		c.t.Fatalf("StopTask: %v", err)
+	}
+	p.Driver.DestroyTask(ctx(c.t, 10*time.Second), &drivers.DestroyTaskRequest{TaskId: tk.id, Force: true})
+}
+
+// enginePID finds the task's engine process by its marker.
+func enginePID(tk *task) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil || !bytes.Contains(env, []byte("LLORCH_MARKER="+tk.marker)) {
+			continue
+		}
+		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if bytes.Contains(cmdline, []byte("llama-server")) && !bytes.Contains(cmdline, []byte("task-supervisor")) {
+			return pid
+		}
+	}
+	return 0
+}
+
+// ---- the router, as users see it ----
+
+func (c *cluster) req(method, path string, body []byte) (int, []byte, error) {
+	r, _ := http.NewRequest(method, "http://"+subnet+"1:8080"+path, bytes.NewReader(body))
+	r.Header.Set("Authorization", "Bearer "+c.apiToken)
+	r.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+func (c *cluster) chat(model string) (int, error) {
+	st, _, err := c.req("POST", "/v1/chat/completions", []byte(`{"model":"`+model+`","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}`))
+	return st, err
+}
+
+type nodeEngines map[string][]string // node → engine ids (healthy ones)
+
+// view is the router's /v2/nodes: healthy engines per node.
+func (c *cluster) view() nodeEngines {
+	st, b, err := c.req("GET", "/v2/nodes", nil)
+	if err != nil || st != 200 {
+		return nil
+	}
+	var v struct {
+		Nodes []struct {
+			NodeID  string `json:"node_id"`
+			Engines []struct {
+				ID     string `json:"id"`
+				Model  string `json:"model"`
+				Health string `json:"health"`
+			} `json:"engines"`
+		} `json:"nodes"`
+	}
+	if json.Unmarshal(b, &v) != nil {
+		return nil
+	}
+	out := nodeEngines{}
+	for _, n := range v.Nodes {
+		for _, e := range n.Engines {
+			if e.Health == "passing" {
+				out[n.NodeID] = append(out[n.NodeID], e.Model)
+			}
+		}
+	}
+	return out
+}
+
+func (v nodeEngines) count(model string) int {
+	n := 0
+	for _, ms := range v {
+		for _, m := range ms {
+			if m == model {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func (v nodeEngines) has(node, model string) bool {
+	for _, m := range v[node] {
+		if m == model {
+			return true
+		}
+	}
+	return false
+}
+
+// waitView polls the router's view until cond holds; it returns how long.
+func (c *cluster) waitView(limit time.Duration, what string, cond func(nodeEngines) bool) time.Duration {
+	start := time.Now()
+	for time.Since(start) < limit {
+		if v := c.view(); v != nil && cond(v) {
+			return time.Since(start)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.t.Fatalf("timed out after %v waiting for %s (view %v)", limit, what, c.view())
+	return 0
+}
+
+// taskNode submits a /v2 task and returns the node its started event names.
+func (c *cluster) taskNode(model string) (string, error) {
+	st, b, err := c.req("POST", "/v2/tasks", []byte(`{"model_ref":"`+model+`","prompt":"hello","max_tokens":32}`))
+	if err != nil || st != 202 {
+		return "", fmt.Errorf("submit: %d %s %v", st, b, err)
+	}
+	var s struct {
+		TaskID string `json:"task_id"`
+	}
+	json.Unmarshal(b, &s)
+	st, b, err = c.req("GET", "/v2/tasks/"+s.TaskID+"/events", nil)
+	if err != nil || st != 200 {
+		return "", fmt.Errorf("events: %d %v", st, err)
+	}
+	for _, block := range strings.Split(string(b), "\n\n") {
+		if strings.HasPrefix(block, "event: started\ndata: ") {
+			var ev struct {
+				NodeID string `json:"node_id"`
+			}
+			json.Unmarshal([]byte(strings.TrimPrefix(block, "event: started\ndata: ")), &ev)
+			if !strings.Contains(string(b), "event: end") {
+				return ev.NodeID, fmt.Errorf("task did not end: %s", b)
+			}
+			return ev.NodeID, nil
+		}
+	}
+	return "", fmt.Errorf("no started event: %s", b)
+}
+
+func ctx(t *testing.T, d time.Duration) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return c
+}
+
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,321 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/llorch/llorch/internal/ggufgen"
+	"github.com/llorch/llorch/internal/nomadpb/drivers"
+	"github.com/llorch/llorch/internal/testenv"
+)
+
+type result struct{ scenario, engine, outcome, measured string }
+
+var (
+	resMu   sync.Mutex
+	results []result
+)
+
+func record(scenario, engine string, ok bool, format string, args ...any) {
+	resMu.Lock()
+	defer resMu.Unlock()
+	o := "pass"
+	if !ok {
+		o = "MISSED GOAL"
+	}
+	results = append(results, result{scenario, engine, o, fmt.Sprintf(format, args...)})
+	fmt.Printf("e2e: %-44s %-8s %s\n", scenario, o, fmt.Sprintf(format, args...))
+}
+
+// TestMain prints the summary table after the run (make e2e shows it).
+func TestMain(m *testing.M) {
+	code := m.Run()
+	resMu.Lock()
+	if len(results) > 0 {
+		w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "\nSCENARIO\tENGINE\tRESULT\tMEASURED")
+		for _, r := range results {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.scenario, r.engine, r.outcome, r.measured)
+		}
+		w.Flush()
+	}
+	resMu.Unlock()
+	os.Exit(code)
+}
+
+const real = "llama-server"
+
+func TestE2E(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.LookPath(t, "ip", "apt-get install iproute2")
+	sweep()
+	f, err := newFabric()
+	if err != nil {
+		t.Fatalf("network: %v", err)
+	}
+	// Clean up on failure and on interrupt too.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		if _, ok := <-sig; ok {
+			f.destroy()
+			os.Exit(130)
+		}
+	}()
+	t.Cleanup(func() { signal.Stop(sig); close(sig); f.destroy() })
+	hosts := []struct{ name, ip string }{{"ctl", subnet + "1"}, {"n1", subnet + "11"}, {"n2", subnet + "12"}, {"n3", subnet + "13"}}
+	for _, h := range hosts {
+		if err := f.addHost(h.name, h.ip); err != nil {
+			t.Fatalf("host %s: %v", h.name, err)
+		}
+	}
+	c := newCluster(t, f)
+	c.model = filepath.Join(c.dir, "tiny.gguf")
+	if err := ggufgen.Write(c.model, ggufgen.DefaultOptions()); err != nil {
+		t.Fatal(err)
+	}
+	c.startConsul("ctl", true)
+	c.waitConsulACL()
+	c.makeTokens()
+	for _, h := range []string{"n1", "n2", "n3"} {
+		c.startConsul(h, false)
+	}
+	members := func() int {
+		ms, err := c.api(c.mgmt).Agent().Members(false)
+		if err != nil {
+			return 0
+		}
+		n := 0
+		for _, m := range ms {
+			if m.Status == 1 {
+				n++
+			}
+		}
+		return n
+	}
+	eventually(t, 60*time.Second, "4 Consul members", func() bool { return members() == 4 })
+	c.startRouter()
+	for _, h := range []string{"n1", "n2", "n3"} {
+		c.startDriver(h)
+	}
+	tasks := map[string]*task{}
+
+	// 1. Clusters come up: 2 nodes, then 3.
+	t0 := time.Now()
+	tasks["n1"] = c.startTask("n1", "tiny", enginePort)
+	tasks["n2"] = c.startTask("n2", "tiny", enginePort)
+	c.waitView(30*time.Second, "2 engines", func(v nodeEngines) bool { return v.count("tiny") == 2 })
+	record("1. 2-node cluster up (StartTask → router view)", real, true, "%v", time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
+	tasks["n3"] = c.startTask("n3", "tiny", enginePort)
+	c.waitView(30*time.Second, "3 engines", func(v nodeEngines) bool { return v.count("tiny") == 3 })
+	passing, _, err := c.api(c.routerToken).Health().Service("llorch-engine", "", true, nil)
+	if err != nil || len(passing) != 3 {
+		t.Fatalf("Consul passing instances: %d %v", len(passing), err)
+	}
+	record("1. 3-node cluster up, healthy in Consul and /v2/nodes", real, true, "%v, 3 passing", time.Since(t0).Round(time.Millisecond))
+	for i := 0; i < 6; i++ {
+		if st, err := c.chat("tiny"); st != 200 {
+			t.Fatalf("chat through the router: %d %v", st, err)
+		}
+	}
+	// Engines are not callable without the engine token (only the router has it).
+	resp, err := c.http.Post("http://"+subnet+"11:8081/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"tiny","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil || resp.StatusCode != 401 {
+		t.Fatalf("engine without its token: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	record("1. engine refuses callers without the engine token", real, true, "HTTP 401")
+
+	// 2. Registration / deregistration.
+	t0 = time.Now()
+	c.stopTask(tasks["n3"])
+	d := c.waitView(10*time.Second, "n3 gone", func(v nodeEngines) bool { return !v.has("n3", "tiny") })
+	record("2. pool stopped → disappears", real, d < 2*time.Second, "%v", d.Round(time.Millisecond))
+	t0 = time.Now()
+	tasks["n3"] = c.startTask("n3", "tiny", enginePort)
+	d = c.waitView(20*time.Second, "n3 back", func(v nodeEngines) bool { return v.has("n3", "tiny") })
+	record("2. pool started → appears", real, true, "%v", d.Round(time.Millisecond))
+
+	// 3. Engine crash.
+	pid := enginePID(tasks["n1"])
+	if pid == 0 {
+		t.Fatal("engine pid of n1 not found")
+	}
+	t0 = time.Now()
+	syscall.Kill(pid, syscall.SIGKILL)
+	d = c.waitView(10*time.Second, "n1 excluded after kill", func(v nodeEngines) bool { return !v.has("n1", "tiny") })
+	record("3. engine killed → excluded", real, d <= time.Second, "%v (goal ≤1s)", d.Round(time.Millisecond))
+	tasks["n1"] = c.startTask("n1", "tiny", enginePort)
+	c.waitView(20*time.Second, "n1 back", func(v nodeEngines) bool { return v.has("n1", "tiny") })
+
+	// 4. Hung engine and hung driver.
+	pid = enginePID(tasks["n2"])
+	syscall.Kill(pid, syscall.SIGSTOP)
+	t0 = time.Now()
+	d = c.waitView(15*time.Second, "n2 excluded while hung", func(v nodeEngines) bool { return !v.has("n2", "tiny") })
+	record("4. engine hung (SIGSTOP) → excluded", real, d <= 5*time.Second, "%v (goal ≤5s)", d.Round(time.Millisecond))
+	syscall.Kill(pid, syscall.SIGCONT)
+	c.waitView(15*time.Second, "n2 back after SIGCONT", func(v nodeEngines) bool { return v.has("n2", "tiny") })
+	plug := c.plugin("n3").Pid
+	syscall.Kill(plug, syscall.SIGSTOP)
+	t0 = time.Now()
+	d = c.waitView(15*time.Second, "n3 excluded while its driver hangs", func(v nodeEngines) bool { return !v.has("n3", "tiny") })
+	record("4. driver hung (SIGSTOP plugin) → excluded", real, d <= 5*time.Second, "%v (goal ≤5s; TTL check expiry)", d.Round(time.Millisecond))
+	syscall.Kill(plug, syscall.SIGCONT)
+	c.waitView(15*time.Second, "n3 back after the driver resumes", func(v nodeEngines) bool { return v.has("n3", "tiny") })
+
+	// 5. Node loss under load: requests keep flowing; none may be lost.
+	var sent, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				sent.Add(1)
+				if st, _ := c.chat("tiny"); st != 200 {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	if err := f.cut("n2"); err != nil {
+		t.Fatal(err)
+	}
+	t0 = time.Now()
+	d = c.waitView(30*time.Second, "n2 excluded after its link went down", func(v nodeEngines) bool { return !v.has("n2", "tiny") })
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	record("5. node lost (link down) → excluded", real, d <= 5*time.Second, "%v (goal ≤5s; Consul gossip, probe 200ms)", d.Round(time.Millisecond))
+	record("5. requests lost while the node went away", real, failed.Load() == 0, "%d of %d (goal 0)", failed.Load(), sent.Load())
+
+	// 6. Partition heals.
+	if err := f.heal("n2"); err != nil {
+		t.Fatal(err)
+	}
+	t0 = time.Now()
+	d = c.waitView(60*time.Second, "n2 back after the partition healed", func(v nodeEngines) bool { return v.has("n2", "tiny") })
+	record("6. partition heals → node back, no manual step", real, true, "%v", d.Round(time.Millisecond))
+
+	// 7. Placement by model presence.
+	tasks["solo"] = c.startTask("n1", "solo", enginePort+1)
+	c.waitView(20*time.Second, "solo on n1", func(v nodeEngines) bool { return v.has("n1", "solo") })
+	elsewhere := 0
+	for i := 0; i < 10; i++ {
+		node, err := c.taskNode("solo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if node != "n1" {
+			elsewhere++
+		}
+	}
+	st, body, _ := c.req("POST", "/v1/chat/completions", []byte(`{"model":"nowhere","messages":[{"role":"user","content":"x"}]}`))
+	okNone := st == 404 && strings.Contains(string(body), "MODEL_NOT_AVAILABLE")
+	record("7. model on one node → all requests there", real, elsewhere == 0, "10 of 10 on n1 (%d elsewhere)", elsewhere)
+	record("7. model on no node → MODEL_NOT_AVAILABLE", real, okNone, "HTTP %d", st)
+
+	// 8. Load balance over equal nodes.
+	counts := map[string]int{}
+	var cmu sync.Mutex
+	var lwg sync.WaitGroup
+	for i := 0; i < 24; i++ {
+		lwg.Add(1)
+		go func() {
+			defer lwg.Done()
+			node, err := c.taskNode("tiny")
+			if err == nil {
+				cmu.Lock()
+				counts[node]++
+				cmu.Unlock()
+			}
+		}()
+	}
+	lwg.Wait()
+	var per []int
+	for _, n := range []string{"n1", "n2", "n3"} {
+		per = append(per, counts[n])
+	}
+	sort.Ints(per)
+	total := per[0] + per[1] + per[2]
+	record("8. load balance, 24 concurrent tasks", real, total == 24 && per[0] > 0, "n1/n2/n3 = %d/%d/%d, max/min %.2f, %d of 24 answered", counts["n1"], counts["n2"], counts["n3"], float64(per[2])/float64(max(per[0], 1)), total)
+
+	// 9. Consul server restart: the router serves from its snapshot.
+	srv := c.agents["ctl"]
+	syscall.Kill(-srv.Process.Pid, syscall.SIGKILL)
+	time.Sleep(500 * time.Millisecond)
+	served := 0
+	for i := 0; i < 10; i++ {
+		if st, _ := c.chat("tiny"); st == 200 {
+			served++
+		}
+	}
+	record("9. Consul server down → router keeps serving", real, served == 10, "%d of 10 answered from the snapshot", served)
+	t0 = time.Now()
+	c.startConsul("ctl", true)
+	resync := func() bool {
+		_, b, err := c.req("GET", "/healthz", nil)
+		return err == nil && strings.Contains(string(b), `"status":"ok"`) && c.view().count("tiny") == 3
+	}
+	eventually(t, 60*time.Second, "router resynced after the Consul server restart", resync)
+	record("9. Consul server back → router resyncs", real, true, "%v", time.Since(t0).Round(time.Millisecond))
+
+	// 10. Plugin restart on a node: recovered, engine not restarted.
+	tk := tasks["n1"]
+	before := enginePID(tk)
+	c.plugin("n1").Crash(t)
+	p := c.startDriver("n1")
+	if _, err := p.Driver.RecoverTask(ctx(t, 10*time.Second), &drivers.RecoverTaskRequest{Handle: tk.handle}); err != nil {
+		t.Fatalf("RecoverTask: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	after := enginePID(tk)
+	stillThere := c.view().has("n1", "tiny")
+	record("10. plugin restart → task recovered, engine kept", real, before == after && stillThere, "pid %d → %d, registered %v", before, after, stillThere)
+
+	// 11. No raw token in any log of the run.
+	leaks := c.scanLeaks()
+	record("11. token leak scan over every log", real, len(leaks) == 0, "%d files scanned, %d raw tokens", c.scanned, len(leaks))
+	if len(leaks) > 0 {
+		t.Errorf("raw tokens in logs: %v", leaks)
+	}
+
+	resMu.Lock()
+	missed := 0
+	for _, r := range results {
+		if r.outcome != "pass" {
+			missed++
+		}
+	}
+	resMu.Unlock()
+	if missed > 0 {
+		t.Logf("%d scenario(s) missed their goal (see the table)", missed)
+	}
+	for _, h := range []string{"n1", "n2", "n3"} {
+		for _, tk := range tasks {
+			if tk.host == h {
+				c.stopTask(tk)
+			}
+		}
+	}
+}

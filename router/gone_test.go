@@ -1,0 +1,49 @@
+package router
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+// A request waiting for its first byte from an instance that then leaves
+// the registry (its node died: no RST, no answer) is retried on another
+// instance at once, instead of waiting out the first-byte timeout.
+func TestInstanceLeavingRegistryRetriesWaitingRequests(t *testing.T) {
+	// A black hole: accepts connections, never answers.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	_, good := startFixture(t)
+	hole := inst(t, "a-hole", "n1", testModel, "http://"+l.Addr().String())
+	ok := inst(t, "b-good", "n2", testModel, good)
+	h := newHarness(t, func(c *Config) { c.FirstByteTimeout = 30 * time.Second }, hole, ok)
+	done := make(chan int, 1)
+	start := time.Now()
+	// Session pinned to the black hole first (tie-break picks n1).
+	go func() { st, _, _ := h.do("POST", "/v1/chat/completions", chatBody(testModel, false)); done <- st }()
+	waitFor(t, 2*time.Second, "request waiting on the black hole", func() bool { return h.rt.state.InFlight("a-hole") == 1 })
+	h.src.Set(ok) // the black hole's node is gone from the registry
+	select {
+	case st := <-done:
+		if st != 200 {
+			t.Fatalf("status %d", st)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("took %v: the request waited instead of moving", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("request still waiting 10 s after its instance left the registry")
+	}
+}
