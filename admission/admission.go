@@ -105,7 +105,9 @@ type Config struct {
 // Prometheus.
 type Hooks struct {
 	Outcome func(model string, p Priority, outcome string) // queued, admitted, rejected, dropped, deadline, canceled
-	Depth   func(model string, p Priority, depth int)
+	// Depth gets the waiters over all models per class after each change.
+	// Hooks run under the queues' lock: they must not call back into Queues.
+	Depth func(interactive, batch int)
 }
 
 // Queues are the per-model queues.
@@ -308,6 +310,17 @@ func (t *Ticket) Leave(outcome string) {
 	t.q.outcome(t.model, t.prio, outcome)
 }
 
+// TotalDepth is the number of waiters over all models, per class.
+func (q *Queues) TotalDepth() (interactive, batch int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, mq := range q.models {
+		interactive += mq.classes[Interactive].Len()
+		batch += mq.classes[Batch].Len()
+	}
+	return
+}
+
 // Depth is the number of waiters of a model per class.
 func (q *Queues) Depth(model string) (interactive, batch int) {
 	q.mu.Lock()
@@ -324,9 +337,14 @@ func (q *Queues) outcome(model string, p Priority, o string) {
 	}
 }
 
-func (q *Queues) depth(model string, mq *modelQueue) {
-	if q.hooks.Depth != nil {
-		q.hooks.Depth(model, Interactive, mq.classes[Interactive].Len())
-		q.hooks.Depth(model, Batch, mq.classes[Batch].Len())
+func (q *Queues) depth(_ string, _ *modelQueue) {
+	if q.hooks.Depth == nil {
+		return
 	}
+	var i, b int
+	for _, mq := range q.models {
+		i += mq.classes[Interactive].Len()
+		b += mq.classes[Batch].Len()
+	}
+	q.hooks.Depth(i, b)
 }

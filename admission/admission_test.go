@@ -158,7 +158,7 @@ func TestPredictedStartAndHooks(t *testing.T) {
 	var outcomes []string
 	depth := map[Priority]int{}
 	q := New(Config{}, Hooks{Outcome: func(_ string, p Priority, o string) { outcomes = append(outcomes, p.String()+":"+o) },
-		Depth: func(_ string, p Priority, d int) { depth[p] = d }})
+		Depth: func(i, b int) { depth[Interactive], depth[Batch] = i, b }})
 	i := mustEnqueue(t, q, "m", Interactive)
 	b := mustEnqueue(t, q, "m", Batch)
 	if i.PredictedStartMs() != 100 || b.PredictedStartMs() != 200 {

@@ -2,6 +2,7 @@ package authmin
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -58,9 +59,16 @@ func FuzzMiddleware(f *testing.F) {
 		f.Add(h, "10.0.0.1:1")
 		f.Add(h, "127.0.0.1:1")
 	}
+	for _, peer := range []string{"", "[::1]:1", "::ffff:127.0.0.1", "127.0.0.1", "localhost:1", "[::ffff:7f00:1]:1", "0.0.0.0:1", "garbage"} {
+		f.Add("Bearer wrong", peer)
+		f.Add("", peer)
+	}
 	tokens := NewTokenSet(goodToken)
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	h := Middleware(MiddlewareConfig{Tokens: tokens}, ok)
+	// With the loopback bypass on, a tokenless loopback request may pass,
+	// but a wrong or malformed credential never does, from any peer.
+	hOpt := Middleware(MiddlewareConfig{Tokens: tokens, AuthOptional: true}, ok)
 	f.Fuzz(func(t *testing.T, header, peer string) {
 		r := httptest.NewRequest("GET", "/v1/models", nil)
 		r.RemoteAddr = peer
@@ -69,6 +77,16 @@ func FuzzMiddleware(f *testing.F) {
 		h.ServeHTTP(w, r)
 		tok, err := ParseBearer(header)
 		valid := err == nil && tok == goodToken
+		if !valid && !errors.Is(err, ErrMissing) {
+			r := httptest.NewRequest("GET", "/v1/models", nil)
+			r.RemoteAddr = peer
+			r.Header["Authorization"] = []string{header}
+			w := httptest.NewRecorder()
+			hOpt.ServeHTTP(w, r)
+			if w.Code != http.StatusUnauthorized {
+				t.Fatalf("AuthOptional, peer %q, header %q: status %d for a wrong credential", peer, header, w.Code)
+			}
+		}
 		if (w.Code == http.StatusNoContent) != valid {
 			t.Fatalf("header %q: status %d, valid=%v", header, w.Code, valid)
 		}
@@ -82,8 +100,16 @@ func FuzzMiddleware(f *testing.F) {
 		if err := json.Unmarshal(w.Body.Bytes(), &b); err != nil || !allowedMessages[b.Message] {
 			t.Fatalf("unexpected 401 body %q", w.Body.String())
 		}
-		if got := w.Header().Get("WWW-Authenticate"); got != `Bearer realm="llorch"` {
-			t.Fatalf("WWW-Authenticate %q", got)
+		// The body is one of the fixed messages above; the headers are
+		// exactly these two, so nothing the client sent can come back.
+		want := http.Header{"Www-Authenticate": {`Bearer realm="llorch"`}, "Content-Type": {"application/json"}}
+		if len(w.Header()) != len(want) {
+			t.Fatalf("401 headers %q", w.Header())
+		}
+		for k, v := range want {
+			if got := w.Header().Values(k); len(got) != 1 || got[0] != v[0] {
+				t.Fatalf("401 header %s = %q", k, got)
+			}
 		}
 	})
 }

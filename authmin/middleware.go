@@ -47,6 +47,10 @@ func AuthOptionalFromEnv() bool {
 
 type ctxKey struct{}
 
+// IdentityLocalhost is the identity of a tokenless loopback request let in
+// by AuthOptional.
+const IdentityLocalhost = "localhost"
+
 // IdentityFrom is the authenticated identity of a request: "token:<fp6>",
 // "localhost" (loopback with AuthOptional) or "" (exempt).
 func IdentityFrom(ctx context.Context) string {
@@ -76,7 +80,8 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 		peer := clientAddr(r, cfg.TrustForwardedFor)
 		tok, err := ParseBearer(r.Header.Get("Authorization"))
 		if errors.Is(err, ErrMissing) && cfg.AuthOptional && IsLoopback(peer) {
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, "localhost")))
+			log.Debug("auth ok", "identity", IdentityLocalhost, "path", r.URL.Path)
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, IdentityLocalhost)))
 			return
 		}
 		switch {
@@ -88,7 +93,7 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 			// The credential is malformed; fingerprint what was sent so an
 			// operator can match it, never the value itself.
 			log.Info("auth denied", "code", CodeBadToken, "peer", peer, "path", r.URL.Path, "reason", err.Error(),
-				"identity", Identity(strings.TrimSpace(r.Header.Get("Authorization"))))
+				"identity", Identity(presented(r.Header.Get("Authorization"))))
 			deny(w, CodeBadToken, NumericBadToken, "malformed bearer token: "+err.Error(), "send Authorization: Bearer <token>")
 			return
 		case !cfg.Tokens.Check(tok):
@@ -100,6 +105,17 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 		log.Debug("auth ok", "identity", id, "path", r.URL.Path)
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
 	})
+}
+
+// presented is what a malformed Authorization header offered as its
+// credential (the part after the scheme), so the fingerprint in the log
+// matches `llorch token fp` of the file the client meant to use.
+func presented(header string) string {
+	h := strings.TrimSpace(header)
+	if i := strings.IndexByte(h, ' '); i > 0 {
+		return strings.TrimSpace(h[i+1:])
+	}
+	return h
 }
 
 func deny(w http.ResponseWriter, code string, numeric int, msg, hint string) {

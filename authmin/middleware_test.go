@@ -67,8 +67,8 @@ func TestSixScenarios(t *testing.T) {
 				t.Errorf("%s: %d", peer, w.Code)
 			}
 		}
-		if c.ident.Load() != "localhost" || !strings.Contains(c.logs.String(), "") {
-			t.Errorf("identity = %v", c.ident.Load())
+		if c.ident.Load() != IdentityLocalhost || !strings.Contains(c.logs.String(), `"identity":"localhost"`) {
+			t.Errorf("identity = %v; log:\n%s", c.ident.Load(), c.logs.String())
 		}
 	})
 	t.Run("loopback without AUTH_OPTIONAL needs a token", func(t *testing.T) {
@@ -204,7 +204,7 @@ func TestLoadAndWatchTokenFile(t *testing.T) {
 	if err := os.WriteFile(f, []byte(tokA+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
+	var logs syncBuffer
 	log := hclog.New(&hclog.LoggerOptions{Output: &logs})
 	s, err := LoadTokenSet(f, "LLORCH_TEST_TOKEN_UNSET", time.Hour, log)
 	if err != nil || !s.Check(tokA) {

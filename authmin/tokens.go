@@ -98,8 +98,8 @@ func readTokenFile(path string, log hclog.Logger) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("token file: %w", err)
 	}
-	if info.Mode().Perm()&0o037 != 0 && log != nil {
-		log.Warn("token file is readable by others; chmod 0600 it", "path", path, "mode", fmt.Sprintf("%04o", info.Mode().Perm()))
+	if info.Mode().Perm()&tooOpen != 0 && log != nil {
+		log.Warn("token file is more open than 0640; chmod 0600 it", "path", path, "mode", fmt.Sprintf("%04o", info.Mode().Perm()))
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -109,11 +109,31 @@ func readTokenFile(path string, log hclog.Logger) (string, error) {
 	if tok == "" {
 		return "", fmt.Errorf("token file %s is empty", path)
 	}
-	if _, err := ParseBearer("Bearer " + tok); err != nil {
+	if strings.ContainsAny(tok, "\r\n") {
+		// Say so plainly: the generic control-character error would send
+		// the operator looking for invisible bytes.
+		return "", fmt.Errorf("token file %s holds more than one line; it must hold exactly one token", path)
+	}
+	if err := validToken(tok); err != nil {
 		return "", fmt.Errorf("token file %s: %w", path, err)
 	}
 	return tok, nil
 }
+
+// validToken applies ParseBearer's rules to a configured token: one the
+// parser would reject could never be presented, so it is a config error.
+func validToken(tok string) error {
+	_, err := ParseBearer("Bearer " + tok)
+	return err
+}
+
+// tooOpen are the mode bits beyond 0640 (owner rw, group r): group write,
+// anything for others. (Owner bits are the owner's business.)
+const tooOpen = 0o037
+
+// watchPoll is how often Watch re-reads the token file (tests shorten or
+// lengthen it).
+var watchPoll = time.Second
 
 // LoadTokenSet reads the token from file (preferred) or the environment
 // variable envVar. Tokens never come from flags: flags show in `ps`. No
@@ -131,8 +151,12 @@ func LoadTokenSet(file, envVar string, grace time.Duration, log hclog.Logger) (*
 			return nil, err
 		}
 		s.current = tok
-	case envVar != "" && os.Getenv(envVar) != "":
-		s.current = strings.TrimSpace(os.Getenv(envVar))
+	case envVar != "" && strings.TrimSpace(os.Getenv(envVar)) != "":
+		tok := strings.TrimSpace(os.Getenv(envVar))
+		if err := validToken(tok); err != nil {
+			return nil, fmt.Errorf("token from $%s: %w", envVar, err)
+		}
+		s.current = tok
 	}
 	if log != nil && s.current != "" {
 		log.Info("api token loaded", "identity", Identity(s.current), "source", sourceName(file, envVar))
@@ -148,8 +172,10 @@ func sourceName(file, env string) string {
 }
 
 // Watch re-reads file on SIGHUP and whenever its content changes (polled
-// every second), rotating the set with the grace period. It returns when
-// ctx ends. A failed read keeps the current token and logs why.
+// every second, which also catches an mtime change, an editor's rename and
+// a secret agent's atomic replace), rotating the set with the grace period.
+// It returns when ctx ends and owns its SIGHUP subscription until then. A
+// failed read keeps the current token and logs why.
 func (s *TokenSet) Watch(ctx context.Context, file string, log hclog.Logger) {
 	if file == "" {
 		return
@@ -160,8 +186,9 @@ func (s *TokenSet) Watch(ctx context.Context, file string, log hclog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(watchPoll)
 	defer tick.Stop()
+	lastErr := ""
 	for {
 		select {
 		case <-ctx.Done():
@@ -169,11 +196,18 @@ func (s *TokenSet) Watch(ctx context.Context, file string, log hclog.Logger) {
 		case <-hup:
 		case <-tick.C:
 		}
+		// The mode warning is logged once at load, not every second.
 		tok, err := readTokenFile(file, nil)
 		if err != nil {
-			log.Warn("token file re-read failed; keeping the current token", "path", file, "error", err)
+			// Once per distinct failure: a file mid-replacement or
+			// deleted must not flood the log every second.
+			if err.Error() != lastErr {
+				log.Warn("token file re-read failed; keeping the current token", "path", file, "error", err)
+				lastErr = err.Error()
+			}
 			continue
 		}
+		lastErr = ""
 		if tok != s.Current() {
 			old := s.Current()
 			s.Rotate(tok)

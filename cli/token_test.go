@@ -34,3 +34,25 @@ func TestTokenNew(t *testing.T) {
 		t.Error("--force did not rotate the token")
 	}
 }
+
+func TestTokenCommand(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "api.token")
+	if rc := runToken([]string{"new"}); rc != 2 {
+		t.Errorf("new without --file: rc %d, want 2 (a token is never printed)", rc)
+	}
+	if rc := runToken([]string{"new", "--file", f}); rc != 0 {
+		t.Fatalf("new: rc %d", rc)
+	}
+	if rc := runToken([]string{"new", "--file", f}); rc == 0 {
+		t.Error("new over an existing file without --force succeeded")
+	}
+	if rc := runToken([]string{"fp", f}); rc != 0 {
+		t.Errorf("fp: rc %d", rc)
+	}
+	if rc := runToken([]string{"fp", f + ".missing"}); rc == 0 {
+		t.Error("fp of a missing file succeeded")
+	}
+	if rc := runToken([]string{"bogus"}); rc != 2 {
+		t.Errorf("unknown subcommand: rc %d", rc)
+	}
+}

@@ -128,7 +128,7 @@ func durOpt(flag, env, def, help string, p func(*Config) *time.Duration) Option 
 func Options() []Option {
 	return []Option{
 		strOpt("addr", "LLORCH_ADDR", "127.0.0.1:8080", "address to listen on; a non-loopback address needs an API token of at least 32 characters", func(c *Config) *string { return &c.Addr }),
-		strOpt("api-token-file", "LLORCH_API_TOKEN_FILE", "", "file holding the client API token(s), one per line; re-read on SIGHUP or change (LLORCH_API_TOKEN is used when no file is set)", func(c *Config) *string { return &c.APITokenFile }),
+		strOpt("api-token-file", "LLORCH_API_TOKEN_FILE", "", "file holding the client API token (one token); re-read on SIGHUP or change (LLORCH_API_TOKEN is used when no file is set)", func(c *Config) *string { return &c.APITokenFile }),
 		boolOpt("auth-optional", "LLORCH_AUTH_OPTIONAL", "false", "let requests without a token through (loopback development only)", func(c *Config) *bool { return &c.AuthOptional }),
 		boolOpt("trust-forwarded-for", "LLORCH_TRUST_FORWARDED_FOR", "false", "take the client address from X-Forwarded-For (behind a trusted proxy only)", func(c *Config) *bool { return &c.TrustForwardedFor }),
 		strOpt("engine-token-file", "LLORCH_ENGINE_TOKEN_FILE", "", "file holding the token the router presents to engines; the client's token never reaches an engine", func(c *Config) *string { return &c.EngineTokenFile }),

@@ -125,7 +125,7 @@ func pathLabel(p string) string {
 		return "/v1/models/{model}"
 	}
 	switch {
-	case p == "/v2/tasks", p == "/v2/nodes", p == "/v2/catalog/availability", p == "/v2/meta/capabilities":
+	case p == "/v2/tasks", p == "/v2/nodes", p == "/v2/catalog/availability", p == "/v2/meta/capabilities", p == "/v2/sd/prometheus":
 		return p
 	case strings.HasPrefix(p, "/v2/tasks/") && strings.HasSuffix(p, "/events"):
 		return "/v2/tasks/{id}/events"

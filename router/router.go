@@ -23,6 +23,7 @@ import (
 	"github.com/llorch/llorch/authmin"
 	"github.com/llorch/llorch/discovery"
 	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/scheduler"
 )
 
 // Router is one router process's state. Create it with New, serve Handler,
@@ -69,7 +70,6 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 		reg = prometheus.NewRegistry()
 	}
 	rt := &Router{cfg: cfg, source: source, placer: placer, log: logger, view: discovery.NewView(), promReg: reg}
-	rt.queues = admission.New(admission.Config{Capacity: cfg.QueueCapacity, Policy: admission.Policy(cfg.QueuePolicy)}, admission.Hooks{})
 	rt.tasks = newTaskStore()
 
 	var err error
@@ -113,6 +113,29 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 		func() float64 { return float64(len(rt.view.Current().Instances)) })
 	if err != nil {
 		return nil, fmt.Errorf("router: metrics: %w", err)
+	}
+	rt.metrics.byNode.rt = rt
+	rt.queues = admission.New(admission.Config{Capacity: cfg.QueueCapacity, Policy: admission.Policy(cfg.QueuePolicy)}, admission.Hooks{
+		Outcome: func(_ string, p admission.Priority, outcome string) {
+			rt.metrics.admission.WithLabelValues(p.String(), outcome).Inc()
+		},
+		Depth: func(i, b int) {
+			rt.metrics.queueDepth.WithLabelValues(admission.Interactive.String()).Set(float64(i))
+			rt.metrics.queueDepth.WithLabelValues(admission.Batch.String()).Set(float64(b))
+		},
+	})
+	if sp, ok := placer.(*SchedulerPlacer); ok {
+		sp.OnDecision(func(d scheduler.Decision) {
+			outcome := "chosen"
+			switch {
+			case d.Err != nil:
+				outcome = d.Err.Code
+			case d.Saturated:
+				outcome = "saturated"
+			}
+			rt.metrics.placements.WithLabelValues(outcome).Inc()
+			rt.metrics.candidates.Observe(float64(d.Considered))
+		})
 	}
 	rt.state = newLocalState(cfg.EjectAfter, cfg.EjectBackoff, cfg.EjectBackoffMax, func(id string, d time.Duration) {
 		rt.metrics.ejections.Inc()
@@ -206,6 +229,7 @@ func (rt *Router) buildHandler() http.Handler {
 	mux.HandleFunc("GET /v2/nodes", rt.serveNodes)
 	mux.HandleFunc("GET /v2/catalog/availability", rt.serveAvailability)
 	mux.HandleFunc("GET /v2/meta/capabilities", rt.serveCapabilities)
+	mux.HandleFunc("GET /v2/sd/prometheus", rt.servePrometheusSD)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, APIError{Code: CodeNotFound, Message: "no endpoint " + r.Method + " " + r.URL.Path})
 	})
@@ -227,7 +251,7 @@ func (rt *Router) buildHandler() http.Handler {
 func Routes() [][2]string {
 	out := [][2]string{{"GET", "/healthz"}, {"GET", "/metrics"}, {"GET", "/v1/models"}, {"GET", "/v1/models/{model}"},
 		{"POST", "/v2/tasks"}, {"GET", "/v2/tasks/{id}/events"}, {"POST", "/v2/tasks/{id}/cancel"},
-		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}}
+		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}}
 	for _, p := range proxiedPaths {
 		out = append(out, [2]string{"POST", p})
 	}

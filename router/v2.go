@@ -405,6 +405,7 @@ func (rt *Router) relayTask(ctx context.Context, t *task, resp *http.Response, i
 			continue
 		}
 		t.emit("token", map[string]any{"t": tok, "i": n})
+		rt.metrics.tokensOut.Inc()
 		n++
 	}
 	switch {
@@ -415,6 +416,7 @@ func (rt *Router) relayTask(ctx context.Context, t *task, resp *http.Response, i
 		t.emit("error", map[string]any{"code": CodeWorkerReset, "message": "the engine failed mid-answer: " + sc.Err().Error(), "engine": inst.Engine, "retriable": true})
 	default:
 		rt.state.success(inst.ID)
+		rt.metrics.decode.Observe(time.Since(begin).Seconds())
 		ms := time.Since(begin).Milliseconds()
 		t.emit("metrics", map[string]any{"instance_id": inst.ID, "node_id": inst.NodeID, "tokens_out": n})
 		t.emit("end", map[string]any{"tokens_out": n, "decode_time_ms": ms, "decode_ms": ms})
