@@ -107,6 +107,9 @@ func (rt *Router) withRequestContext(next http.Handler) http.Handler {
 				status = 499 // the client went away before any answer
 			}
 			rt.metrics.requests.WithLabelValues(pathLabel(r.URL.Path), ri.model, strconv.Itoa(status)).Inc()
+			if status >= 500 || status == http.StatusTooManyRequests {
+				rt.errors.add(status, pathLabel(r.URL.Path))
+			}
 			if rt.log.IsDebug() {
 				ri.logger().Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start).String())
 			}
@@ -125,7 +128,7 @@ func pathLabel(p string) string {
 		return "/v1/models/{model}"
 	}
 	switch {
-	case p == "/v2/tasks", p == "/v2/nodes", p == "/v2/catalog/availability", p == "/v2/meta/capabilities", p == "/v2/sd/prometheus":
+	case p == "/v2/tasks", p == "/v2/nodes", p == "/v2/catalog/availability", p == "/v2/meta/capabilities", p == "/v2/sd/prometheus", p == "/v2/ui/state", p == "/ui":
 		return p
 	case strings.HasPrefix(p, "/v2/tasks/") && strings.HasSuffix(p, "/events"):
 		return "/v2/tasks/{id}/events"

@@ -43,6 +43,7 @@ type Router struct {
 	handler     http.Handler
 	queues      *admission.Queues
 	tasks       *taskStore
+	errors      recentErrors
 }
 
 // New builds a router. source feeds the instance view (discovery.Consul in
@@ -230,6 +231,8 @@ func (rt *Router) buildHandler() http.Handler {
 	mux.HandleFunc("GET /v2/catalog/availability", rt.serveAvailability)
 	mux.HandleFunc("GET /v2/meta/capabilities", rt.serveCapabilities)
 	mux.HandleFunc("GET /v2/sd/prometheus", rt.servePrometheusSD)
+	mux.HandleFunc("GET /v2/ui/state", rt.serveUIState)
+	mux.HandleFunc("GET /ui", rt.serveUI)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, APIError{Code: CodeNotFound, Message: "no endpoint " + r.Method + " " + r.URL.Path})
 	})
@@ -239,7 +242,7 @@ func (rt *Router) buildHandler() http.Handler {
 		AuthOptional:      rt.cfg.AuthOptional,
 		TrustForwardedFor: rt.cfg.TrustForwardedFor,
 		Exempt: func(r *http.Request) bool {
-			return r.URL.Path == "/healthz" || (r.URL.Path == "/metrics" && !metricsAuth)
+			return r.URL.Path == "/healthz" || r.URL.Path == "/ui" || (r.URL.Path == "/metrics" && !metricsAuth)
 		},
 		Logger: rt.log,
 	}, mux)
@@ -251,7 +254,7 @@ func (rt *Router) buildHandler() http.Handler {
 func Routes() [][2]string {
 	out := [][2]string{{"GET", "/healthz"}, {"GET", "/metrics"}, {"GET", "/v1/models"}, {"GET", "/v1/models/{model}"},
 		{"POST", "/v2/tasks"}, {"GET", "/v2/tasks/{id}/events"}, {"POST", "/v2/tasks/{id}/cancel"},
-		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}}
+		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}, {"GET", "/v2/ui/state"}, {"GET", "/ui"}}
 	for _, p := range proxiedPaths {
 		out = append(out, [2]string{"POST", p})
 	}
