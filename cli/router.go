@@ -21,6 +21,7 @@ import (
 	"github.com/llorch/llorch/authmin"
 	"github.com/llorch/llorch/discovery"
 	"github.com/llorch/llorch/router"
+	"github.com/llorch/llorch/tracing"
 )
 
 func init() {
@@ -76,6 +77,17 @@ func runRouter(args []string) int {
 		return 1
 	}
 	logConsulToken(log, cfg.ConsulTokenFile)
+
+	shutdownTracing, err := tracing.Setup(context.Background(), "llorch-router", cfg.OTLPEndpoint)
+	if err != nil {
+		log.Error("tracing", "error", err)
+		return 1
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdownTracing(sctx)
+	}()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

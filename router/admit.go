@@ -6,6 +6,9 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/llorch/llorch/admission"
 	"github.com/llorch/llorch/instance"
 )
@@ -41,7 +44,10 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 		} else {
 			t.Requeue() // woken but the slot went elsewhere: back to the front
 		}
-		if err := t.Wait(ctx, deadline); err != nil {
+		_, span := tracer.Start(ctx, "llorch.admission.wait", trace.WithAttributes(attribute.String("llorch.priority", prio.String())))
+		err = t.Wait(ctx, deadline)
+		span.End()
+		if err != nil {
 			return nil, err
 		}
 	}

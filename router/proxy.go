@@ -16,11 +16,20 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/llorch/llorch/admission"
 	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/scheduler"
+	"github.com/llorch/llorch/tracing"
 )
+
+// tracer makes the router's spans: request, placement (admission
+// included), upstream call.
+var tracer = tracing.Tracer("router")
 
 // retryMs is the retry hint for retriable placement errors.
 func retryMs(retriable bool) int64 {
@@ -123,6 +132,12 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, *perr)
 		return
 	}
+	// The request's span continues the caller's trace (W3C traceparent);
+	// the upstream call carries it on to the engine.
+	tctx, span := tracer.Start(tracing.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header)), "llorch.request",
+		trace.WithAttributes(attribute.String("llorch.path", r.URL.Path), attribute.String("correlation_id", ri.id)))
+	defer span.End()
+	r = r.WithContext(tctx)
 	prio, perr2 := priorityOf(r)
 	if perr2 != nil {
 		writeError(w, http.StatusBadRequest, APIError{Code: CodeInvalidParams, Param: "X-Priority", Message: perr2.Error()})
@@ -133,7 +148,14 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	if req.User != nil {
 		pr.User = *req.User
 	}
-	cands, err := rt.placeAdmitted(r.Context(), pr, prio, start.Add(rt.cfg.QueueTimeout))
+	pctx, pspan := tracer.Start(r.Context(), "llorch.placement", trace.WithAttributes(attribute.String("llorch.model", pr.Model)))
+	cands, err := rt.placeAdmitted(pctx, pr, prio, start.Add(rt.cfg.QueueTimeout))
+	if err != nil {
+		pspan.SetStatus(codes.Error, err.Error())
+	} else if len(cands) > 0 {
+		pspan.SetAttributes(attribute.String("llorch.instance_id", cands[0].ID), attribute.String("llorch.node_id", cands[0].NodeID), attribute.Int("llorch.candidates", len(cands)))
+	}
+	pspan.End()
 	var nc *NoCapacityError
 	var se *scheduler.Error
 	var ae *admission.Error
@@ -254,7 +276,10 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst instance.
 	release := rt.state.acquire(inst.ID)
 	defer release()
 
-	ctx, cancel := context.WithCancelCause(r.Context())
+	sctx, span := tracer.Start(r.Context(), "llorch.upstream", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("llorch.instance_id", inst.ID), attribute.String("llorch.node_id", inst.NodeID)))
+	defer span.End()
+	ctx, cancel := context.WithCancelCause(sctx)
 	defer cancel(nil)
 	unwatch := rt.state.watchGone(inst.ID, cancel)
 	defer unwatch()
@@ -269,6 +294,7 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst instance.
 	}
 	up.Header.Set("Content-Type", "application/json")
 	up.Header.Set(CorrelationHeader, ri.id)
+	tracing.Propagator.Inject(ctx, propagation.HeaderCarrier(up.Header))
 	if rt.engineToken != "" {
 		up.Header.Set("Authorization", "Bearer "+rt.engineToken)
 	}
