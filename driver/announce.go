@@ -97,6 +97,7 @@ func (d *Driver) announce(h *taskHandle, why string) {
 		OnChange: func(ready bool, health instance.Health, note string) {
 			switch {
 			case ready && health == instance.HealthPassing:
+				d.metrics.readyOnce(h)
 				d.events.emit(h, "Engine ready and serving; registered as "+h.InstanceID(), nil)
 			case ready && health == instance.HealthCritical:
 				d.events.emit(h, "Engine not answering; marked critical: "+note, nil)
@@ -170,6 +171,9 @@ func (d *Driver) instanceFor(h *taskHandle) instance.Instance {
 		PoolID:   h.PoolID(),
 		Ctx:      spec.Ctx,
 		Slots:    spec.Slots,
+		// The node's model catalog rides along, so the router can answer
+		// availability questions for models staged but not running.
+		NodeModels: d.catalogCompact(),
 	}
 	if adapter != nil {
 		inst.APIs = adapter.APIs()

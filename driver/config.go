@@ -47,6 +47,7 @@ type PluginConfig struct {
 	EngineTokenFile   string            `json:"engine_token_file,omitempty"`
 	AdvertiseAddress  string            `json:"advertise_address,omitempty"`
 	NodeID            string            `json:"node_id,omitempty"`
+	MetricsAddress    string            `json:"metrics_address,omitempty"`
 }
 
 // defaultPluginConfig is what a client with no config block runs with.
@@ -138,6 +139,7 @@ func PluginConfigSpec() *hclspec.Spec {
 		"engine_token_file":  sAttr("string", false),
 		"advertise_address":  sAttr("string", false),
 		"node_id":            sAttr("string", false),
+		"metrics_address":    sAttr("string", false),
 	})
 }
 
@@ -511,6 +513,7 @@ func DecodePluginConfig(data []byte) (PluginConfig, error) {
 		EngineTokenFile:  f.str("engine_token_file", ""),
 		AdvertiseAddress: f.str("advertise_address", ""),
 		NodeID:           f.str("node_id", ""),
+		MetricsAddress:   f.str("metrics_address", ""),
 	}
 	period := f.str("fingerprint_period", d.FingerprintPeriod.String())
 	if c.err != nil {

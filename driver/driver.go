@@ -56,8 +56,9 @@ type Driver struct {
 	tasks  *taskStore
 	events *eventBroker
 
-	gpus    gpuState     // GPU discovery and reservations (gpu.go); zero value ready
-	catalog catalogState // model_dir fingerprint (catalog.go); zero value ready
+	gpus    gpuState      // GPU discovery and reservations (gpu.go); zero value ready
+	catalog catalogState  // model_dir fingerprint (catalog.go); zero value ready
+	metrics driverMetrics // /metrics listener (metrics.go); zero value ready
 }
 
 // New makes a driver; nothing is started and nothing on the node is

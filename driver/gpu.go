@@ -86,6 +86,7 @@ func (d *Driver) gpuAttributes() map[string]*structs.Attribute {
 	}
 	g.mu.Unlock()
 	if snap.Fault != "" {
+		d.metrics.fingerprintError(d.nodeID())
 		d.log.Warn("GPU fault", "fault", snap.Fault)
 	}
 	return out

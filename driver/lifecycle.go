@@ -67,6 +67,7 @@ func (d *Driver) StartTask(ctx context.Context, req *drivers.StartTaskRequest) (
 		"address", joinHostPort(st.Host, st.Port), "model", st.Spec.ModelName)
 	d.events.emit(h, fmt.Sprintf("Started %s engine (pid %d) for model %q on %s", st.Engine, h.st.EnginePID.PID,
 		st.Spec.ModelName, joinHostPort(st.Host, st.Port)), nil)
+	d.metrics.taskLaunched(h)
 	d.announceStart(h)
 	return &drivers.StartTaskResponse{
 		Result: drivers.StartTaskResponse_SUCCESS,

@@ -2,7 +2,16 @@
 # with their health. Health queries return each instance with its node, so the
 # token needs read on the nodes too; without node read Consul filters the
 # results out silently. Nothing here can write.
+#
+# Prometheus's Consul discovery (deploy/prometheus.yml) can use a token of
+# this policy too: it also reads the router and driver services.
 service "llorch-engine" {
+  policy = "read"
+}
+service "llorch-router" {
+  policy = "read"
+}
+service "llorch-driver" {
   policy = "read"
 }
 node_prefix "" {
