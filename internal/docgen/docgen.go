@@ -165,6 +165,7 @@ var pluginHelp = map[string]string{
 	"engine_token_file":   "file holding the engine API key; engines that take one require it, and the router presents it",
 	"advertise_address":   "address registered in Consul for engines (default: the task's port mapping host IP, else the node's first non-loopback IPv4)",
 	"node_id":             "node id in registrations (default: Nomad's node id)",
+	"metrics_address":     "host:port for the driver's Prometheus /metrics (tasks, engines, GPUs by node_id); registered in Consul as `llorch-driver`; empty = off",
 }
 
 var taskHelp = map[string]string{
