@@ -347,6 +347,7 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst instance.
 	// Commit: from here on a vanished instance breaks the stream instead of
 	// being retried (the client has bytes already).
 	unwatch()
+	ri.instance, ri.node = inst.ID, inst.NodeID
 	h := w.Header()
 	for k, v := range resp.Header {
 		if !hopHeaders[k] {

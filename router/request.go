@@ -38,6 +38,8 @@ type reqInfo struct {
 	base  hclog.Logger
 	lg    hclog.Logger // base.With(correlation_id), built on first use
 	model string       // metrics label; set by handlers that know the model
+	// instance and node that answered, for the access log.
+	instance, node string
 }
 
 // logger is the request's logger, carrying its correlation id. It is built
@@ -110,8 +112,11 @@ func (rt *Router) withRequestContext(next http.Handler) http.Handler {
 			if status >= 500 || status == http.StatusTooManyRequests {
 				rt.errors.add(status, pathLabel(r.URL.Path))
 			}
-			if rt.log.IsDebug() {
-				ri.logger().Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start).String())
+			// One access line per request (level info; LLORCH_LOG_LEVEL=warn
+			// turns it off), carrying the correlation id like every line.
+			if rt.log.IsInfo() {
+				ri.logger().Info("request", "method", r.Method, "path", r.URL.Path, "status", status, "model", ri.model,
+					"instance_id", ri.instance, "node_id", ri.node, "duration_ms", float64(time.Since(start).Microseconds())/1000)
 			}
 		}()
 		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, ri)))
