@@ -54,11 +54,25 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Micros
 func main() {
 	quick := flag.Bool("quick", false, "shorter rounds (a smoke run, noisier figures)")
 	out := flag.String("out", "bench/results", "where latest.md and latest.json go")
+	only := flag.String("only", "", "comma-separated sections to run (default all): "+strings.Join(sectionNames, ", "))
 	flag.Parse()
 	round := 2 * time.Second
 	rounds := 3
 	if *quick {
 		round, rounds = 700*time.Millisecond, 2
+	}
+	want := map[string]bool{}
+	for _, n := range strings.Split(*only, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			want[n] = true
+		}
+	}
+	run := func(name string) bool { return len(want) == 0 || want[name] }
+	for n := range want {
+		if !slicesContains(sectionNames, n) {
+			fmt.Fprintf(os.Stderr, "bench: -only: unknown section %q (have %s)\n", n, strings.Join(sectionNames, ", "))
+			os.Exit(2)
+		}
 	}
 	env, err := setup()
 	if err != nil {
@@ -67,24 +81,51 @@ func main() {
 	}
 	defer env.close()
 
-	fmt.Println("== router overhead (open loop, interleaved rounds)")
-	routerOverhead(env, round, rounds)
-	fmt.Println("== streaming relay (50 concurrent streams)")
-	streamRelay(env)
-	fmt.Println("== router at 1,000 concurrent streams")
-	routerScale(env)
-	fmt.Println("== scheduler decisions")
-	schedulerBench(*quick)
-	fmt.Println("== discovery in Consul")
-	discoveryBench(env, *quick)
-	fmt.Println("== failure detection (real llama-server)")
-	failureBench(env, *quick)
-	notMeasured("driver", "StartTask → Consul passing", "runs in the driver's protocol tests (go test -run Announce -v ./driver/), which print it")
+	if run("overhead") {
+		fmt.Println("== router overhead (open loop, interleaved rounds)")
+		routerOverhead(env, round, rounds)
+	}
+	if run("stream") {
+		fmt.Println("== streaming relay (50 concurrent streams)")
+		streamRelay(env)
+	}
+	if run("scale") {
+		fmt.Println("== router at 1,000 concurrent streams")
+		routerScale(env)
+	}
+	if run("scheduler") {
+		fmt.Println("== scheduler decisions")
+		schedulerBench(*quick)
+	}
+	if run("discovery") {
+		fmt.Println("== discovery in Consul")
+		discoveryBench(env, *quick)
+	}
+	if run("failure") {
+		fmt.Println("== failure detection (real llama-server)")
+		failureBench(env, *quick)
+	}
+	if run("driver") {
+		fmt.Println("== driver: StartTask → Consul passing (real llama-server)")
+		driverBench(env, *quick)
+	}
 
 	if err := write(*out); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// sectionNames are the parts -only can pick, in the order they run.
+var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "discovery", "failure", "driver"}
+
+func slicesContains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }
 
 func machine() string {

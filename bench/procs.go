@@ -109,6 +109,45 @@ func cpuTicks(pgid int) uint64 {
 	return total
 }
 
+// rssGroupMB is the resident set of a process group's members in MB
+// (nginx: master and workers; the router: its one process).
+func rssGroupMB(pgid int) float64 {
+	var total float64
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if pid == pgid || pgidOf(pid) == pgid {
+			total += rssMB(pid)
+		}
+	}
+	return total
+}
+
+// pgidOf reads a process's group from /proc/<pid>/stat; -1 if it is gone.
+func pgidOf(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return -1
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return -1
+	}
+	f := strings.Fields(s[i+2:])
+	if len(f) < 3 {
+		return -1
+	}
+	g, err := strconv.Atoi(f[2])
+	if err != nil {
+		return -1
+	}
+	return g
+}
+
 // rssMB is a process's resident set in MB.
 func rssMB(pid int) float64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))

@@ -31,47 +31,35 @@ first start); send it as "Authorization: Bearer <token>".
 func runHome(args []string) int {
 	fs := flag.NewFlagSet("home", flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), homeUsage); fs.PrintDefaults() }
-	configFile := fs.String("config", "", "home config file (YAML: addr, state_dir, api_token_file, pools)")
-	var cfg home.Config
-	var p home.Pool
-	fs.StringVar(&cfg.Addr, "addr", "", "router address (default 127.0.0.1:8080)")
-	fs.StringVar(&cfg.StateDir, "state-dir", "", "state directory (default "+home.DefaultStateDir()+")")
-	fs.StringVar(&p.Model, "model", "", "model file to serve (one pool, without --config)")
-	fs.StringVar(&p.Name, "name", "", "pool name (default: the model name)")
-	fs.StringVar(&p.ModelName, "model-name", "", "name clients send as \"model\" (default: the file's base name)")
-	fs.StringVar(&p.Engine, "engine", "llamacpp", "engine: "+fmt.Sprint(engineNames()))
-	fs.StringVar(&p.Binary, "engine-bin", "", "engine program (default: $LLORCH_CACHE/bin, then PATH)")
-	fs.IntVar(&p.Ctx, "ctx", 0, "context per slot (default: the engine's)")
-	fs.IntVar(&p.Slots, "slots", 1, "parallel slots")
-	fs.IntVar(&p.Threads, "threads", 0, "CPU threads (default: the engine's)")
-	logJSON := fs.Bool("log-json", os.Getenv("LLORCH_LOG_FORMAT") == "json", "log JSON lines")
+	var f home.Flags
+	f.Bind(fs, engine.Names())
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	if *configFile != "" {
-		fileCfg, err := home.LoadConfig(*configFile)
-		if err != nil {
-			return usageErr(err)
-		}
-		if cfg.Addr != "" {
-			fileCfg.Addr = cfg.Addr
-		}
-		if cfg.StateDir != "" {
-			fileCfg.StateDir = cfg.StateDir
-		}
-		cfg = fileCfg
-	} else if p.Model != "" {
-		cfg.Pools = []home.Pool{p}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "llorch home: unexpected argument %q (flags only; see llorch home -h)\n", fs.Arg(0))
+		return 2
 	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "llorch-home", Level: hclog.Info, JSONFormat: *logJSON, Output: os.Stderr})
+	cfg, err := f.Resolve()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "llorch home:", err)
+		return 2
+	}
+	level := hclog.LevelFromString(f.LogLevel)
+	if level == hclog.NoLevel {
+		fmt.Fprintf(os.Stderr, "llorch home: --log-level: %q is not one of trace, debug, info, warn, error\n", f.LogLevel)
+		return 2
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "llorch-home", Level: level, JSONFormat: f.LogJSON, Output: os.Stderr})
 	h, err := home.New(cfg, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "llorch home:", err)
 		return 2
 	}
+	// SIGINT (Ctrl-C) and SIGTERM: stop every engine, wait, exit 0.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := h.Run(ctx); err != nil {
@@ -80,5 +68,3 @@ func runHome(args []string) int {
 	}
 	return 0
 }
-
-func engineNames() []string { return engine.Names() }

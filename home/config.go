@@ -8,10 +8,13 @@ package home
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 
@@ -124,6 +127,99 @@ func (c *Config) Normalize() error {
 				return fmt.Errorf("home config: pools[%d].model: %w", i, err)
 			}
 		}
+	}
+	return nil
+}
+
+// Flags are `llorch home`'s command-line flags. They live here, next to
+// Config, so the configuration reference is generated from the very flag
+// set the command parses.
+type Flags struct {
+	ConfigFile string
+	LogJSON    bool
+	LogLevel   string
+	// ConsulAddr is accepted only to refuse it: a Consul address means the
+	// cloud profile, which `llorch router` serves.
+	ConsulAddr string
+	Config     Config
+	Pool       Pool // the one pool --model describes
+}
+
+// Bind registers the flags on fs.
+func (f *Flags) Bind(fs *flag.FlagSet, engines []string) {
+	fs.StringVar(&f.ConfigFile, "config", "", "home config file (YAML: addr, state_dir, api_token_file, pools)")
+	fs.StringVar(&f.Config.Addr, "addr", "", "router address (default 127.0.0.1:8080)")
+	fs.StringVar(&f.Config.StateDir, "state-dir", "", "state directory (default $XDG_STATE_HOME/llorch or ~/.local/state/llorch)")
+	fs.StringVar(&f.Pool.Model, "model", "", "model file to serve (one pool, without --config)")
+	fs.StringVar(&f.Pool.Name, "name", "", "pool name (default: the model name)")
+	fs.StringVar(&f.Pool.ModelName, "model-name", "", "name clients send as \"model\" (default: the file's base name)")
+	fs.StringVar(&f.Pool.Engine, "engine", "llamacpp", fmt.Sprintf("engine: %v", engines))
+	fs.StringVar(&f.Pool.Binary, "engine-bin", "", "engine program (default: $LLORCH_CACHE/bin/<engine binary>, then PATH)")
+	fs.IntVar(&f.Pool.Ctx, "ctx", 0, "context per slot (default: the engine's)")
+	fs.IntVar(&f.Pool.Slots, "slots", 1, "parallel slots")
+	fs.IntVar(&f.Pool.Threads, "threads", 0, "CPU threads (default: the engine's)")
+	fs.IntVar(&f.Pool.GPULayers, "gpu-layers", 0, "layers to offload to the GPU (-1 = all)")
+	fs.StringVar(&f.ConsulAddr, "consul-addr", "", "refused: a Consul address means the cloud profile (`llorch router`)")
+	// The same variables as `llorch router`, so one environment serves both.
+	logJSON, _ := strconv.ParseBool(os.Getenv("LLORCH_LOG_JSON"))
+	fs.BoolVar(&f.LogJSON, "log-json", logJSON, "log JSON lines (also LLORCH_LOG_JSON=true)")
+	level := os.Getenv("LLORCH_LOG_LEVEL")
+	if level == "" {
+		level = "info"
+	}
+	fs.StringVar(&f.LogLevel, "log-level", level, "trace, debug, info, warn or error (also LLORCH_LOG_LEVEL)")
+}
+
+// Resolve turns parsed flags into a Config: the file when --config is
+// given (--addr and --state-dir still override it), else one pool from
+// --model. It does not validate; New does.
+func (f *Flags) Resolve() (Config, error) {
+	if f.ConsulAddr != "" {
+		return Config{}, errCloud("--consul-addr " + f.ConsulAddr)
+	}
+	cfg := f.Config
+	if f.ConfigFile != "" {
+		if f.Pool.Model != "" {
+			return Config{}, errors.New("--model and --config: give one (a config file declares its pools)")
+		}
+		fileCfg, err := LoadConfig(f.ConfigFile)
+		if err != nil {
+			return Config{}, err
+		}
+		if cfg.Addr != "" {
+			fileCfg.Addr = cfg.Addr
+		}
+		if cfg.StateDir != "" {
+			fileCfg.StateDir = cfg.StateDir
+		}
+		return fileCfg, nil
+	}
+	if f.Pool.Model != "" {
+		cfg.Pools = []Pool{f.Pool}
+	}
+	return cfg, nil
+}
+
+// errCloud is the refusal when something asks for the cloud profile.
+func errCloud(why string) error {
+	return fmt.Errorf("%s: the home profile runs without Nomad and Consul; for the cloud profile run `llorch router` (engines run as Nomad tasks of the llorch driver, see docs/install.md and docs/migration.md)", why)
+}
+
+// checkProfile refuses to start when the environment asks for the cloud
+// profile: LLORCH_PROFILE=cloud, or CONSUL_HTTP_ADDR set without
+// LLORCH_PROFILE=home (which forces the home profile).
+func checkProfile() error {
+	switch p := strings.ToLower(os.Getenv("LLORCH_PROFILE")); p {
+	case "cloud":
+		return errCloud("LLORCH_PROFILE=cloud")
+	case "home":
+		return nil
+	case "":
+	default:
+		return fmt.Errorf("LLORCH_PROFILE=%q: want home or cloud", p)
+	}
+	if a := os.Getenv("CONSUL_HTTP_ADDR"); a != "" {
+		return errCloud("CONSUL_HTTP_ADDR=" + a + " is set (set LLORCH_PROFILE=home to run the home profile anyway)")
 	}
 	return nil
 }

@@ -27,7 +27,7 @@ type Filter interface {
 
 type filterFunc struct {
 	name string
-	keep func(Request, Candidate) bool
+	keep func(*Request, *Candidate) bool
 }
 
 func (f filterFunc) Name() string { return f.name }
@@ -36,25 +36,25 @@ func (f filterFunc) Name() string { return f.name }
 // slice, and not allocating per filter matters at thousands of candidates.
 func (f filterFunc) Filter(req Request, in []Candidate) ([]Candidate, *Error) {
 	out := in[:0]
-	for _, c := range in {
-		if f.keep(req, c) {
-			out = append(out, c)
+	for i := range in {
+		if f.keep(&req, &in[i]) {
+			out = append(out, in[i])
 		}
 	}
 	return out, nil
 }
 
-func ready(c Candidate) bool {
+func ready(c *Candidate) bool {
 	return (c.Inst.Health == instance.HealthPassing || c.Inst.Health == "") && !c.Inst.Draining
 }
 
 var (
-	healthyFilter = filterFunc{FilterHealthy, func(_ Request, c Candidate) bool { return ready(c) }}
-	pathFilter    = filterFunc{FilterPath, func(r Request, c Candidate) bool { return r.Path == "" || c.Inst.Serves(r.Path) }}
-	contextFilter = filterFunc{FilterContext, func(r Request, c Candidate) bool {
+	healthyFilter = filterFunc{FilterHealthy, func(_ *Request, c *Candidate) bool { return ready(c) }}
+	pathFilter    = filterFunc{FilterPath, func(r *Request, c *Candidate) bool { return r.Path == "" || c.Inst.Serves(r.Path) }}
+	contextFilter = filterFunc{FilterContext, func(r *Request, c *Candidate) bool {
 		return r.CtxNeeded == 0 || c.Inst.Ctx == 0 || c.Inst.Ctx >= r.CtxNeeded
 	}}
-	deviceFilter = filterFunc{FilterDevice, func(r Request, c Candidate) bool {
+	deviceFilter = filterFunc{FilterDevice, func(r *Request, c *Candidate) bool {
 		for _, g := range r.Placement.RequireGPUs {
 			if !slices.Contains(c.Inst.GPUs, g) {
 				return false
@@ -62,8 +62,8 @@ var (
 		}
 		return true
 	}}
-	ejectedFilter  = filterFunc{FilterEjected, func(_ Request, c Candidate) bool { return !c.Load.Ejected }}
-	capacityFilter = filterFunc{FilterCapacity, func(_ Request, c Candidate) bool {
+	ejectedFilter  = filterFunc{FilterEjected, func(_ *Request, c *Candidate) bool { return !c.Load.Ejected }}
+	capacityFilter = filterFunc{FilterCapacity, func(_ *Request, c *Candidate) bool {
 		// Slots 0 means the engine did not say: no limit we can apply.
 		return c.Inst.Slots == 0 || c.busy() < c.Inst.Slots
 	}}
@@ -80,11 +80,12 @@ func (pinFilter) Filter(req Request, in []Candidate) ([]Candidate, *Error) {
 		return in, nil
 	}
 	var matched, readyOnes []Candidate
-	for _, c := range in {
+	for i := range in {
+		c := &in[i]
 		if (p.PinNode == "" || c.Inst.NodeID == p.PinNode) && (p.PinPool == "" || c.Inst.PoolID == p.PinPool) {
-			matched = append(matched, c)
+			matched = append(matched, *c)
 			if ready(c) {
-				readyOnes = append(readyOnes, c)
+				readyOnes = append(readyOnes, *c)
 			}
 		}
 	}

@@ -11,28 +11,28 @@ import (
 	"github.com/llorch/llorch/instance"
 )
 
-// Picker returns the best k scored candidates in order; the first is the
-// choice.
+// Picker appends the best k scored candidates to top in order; the first
+// is the choice.
 type Picker interface {
 	Name() string
-	Pick(s []scored, k int) []scored
+	Pick(s, top []scored, k int) []scored
 }
 
-// maxScore orders by score, highest first; ties by (node id, instance id).
-// It selects the top k in one pass (insertion into a k-long list) instead
-// of sorting every candidate.
+// maxScore orders by score, highest first; ties by (node id, instance id),
+// which is the order of positions in the index's sorted model list. It
+// selects the top k in one pass (insertion into a k-long list) instead of
+// sorting every candidate.
 type maxScore struct{}
 
 func better(a, b scored) bool {
 	if a.score != b.score {
 		return a.score > b.score
 	}
-	return instance.Less(*a.c.Inst, *b.c.Inst)
+	return a.c.pos < b.c.pos
 }
 
 func (maxScore) Name() string { return "max-score" }
-func (maxScore) Pick(s []scored, k int) []scored {
-	top := make([]scored, 0, k+1)
+func (maxScore) Pick(s, top []scored, k int) []scored {
 	for _, x := range s {
 		if len(top) == k && !better(x, top[k-1]) {
 			continue

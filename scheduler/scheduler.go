@@ -8,9 +8,8 @@ package scheduler
 
 import (
 	"fmt"
-	"slices"
-	"sort"
 	"strings"
+	"sync"
 
 	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
@@ -44,10 +43,16 @@ type Request struct {
 	// PrefixHashes); requests sharing a prefix share leading hashes.
 	PrefixHashes []uint64
 	Placement    Placement
-
-	// sessionOrder is the session key's ring successors (instance ids),
-	// filled by Decide for the session scorer.
-	sessionOrder []string
+	// SampleSeed picks which instances a decision over a large fleet
+	// samples (see SampleAbove), together with the session key and the
+	// first prefix block. The caller varies it per request (a counter, a
+	// hash of the request id) so requests without a session or a shared
+	// prompt spread over the fleet; Decide stays deterministic for a given
+	// seed.
+	SampleSeed uint64
+	// Explain fills Decision.Reasons. Off by default: formatting reasons
+	// costs more than the decision itself at small fleets.
+	Explain bool
 }
 
 // Load is an instance's live load as the router sees it.
@@ -69,24 +74,32 @@ type LoadView interface {
 type Candidate struct {
 	Inst *instance.Instance
 	Load Load
+
+	pos int32 // place in the model's sorted list: orders ties like instance.Less
+	// sessionRank is 1 + the place among the session's ring successors
+	// (1 = the session's home), 0 when not one.
+	sessionRank int16
+	// prefixBlocks is how many leading prompt blocks were last sent here.
+	prefixBlocks int16
 }
 
 // busy is the candidate's load figure: the larger of the router's
 // in-flight count and the engine's busy slots (they overlap), plus the
 // engine's queue.
-func (c Candidate) busy() int { return max(c.Load.InFlight, c.Load.SlotsBusy) + c.Load.Queue }
+func (c *Candidate) busy() int { return max(c.Load.InFlight, c.Load.SlotsBusy) + c.Load.Queue }
 
 // Decision is the outcome of Decide.
 type Decision struct {
-	// Ranked is every feasible instance in the order to try them; the first
-	// is the choice. Empty when Err is set or Saturated.
+	// Ranked is the best feasible instances (at most MaxRanked) in the
+	// order to try them; the first is the choice. Empty when Err is set or
+	// Saturated.
 	Ranked []instance.Instance
 	// Saturated: feasible instances exist but none has a free slot; the
 	// caller queues the request (admission) rather than failing it.
 	Saturated bool
 	Err       *Error
-	// Reasons explain the decision: what each filter removed, the winner's
-	// score parts.
+	// Reasons explain the decision (only with Request.Explain): what each
+	// filter removed, the winner's score parts.
 	Reasons []string
 	// Considered is how many instances of the model were looked at.
 	Considered int
@@ -100,132 +113,12 @@ func (d Decision) Chosen() (instance.Instance, bool) {
 	return d.Ranked[0], true
 }
 
-// Index is a snapshot pre-indexed by model, built once per snapshot so a
-// decision touches only the model's instances, with each model's
-// consistent-hash ring for session affinity.
-type Index struct {
-	byModel map[string][]*instance.Instance
-	byID    map[string]*instance.Instance
-	rings   map[string][]ringPoint
-	Snap    registry.Snapshot
-}
 
-type ringPoint struct {
-	hash uint64
-	id   string
-}
-
-// ringVNodes spreads each instance over the ring so the sessions of a
-// departing instance spread over many others rather than one.
-const ringVNodes = 8
-
-// NewIndex indexes a snapshot (its instances are already sorted by
-// instance.Sort; the order is kept).
-func NewIndex(snap registry.Snapshot) *Index {
-	ix := &Index{byModel: map[string][]*instance.Instance{}, byID: map[string]*instance.Instance{}, rings: map[string][]ringPoint{}, Snap: snap}
-	for i := range snap.Instances {
-		in := &snap.Instances[i]
-		ix.byModel[in.Model] = append(ix.byModel[in.Model], in)
-		ix.byID[in.ID] = in
-	}
-	for m, l := range ix.byModel {
-		sort.SliceStable(l, func(a, b int) bool { return instance.Less(*l[a], *l[b]) })
-		ring := make([]ringPoint, 0, len(l)*ringVNodes)
-		for _, in := range l {
-			for v := 0; v < ringVNodes; v++ {
-				ring = append(ring, ringPoint{hrw(in.ID, string(rune('a'+v))), in.ID})
-			}
-		}
-		sort.Slice(ring, func(a, b int) bool {
-			if ring[a].hash != ring[b].hash {
-				return ring[a].hash < ring[b].hash
-			}
-			return ring[a].id < ring[b].id
-		})
-		ix.rings[m] = ring
-	}
-	return ix
-}
-
-// sessionFallbacks is how far along the ring a session looks for an
-// instance that can take it before giving up on affinity for the request.
-const sessionFallbacks = 16
-
-// sessionSuccessors lists up to n distinct instances following the key on
-// the model's ring: the session's home first, then where it goes if the
-// home cannot take it.
-func (ix *Index) sessionSuccessors(model, key string, n int) []string {
-	ring := ix.rings[model]
-	if key == "" || len(ring) == 0 {
-		return nil
-	}
-	h := hrw(key, "")
-	i := sort.Search(len(ring), func(i int) bool { return ring[i].hash >= h })
-	var out []string
-	for k := 0; k < len(ring) && len(out) < n; k++ {
-		id := ring[(i+k)%len(ring)].id
-		if !slices.Contains(out, id) {
-			out = append(out, id)
-		}
-	}
-	return out
-}
-
-// SampleAbove is the candidate count past which a decision looks at a
-// subset: the session's ring successors, the instances holding the
-// prompt's prefix, and an evenly strided sample of SampleSize others
-// (power-of-k choices, as load balancers at this scale do). Every subset
-// member still passes every filter, so a filtered instance is never chosen.
-const (
-	SampleAbove = 256
-	SampleSize  = 128
-)
-
-func (ix *Index) subset(req Request, table *PrefixTable) []*instance.Instance {
-	all := ix.byModel[req.Model]
-	seen := make(map[string]bool, SampleSize+16)
-	out := make([]*instance.Instance, 0, SampleSize+16)
-	add := func(in *instance.Instance) {
-		if in != nil && in.Model == req.Model && !seen[in.ID] {
-			seen[in.ID] = true
-			out = append(out, in)
-		}
-	}
-	for _, id := range req.sessionOrder {
-		add(ix.byID[id])
-	}
-	if table != nil {
-		for _, id := range table.owners(req.PrefixHashes) {
-			if id != "" {
-				add(ix.byID[id])
-			}
-		}
-	}
-	start := int(hrw(req.SessionKey, req.Model) % uint64(len(all)))
-	stride := len(all) / SampleSize
-	for k := 0; k < SampleSize; k++ {
-		add(all[(start+k*stride)%len(all)])
-	}
-	return out
-}
-
-// Models lists the indexed model names, sorted.
-func (ix *Index) Models() []string {
-	out := make([]string, 0, len(ix.byModel))
-	for m := range ix.byModel {
-		out = append(out, m)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// Instances of a model.
-func (ix *Index) Instances(model string) []*instance.Instance { return ix.byModel[model] }
-
-// Scheduler runs a profile.
+// Scheduler runs a profile. It holds no per-request state: Decide may run
+// concurrently.
 type Scheduler struct {
 	profile Profile
-	prefix  *PrefixTable // the prefix scorer's table, for subset sampling
+	prefix  *PrefixTable // the prefix scorer's table, read to find each request's prefix holders
 }
 
 // New makes a scheduler from a profile.
@@ -239,34 +132,57 @@ func New(p Profile) *Scheduler {
 	return s
 }
 
+// SampleAbove is the candidate count past which a decision looks at a
+// subset: the session's ring successors, the instances holding the
+// prompt's prefix, and SampleSize others evenly strided from a seeded
+// start (power-of-k choices, as load balancers at this scale do). Every
+// subset member still passes every filter, so a filtered instance is never
+// chosen; and a subset in which nothing passes is not taken as the fleet's
+// answer: Decide then looks at every instance before reporting an error
+// or Saturated.
+const (
+	SampleAbove = 256
+	SampleSize  = 48
+)
+
+// MaxRanked is how many instances a decision ranks: the router tries at
+// most a few (1 + retries); ordering thousands would be wasted work.
+const MaxRanked = 8
+
 // Decide places req. It is deterministic: the same request, index, load and
 // affinity state give the same decision.
 func (s *Scheduler) Decide(req Request, ix *Index, load LoadView) Decision {
-	all := ix.Instances(req.Model)
-	d := Decision{Considered: len(all)}
-	if len(all) == 0 {
-		d.Err = errorf(CodeModelNotAvailable, 404, false, "no instance serves model %q", req.Model)
-		return d
+	mi := ix.models[req.Model]
+	if mi == nil {
+		return Decision{Err: errorf(CodeModelNotAvailable, 404, false, "no instance serves model %q", req.Model)}
 	}
-	req.sessionOrder = ix.sessionSuccessors(req.Model, req.SessionKey, sessionFallbacks)
+	sc := getScratch(len(mi.list))
+	defer scratchPool.Put(sc)
 	pinned := req.Placement.PinNode != "" || req.Placement.PinPool != ""
-	if len(all) > SampleAbove && !pinned {
-		all = ix.subset(req, s.prefix)
-		d.Considered = len(all)
-	}
-	cands := make([]Candidate, 0, len(all))
-	for _, in := range all {
-		cands = append(cands, Candidate{Inst: in, Load: load.Load(in.ID)})
-	}
-	for _, f := range s.profile.Filters {
-		before := len(cands)
-		kept, err := f.Filter(req, cands)
-		if err != nil {
-			d.Err = err
-			d.Reasons = append(d.Reasons, fmt.Sprintf("%s: %s", f.Name(), err.Message))
+	if len(mi.list) > SampleAbove && !pinned {
+		d := s.decide(&req, ix, mi, load, sc, true)
+		if d.Err == nil && !d.Saturated {
 			return d
 		}
-		if n := before - len(kept); n > 0 {
+	}
+	return s.decide(&req, ix, mi, load, sc, false)
+}
+
+// decide runs the profile over the model's instances, or over a sample.
+func (s *Scheduler) decide(req *Request, ix *Index, mi *modelIndex, load LoadView, sc *scratch, sample bool) Decision {
+	cands := s.gather(req, ix, mi, load, sc, sample)
+	d := Decision{Considered: len(cands)}
+	for _, f := range s.profile.Filters {
+		before := len(cands)
+		kept, err := f.Filter(*req, cands)
+		if err != nil {
+			d.Err = err
+			if req.Explain {
+				d.Reasons = append(d.Reasons, fmt.Sprintf("%s: %s", f.Name(), err.Message))
+			}
+			return d
+		}
+		if n := before - len(kept); n > 0 && req.Explain {
 			d.Reasons = append(d.Reasons, fmt.Sprintf("%s removed %d", f.Name(), n))
 		}
 		if len(kept) == 0 {
@@ -274,13 +190,72 @@ func (s *Scheduler) Decide(req Request, ix *Index, load LoadView) Decision {
 				d.Saturated = true
 				return d
 			}
-			d.Err = emptyAfter(f.Name(), req)
+			d.Err = emptyAfter(f.Name(), *req)
 			return d
 		}
 		cands = kept
 	}
-	d.Ranked = s.rank(req, cands, &d)
+	s.rank(req, cands, sc, &d)
 	return d
+}
+
+// gather lists the candidates with their load and affinity: the session's
+// ring successors first (so the session scorer finds the home without a
+// search), then the prefix holders, then every other instance of the model
+// or a strided sample of them.
+func (s *Scheduler) gather(req *Request, ix *Index, mi *modelIndex, load LoadView, sc *scratch, sample bool) []Candidate {
+	sc.cands = sc.cands[:0]
+	add := func(pos int32) *Candidate {
+		if k := sc.slot[pos]; k != 0 {
+			return &sc.cands[k-1]
+		}
+		in := mi.list[pos]
+		sc.cands = append(sc.cands, Candidate{Inst: in, Load: load.Load(in.ID), pos: pos})
+		sc.slot[pos] = int32(len(sc.cands))
+		return &sc.cands[len(sc.cands)-1]
+	}
+	sc.ring = mi.sessionSuccessors(req.SessionKey, sc.ring[:0])
+	for k, pos := range sc.ring {
+		add(pos).sessionRank = int16(k + 1)
+	}
+	if s.prefix != nil && len(req.PrefixHashes) > 0 {
+		sc.owners = s.prefix.ownersInto(sc.owners[:0], req.PrefixHashes)
+		var last string
+		var lastPos int32 = -1
+		for j, id := range sc.owners {
+			if id == "" {
+				continue
+			}
+			if id != last {
+				last, lastPos = id, -1
+				if e, ok := ix.byID[id]; ok && e.model == mi {
+					lastPos = e.pos
+				}
+			}
+			if lastPos >= 0 {
+				add(lastPos).prefixBlocks = int16(j + 1)
+			}
+		}
+	}
+	n := len(mi.list)
+	if !sample {
+		for pos := range n {
+			add(int32(pos))
+		}
+	} else {
+		seed := hrw(req.SessionKey, req.Model) ^ req.SampleSeed
+		if len(req.PrefixHashes) > 0 {
+			seed ^= req.PrefixHashes[0]
+		}
+		start, stride := int(seed%uint64(n)), n/SampleSize
+		for k := range SampleSize {
+			add(int32((start + k*stride) % n))
+		}
+	}
+	for _, c := range sc.cands {
+		sc.slot[c.pos] = 0
+	}
+	return sc.cands
 }
 
 func emptyAfter(filter string, req Request) *Error {
@@ -294,34 +269,63 @@ func emptyAfter(filter string, req Request) *Error {
 }
 
 type scored struct {
-	c     Candidate
+	c     *Candidate
 	score float64
 }
 
-// MaxRanked is how many instances a decision ranks: the router tries at
-// most a few (1 + retries); ordering thousands would be wasted work.
-const MaxRanked = 8
-
-func (s *Scheduler) rank(req Request, cands []Candidate, d *Decision) []instance.Instance {
-	ss := make([]scored, len(cands))
-	vals := make([]float64, len(cands))
-	for i, c := range cands {
-		ss[i].c = c
+func (s *Scheduler) rank(req *Request, cands []Candidate, sc *scratch, d *Decision) {
+	sc.scored = sc.scored[:0]
+	for i := range cands {
+		sc.scored = append(sc.scored, scored{c: &cands[i]})
 	}
-	parts := make([]string, 0, len(s.profile.Scorers))
+	vals := grow(sc.vals, len(cands))
+	sc.vals = vals
 	for _, ws := range s.profile.Scorers {
 		clear(vals)
-		ws.Scorer.Score(req, cands, vals)
-		for i := range ss {
-			ss[i].score += ws.Weight * vals[i]
+		ws.Scorer.Score(*req, cands, vals)
+		for i := range sc.scored {
+			sc.scored[i].score += ws.Weight * vals[i]
 		}
-		parts = append(parts, ws.Scorer.Name())
 	}
-	ss = s.profile.Picker.Pick(ss, MaxRanked)
-	out := make([]instance.Instance, len(ss))
-	for i, x := range ss {
-		out[i] = *x.c.Inst
+	sc.top = s.profile.Picker.Pick(sc.scored, sc.top[:0], MaxRanked)
+	d.Ranked = make([]instance.Instance, len(sc.top))
+	for i, x := range sc.top {
+		d.Ranked[i] = *x.c.Inst
 	}
-	d.Reasons = append(d.Reasons, fmt.Sprintf("chose %s on %s (score %.3f from %s)", out[0].ID, out[0].NodeID, ss[0].score, strings.Join(parts, "+")))
-	return out
+	if req.Explain {
+		parts := make([]string, 0, len(s.profile.Scorers))
+		for _, ws := range s.profile.Scorers {
+			parts = append(parts, fmt.Sprintf("%s×%g", ws.Scorer.Name(), ws.Weight))
+		}
+		d.Reasons = append(d.Reasons, fmt.Sprintf("chose %s on %s (score %.3f from %s)", d.Ranked[0].ID, d.Ranked[0].NodeID, sc.top[0].score, strings.Join(parts, "+")))
+	}
+}
+
+// scratch is one decision's working memory, pooled so a decision does not
+// allocate (garbage collection is what sets the tail at large fleets).
+type scratch struct {
+	slot   []int32 // per model position: 1 + index in cands while gathering, else 0
+	cands  []Candidate
+	vals   []float64
+	scored []scored
+	top    []scored
+	owners []string
+	ring   []int32
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func getScratch(n int) *scratch {
+	sc := scratchPool.Get().(*scratch)
+	if len(sc.slot) < n {
+		sc.slot = make([]int32, n)
+	}
+	return sc
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
 }

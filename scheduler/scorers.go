@@ -29,8 +29,8 @@ type leastLoaded struct{}
 
 func (leastLoaded) Name() string { return ScorerLeastLoaded }
 func (leastLoaded) Score(_ Request, cands []Candidate, out []float64) {
-	for i, c := range cands {
-		out[i] = 1 / float64(1+c.busy())
+	for i := range cands {
+		out[i] = 1 / float64(1+cands[i].busy())
 	}
 }
 
@@ -40,10 +40,10 @@ type kvHeadroom struct{}
 
 func (kvHeadroom) Name() string { return ScorerKVHeadroom }
 func (kvHeadroom) Score(_ Request, cands []Candidate, out []float64) {
-	for i, c := range cands {
+	for i := range cands {
 		out[i] = 0.5
-		if c.Load.KVKnown {
-			out[i] = 1 - min(max(c.Load.KVUsage, 0), 1)
+		if l := &cands[i].Load; l.KVKnown {
+			out[i] = 1 - min(max(l.KVUsage, 0), 1)
 		}
 	}
 }
@@ -51,18 +51,21 @@ func (kvHeadroom) Score(_ Request, cands []Candidate, out []float64) {
 // sessionAffinity keeps a session on one instance by consistent hashing:
 // the session's home is its first successor on the model's ring (Index)
 // that is still a candidate, so it stays put while its instance can take
-// it, and only the sessions of an instance that goes move.
+// it, and only the sessions of an instance that goes move. Rendezvous
+// hashing would give the same stability but costs a hash per candidate;
+// the ring is searched once per decision.
 type sessionAffinity struct{}
 
 func (sessionAffinity) Name() string { return ScorerSession }
-func (sessionAffinity) Score(req Request, cands []Candidate, out []float64) {
-	for _, id := range req.sessionOrder {
-		for i, c := range cands {
-			if c.Inst.ID == id {
-				out[i] = 1
-				return
-			}
+func (sessionAffinity) Score(_ Request, cands []Candidate, out []float64) {
+	best := -1
+	for i := range cands {
+		if r := cands[i].sessionRank; r > 0 && (best < 0 || r < cands[best].sessionRank) {
+			best = i
 		}
+	}
+	if best >= 0 {
+		out[best] = 1
 	}
 }
 
@@ -104,19 +107,17 @@ func (p prefixAffinity) Score(req Request, cands []Candidate, out []float64) {
 		return
 	}
 	lo, hi := cands[0].busy(), cands[0].busy()
-	for _, c := range cands[1:] {
-		lo, hi = min(lo, c.busy()), max(hi, c.busy())
+	for i := range cands[1:] {
+		b := cands[i+1].busy()
+		lo, hi = min(lo, b), max(hi, b)
 	}
 	if hi-lo > p.absGap && float64(hi) > p.relGap*float64(lo) {
 		return
 	}
-	owners := p.table.owners(req.PrefixHashes)
-	for i, c := range cands {
-		for j := len(owners) - 1; j >= 0; j-- {
-			if owners[j] == c.Inst.ID {
-				out[i] = float64(j+1) / float64(len(req.PrefixHashes))
-				break
-			}
+	// Decide filled prefixBlocks from this table while gathering.
+	for i := range cands {
+		if b := cands[i].prefixBlocks; b > 0 {
+			out[i] = float64(b) / float64(len(req.PrefixHashes))
 		}
 	}
 }
@@ -141,16 +142,19 @@ func NewPrefixTable(capacity int) *PrefixTable {
 	return &PrefixTable{cap: max(capacity, 1), m: map[uint64]*list.Element{}, order: list.New()}
 }
 
-func (t *PrefixTable) owners(hashes []uint64) []string {
+// ownersInto appends, per hash, the instance id the block last went to
+// ("" for none).
+func (t *PrefixTable) ownersInto(dst []string, hashes []uint64) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make([]string, len(hashes))
-	for i, h := range hashes {
+	for _, h := range hashes {
+		id := ""
 		if e, ok := t.m[h]; ok {
-			out[i] = e.Value.(prefixEntry).id
+			id = e.Value.(prefixEntry).id
 		}
+		dst = append(dst, id)
 	}
-	return out
+	return dst
 }
 
 // Observe records that the request's blocks went to inst.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: the home profile with a real engine (llama.cpp's llama-server)
 # and the generated demo model, then one real chat request. Idempotent: a
-# demo already running is reused. Stop it with `make demo-stop`.
+# demo already running is reused. Stop it with `make demo-stop` or
+# `scripts/demo.sh stop` (SIGTERM: llorch home stops its engine, then exits).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -10,32 +11,51 @@ state=${LLORCH_DEMO_STATE:-$cache/demo}
 addr=${LLORCH_DEMO_ADDR:-127.0.0.1:8080}
 mkdir -p "$cache/models" "$state"
 
+pidfile=$state/home.pid
+# A pid file from an earlier demo counts only while that pid is still a
+# `llorch home` (pids are reused).
+running() { [ -f "$pidfile" ] && tr '\0' ' ' <"/proc/$(cat "$pidfile")/cmdline" 2>/dev/null | grep -q 'llorch home'; }
+if [ "${1:-}" = stop ]; then
+  if running; then
+    pid=$(cat "$pidfile"); kill "$pid"
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    echo "stopped llorch home (pid $pid)"
+  else
+    echo "no demo running"
+  fi
+  rm -f "$pidfile"; exit 0
+fi
+
+
 echo "==> engine: llama.cpp llama-server"
-scripts/get-llama-server.sh >/dev/null
+engine=$(scripts/get-llama-server.sh)
 echo "==> building bin/llorch"
 CGO_ENABLED=1 go build -o bin/llorch .
 model=$cache/models/tiny.gguf
 [ -f "$model" ] || bin/llorch gen-model -o "$model"
 
-pidfile=$state/home.pid
-if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+if running; then
   echo "==> home profile already running (pid $(cat "$pidfile"))"
 else
   echo "==> starting the home profile on $addr (log: $state/home.log)"
-  nohup bin/llorch home --model "$model" --state-dir "$state" --addr "$addr" >"$state/home.log" 2>&1 &
+  nohup bin/llorch home --model "$model" --engine-bin "$engine" --state-dir "$state" --addr "$addr" >"$state/home.log" 2>&1 &
   echo $! >"$pidfile"
 fi
 
 token_file=$state/api.token
-for _ in $(seq 1 300); do
+ready=
+for _ in $(seq 1 600); do
   if [ -f "$token_file" ] && curl -fsS -H "Authorization: Bearer $(cat "$token_file")" "http://$addr/v1/models" 2>/dev/null | grep -q '"tiny"'; then
-    break
+    ready=1; break
   fi
-  if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  if ! running; then
     echo "llorch home exited; its log:" >&2; tail -20 "$state/home.log" >&2; exit 1
   fi
   sleep 0.1
 done
+if [ -z "$ready" ]; then
+  echo "the home profile did not serve model tiny within 60 s; its log:" >&2; tail -20 "$state/home.log" >&2; exit 1
+fi
 
 echo "==> POST /v1/chat/completions"
 reply=$(curl -fsS "http://$addr/v1/chat/completions" \
@@ -48,4 +68,4 @@ echo "reply: $content"
 echo
 echo "Try it yourself:"
 echo "  curl http://$addr/v1/chat/completions -H \"Authorization: Bearer \$(cat $token_file)\" -H 'Content-Type: application/json' -d '{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
-echo "Stop it: make demo-stop   (or: kill \$(cat $pidfile))"
+echo "It keeps running. Stop it: make demo-stop   (or: scripts/demo.sh stop)"

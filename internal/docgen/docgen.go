@@ -5,13 +5,17 @@
 // reference cannot drift.
 package docgen
 
+//go:generate go test -run TestConfigurationReferenceMatchesCode -update .
+
 import (
+	"flag"
 	"fmt"
 	"reflect"
 	"sort"
 	"strings"
 
 	"github.com/llorch/llorch/driver"
+	"github.com/llorch/llorch/engine"
 	"github.com/llorch/llorch/home"
 	"github.com/llorch/llorch/internal/nomadpb/hclspec"
 	"github.com/llorch/llorch/router"
@@ -71,6 +75,35 @@ func YAMLFields(t reflect.Type, prefix string) []Field {
 	return out
 }
 
+// HomeFlags lists `llorch home`'s flags from the flag set the command
+// parses. Defaults that depend on the environment are shown as the code's
+// fixed defaults (the environment of whoever generates the doc must not
+// leak into it).
+func HomeFlags() []Field {
+	fs := flag.NewFlagSet("home", flag.ContinueOnError)
+	var f home.Flags
+	f.Bind(fs, engine.Names())
+	var out []Field
+	fs.VisitAll(func(fl *flag.Flag) {
+		def := fl.DefValue
+		switch fl.Name {
+		case "log-json":
+			def = "false"
+		case "log-level":
+			def = "info"
+		case "engine":
+			if def == "" {
+				def = "llamacpp"
+			}
+		}
+		if def == "0" && fl.Name != "gpu-layers" {
+			def = ""
+		}
+		out = append(out, Field{Name: fl.Name, Default: def, Help: fl.Usage})
+	})
+	return out
+}
+
 // Configuration renders docs/configuration.md.
 func Configuration() (string, error) {
 	var b strings.Builder
@@ -110,7 +143,11 @@ func Configuration() (string, error) {
 		b.WriteString("\n")
 	}
 
-	b.WriteString("## Home profile (`llorch home --config home.yaml`)\n\nFlags `--model`, `--engine`, `--name`, `--model-name`, `--engine-bin`, `--ctx`, `--slots`, `--threads`, `--addr`, `--state-dir` describe one pool without a file. Unknown keys in the file are errors that name the key.\n\n| key | type | what it does |\n|---|---|---|\n")
+	b.WriteString("## Home profile flags (`llorch home`)\n\n`--model` and its neighbours describe one pool without a file; `--config` reads pools from a file instead (`--addr` and `--state-dir` still override it).\n\n| flag | default | what it does |\n|---|---|---|\n")
+	for _, f := range HomeFlags() {
+		fmt.Fprintf(&b, "| `--%s` | %s | %s |\n", f.Name, code(f.Default), esc(f.Help))
+	}
+	b.WriteString("\n## Home profile config file (`llorch home --config home.yaml`)\n\nYAML. Unknown keys are errors that name the key. Example:\n\n```yaml\naddr: 127.0.0.1:8080\npools:\n  - name: tiny\n    model: /models/tiny.gguf\n    slots: 2\n    ctx: 2048\n```\n\n| key | type | what it does |\n|---|---|---|\n")
 	hf := YAMLFields(reflect.TypeOf(home.Config{}), "")
 	for _, f := range hf {
 		h, ok := homeHelp[f.Name]
@@ -203,9 +240,14 @@ var homeHelp = map[string]string{
 }
 
 var otherEnv = [][3]string{
-	{"LLORCH_PROFILE", "llorch home", "`cloud` makes `llorch home` refuse and point to `llorch router`"},
-	{"LLORCH_CACHE", "scripts, home, tests", "where Consul, llama-server and the demo model are cached (default `~/.cache/llorch`)"},
-	{"LLORCH_LOG_FORMAT", "llorch home", "`json` for JSON log lines"},
+	{"LLORCH_PROFILE", "llorch home", "`cloud` makes `llorch home` refuse and point to `llorch router`; `home` runs the home profile even when `CONSUL_HTTP_ADDR` is set"},
+	{"CONSUL_HTTP_ADDR", "llorch router, driver, llorch home", "Consul's address; `llorch home` refuses to start when it is set (it means the cloud profile) unless `LLORCH_PROFILE=home`"},
+	{"LLORCH_CACHE", "scripts, home, tests", "where Consul, llama-server and the demo model are cached (default `~/.cache/llorch`); `llorch home` looks for engine programs in `$LLORCH_CACHE/bin`"},
+	{"LLORCH_LOG_JSON, LLORCH_LOG_LEVEL", "llorch home", "as for `llorch router`: JSON log lines, log level"},
+	{"LLORCH_DEMO_STATE, LLORCH_DEMO_ADDR", "scripts/demo.sh", "the demo's state dir (default `$LLORCH_CACHE/demo`) and address (default `127.0.0.1:8080`)"},
+	{"LLORCH_CONSUL_BIN, LLORCH_LLAMA_SERVER", "tests", "the consul and llama-server programs the tests run (default: `$LLORCH_CACHE/bin`, then PATH)"},
+	{"LLORCH_NVML_MOCK", "tests", "only in binaries built with the `llorch_nvmlmock` tag: a simulated GPU set such as `dgxh100` or `dgxa100:2`"},
+	{"LLORCH_MARKER", "e2e tests", "a marker the multi-host tests set on engine tasks to find their processes"},
 	{"NOMAD_ADDR, NOMAD_TOKEN", "llorch jobs", "the Nomad API, as the nomad CLI reads them"},
 	{"LLORCH_REQUIRE_INTEGRATION", "tests", "`1` (CI): a missing Consul or engine binary fails tests instead of skipping them"},
 	{"LLORCH_BIN", "tests", "the built llorch binary the protocol tests start"},

@@ -1,0 +1,132 @@
+package scheduler
+
+import (
+	"sort"
+
+	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
+)
+
+// Index is a snapshot pre-indexed by model, built once per snapshot (the
+// snapshot is immutable) so a decision touches only the model's instances,
+// with each model's consistent-hash ring for session affinity.
+type Index struct {
+	models map[string]*modelIndex
+	byID   map[string]idEntry
+	Snap   registry.Snapshot
+}
+
+// modelIndex is one model's instances sorted by instance.Less, so a
+// position order is the tie-break order, and its session ring.
+type modelIndex struct {
+	list []*instance.Instance
+	ring []ringPoint
+}
+
+type idEntry struct {
+	model *modelIndex
+	pos   int32
+}
+
+type ringPoint struct {
+	hash uint64
+	pos  int32
+}
+
+// ringVNodes spreads each instance over the ring so the sessions of a
+// departing instance spread over many others rather than one.
+const ringVNodes = 8
+
+// sessionFallbacks is how many distinct ring successors a session
+// considers: its home, then where it goes when the home cannot take it.
+const sessionFallbacks = 8
+
+// NewIndex indexes a snapshot.
+func NewIndex(snap registry.Snapshot) *Index {
+	ix := &Index{models: map[string]*modelIndex{}, byID: map[string]idEntry{}, Snap: snap}
+	for i := range snap.Instances {
+		in := &snap.Instances[i]
+		mi := ix.models[in.Model]
+		if mi == nil {
+			mi = &modelIndex{}
+			ix.models[in.Model] = mi
+		}
+		mi.list = append(mi.list, in)
+	}
+	for _, mi := range ix.models {
+		l := mi.list
+		sort.SliceStable(l, func(a, b int) bool { return instance.Less(*l[a], *l[b]) })
+		mi.ring = make([]ringPoint, 0, len(l)*ringVNodes)
+		for pos, in := range l {
+			ix.byID[in.ID] = idEntry{mi, int32(pos)}
+			for v := 0; v < ringVNodes; v++ {
+				mi.ring = append(mi.ring, ringPoint{hrw(in.ID, string(rune('a'+v))), int32(pos)})
+			}
+		}
+		sort.Slice(mi.ring, func(a, b int) bool {
+			if mi.ring[a].hash != mi.ring[b].hash {
+				return mi.ring[a].hash < mi.ring[b].hash
+			}
+			return mi.ring[a].pos < mi.ring[b].pos
+		})
+	}
+	return ix
+}
+
+// sessionSuccessors appends to dst up to sessionFallbacks distinct
+// positions following the key on the model's ring, the session's home
+// first.
+func (mi *modelIndex) sessionSuccessors(key string, dst []int32) []int32 {
+	ring := mi.ring
+	if key == "" || len(ring) == 0 {
+		return dst
+	}
+	h := hrw(key, "")
+	lo, hi := 0, len(ring)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if ring[m].hash < h {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+next:
+	for k := 0; k < len(ring) && len(dst) < sessionFallbacks; k++ {
+		pos := ring[(lo+k)%len(ring)].pos
+		for _, p := range dst {
+			if p == pos {
+				continue next
+			}
+		}
+		dst = append(dst, pos)
+	}
+	return dst
+}
+
+// Models lists the indexed model names, sorted.
+func (ix *Index) Models() []string {
+	out := make([]string, 0, len(ix.models))
+	for m := range ix.models {
+		out = append(out, m)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Instances of a model, sorted by instance.Less.
+func (ix *Index) Instances(model string) []*instance.Instance {
+	if mi := ix.models[model]; mi != nil {
+		return mi.list
+	}
+	return nil
+}
+
+// Instance finds an instance by id.
+func (ix *Index) Instance(id string) (*instance.Instance, bool) {
+	e, ok := ix.byID[id]
+	if !ok {
+		return nil, false
+	}
+	return e.model.list[e.pos], true
+}
