@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -69,7 +70,7 @@ func main() {
 	}
 	run := func(name string) bool { return len(want) == 0 || want[name] }
 	for n := range want {
-		if !slicesContains(sectionNames, n) {
+		if !slices.Contains(sectionNames, n) {
 			fmt.Fprintf(os.Stderr, "bench: -only: unknown section %q (have %s)\n", n, strings.Join(sectionNames, ", "))
 			os.Exit(2)
 		}
@@ -112,21 +113,13 @@ func main() {
 
 	if err := write(*out); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
+		env.close()
 		os.Exit(1)
 	}
 }
 
 // sectionNames are the parts -only can pick, in the order they run.
 var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "discovery", "failure", "driver"}
-
-func slicesContains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
 
 func machine() string {
 	model := "unknown CPU"

@@ -17,8 +17,8 @@ import (
 )
 
 func init() {
-	Register(Command{Name: "jobs", Summary: "render, run, inspect and stop engine pools as Nomad jobs", Run: runJobs})
-	Register(Command{Name: "estimate", Summary: "estimate an engine's VRAM for a GGUF model, part by part", Run: runEstimate})
+	Register(Command{Name: "jobs", Summary: "render, run, inspect and stop engine pools as Nomad jobs", Run: func(args []string) int { return jobsMain(args, os.Stdout, os.Stderr) }})
+	Register(Command{Name: "estimate", Summary: "estimate an engine's VRAM for a GGUF model, part by part", Run: func(args []string) int { return estimateMain(args, os.Stdout, os.Stderr) }})
 }
 
 const jobsUsage = `usage: llorch jobs <render|run|status|stop> [flags]
@@ -32,9 +32,11 @@ A pool comes from -f pool.yaml or from flags. Nomad is reached through
 NOMAD_ADDR / NOMAD_TOKEN, as the nomad CLI does.
 `
 
-func runJobs(args []string) int {
+func jobsMain(args []string, stdout, stderr io.Writer) int {
+	usageErr := func(err error) int { fmt.Fprintln(stderr, "llorch:", err); return 2 }
+	fail := func(err error) int { fmt.Fprintln(stderr, "llorch:", err); return 1 }
 	if len(args) == 0 {
-		fmt.Fprint(os.Stderr, jobsUsage)
+		fmt.Fprint(stderr, jobsUsage)
 		return 2
 	}
 	sub, args := args[0], args[1:]
@@ -42,7 +44,7 @@ func runJobs(args []string) int {
 	defer cancel()
 	switch sub {
 	case "render", "run":
-		spec, est, err := poolFromArgs(sub, args)
+		spec, est, err := poolFromArgs(sub, args, stderr)
 		if err != nil {
 			return usageErr(err)
 		}
@@ -52,9 +54,9 @@ func runJobs(args []string) int {
 				return fail(err)
 			}
 			if est != nil {
-				fmt.Fprintf(os.Stderr, "VRAM estimate used for the constraint:\n%s", est.Table())
+				fmt.Fprintf(stderr, "VRAM estimate used for the constraint:\n%s", est.Table())
 			}
-			os.Stdout.Write(b)
+			stdout.Write(b)
 			return 0
 		}
 		c, err := jobs.NewClient()
@@ -64,47 +66,51 @@ func runJobs(args []string) int {
 		resp, err := c.Run(ctx, spec)
 		if err != nil {
 			if errors.Is(err, jobs.ErrModelNotAvailable) {
-				fmt.Fprintln(os.Stderr, "llorch jobs run:", err)
+				fmt.Fprintln(stderr, "llorch jobs run:", err)
 				return 3
 			}
 			return fail(err)
 		}
-		fmt.Printf("registered pool %s (evaluation %s)\n", spec.Name, resp.EvalID)
+		fmt.Fprintf(stdout, "registered pool %s (evaluation %s)\n", spec.Name, resp.EvalID)
 		return 0
 	case "status", "stop":
 		fs := flag.NewFlagSet("jobs "+sub, flag.ContinueOnError)
+		fs.SetOutput(stderr)
 		purge := fs.Bool("purge", false, "stop: also remove the job from Nomad's history")
-		if err := fs.Parse(args); err != nil {
+		pos, err := parseInterspersed(fs, args)
+		if err != nil {
 			return 2
 		}
-		if fs.NArg() != 1 {
+		if len(pos) != 1 {
 			return usageErr(fmt.Errorf("jobs %s: want one pool name", sub))
 		}
+		name := pos[0]
 		c, err := jobs.NewClient()
 		if err != nil {
 			return fail(err)
 		}
 		if sub == "stop" {
-			eval, err := c.Stop(ctx, fs.Arg(0), *purge)
+			eval, err := c.Stop(ctx, name, *purge)
 			if err != nil {
 				return fail(err)
 			}
-			fmt.Printf("stopped pool %s (evaluation %s)\n", fs.Arg(0), eval)
+			fmt.Fprintf(stdout, "stopped pool %s (evaluation %s)\n", name, eval)
 			return 0
 		}
-		st, err := c.Status(ctx, fs.Arg(0))
+		st, err := c.Status(ctx, name)
 		if err != nil {
 			return fail(err)
 		}
-		printStatus(os.Stdout, st)
+		printStatus(stdout, st)
 		return 0
 	}
-	fmt.Fprint(os.Stderr, jobsUsage)
+	fmt.Fprint(stderr, jobsUsage)
 	return 2
 }
 
-func poolFromArgs(sub string, args []string) (jobs.PoolSpec, *vramest.Estimate, error) {
+func poolFromArgs(sub string, args []string, stderr io.Writer) (jobs.PoolSpec, *vramest.Estimate, error) {
 	fs := flag.NewFlagSet("jobs "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	file := fs.String("f", "", "pool spec file (YAML or JSON); flags below are ignored when set")
 	var s jobs.PoolSpec
 	fs.StringVar(&s.Name, "name", "", "pool name (Nomad job ID)")
@@ -118,10 +124,23 @@ func poolFromArgs(sub string, args []string) (jobs.PoolSpec, *vramest.Estimate, 
 	fs.IntVar(&s.VRAMMiB, "vram-mib", 0, "VRAM per GPU (default: estimated from the model if readable here)")
 	dc := fs.String("datacenters", "*", "comma-separated datacenters")
 	fs.BoolVar(&s.DistinctHosts, "distinct-hosts", false, "one replica per node")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
 		return jobs.PoolSpec{}, nil, err
 	}
+	if len(pos) > 0 {
+		return jobs.PoolSpec{}, nil, fmt.Errorf("jobs %s: unexpected argument %q (the pool comes from -f FILE or flags)", sub, pos[0])
+	}
 	if *file != "" {
+		set := ""
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name != "f" && set == "" {
+				set = f.Name
+			}
+		})
+		if set != "" {
+			return jobs.PoolSpec{}, nil, fmt.Errorf("jobs %s: -%s and -f both given; put it in the pool file", sub, set)
+		}
 		spec, err := jobs.LoadSpec(*file)
 		if err != nil {
 			return jobs.PoolSpec{}, nil, err
@@ -157,31 +176,57 @@ func printStatus(w io.Writer, st jobs.Status) {
 	tw.Flush()
 }
 
-func runEstimate(args []string) int {
+func estimateMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("estimate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var p vramest.Params
 	fs.StringVar(&p.Engine, "engine", "llamacpp", "engine: llamacpp or ollama")
 	fs.IntVar(&p.Ctx, "ctx", 0, "context per slot (default: the model's)")
 	fs.IntVar(&p.Slots, "slots", 1, "parallel slots")
 	fs.StringVar(&p.KVType, "kv-type", "f16", "KV cache type: f16, f32, q8_0")
+	fs.IntVar(&p.UBatch, "ubatch", vramest.DefaultUBatch, "physical batch (llama-server -ub)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
 		return 2
 	}
-	if fs.NArg() != 1 {
-		return usageErr(errors.New("usage: llorch estimate [flags] model.gguf"))
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: llorch estimate model.gguf [-ctx N] [-slots N] [-engine llamacpp|ollama] [-kv-type f16|f32|q8_0] [-json]")
+		return 2
 	}
-	e, err := vramest.FromFile(fs.Arg(0), p)
+	e, err := vramest.FromFile(pos[0], p)
 	if err != nil {
-		return fail(err)
+		fmt.Fprintln(stderr, "llorch estimate:", err)
+		return 1
 	}
 	if *asJSON {
 		b, _ := json.MarshalIndent(e, "", "  ")
-		fmt.Println(string(b))
+		fmt.Fprintln(stdout, string(b))
 		return 0
 	}
-	fmt.Print(e.Table())
+	fmt.Fprint(stdout, e.Table())
 	return 0
+}
+
+// parseInterspersed parses flags before, between and after positional
+// arguments ("llorch estimate model.gguf -ctx 4096" reads as users write
+// it; Go's flag package stops at the first positional one).
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
 }
 
 func usageErr(err error) int {

@@ -128,6 +128,7 @@ func (d *Driver) announce(h *taskHandle, why string) {
 			log.Warn("supervisor ended", "error", err)
 		}
 	}()
+	go d.watchVRAMEstimate(h, a.sup.Ready(), a.done) // catalog.go
 }
 
 // registrar builds the Consul registrar from the plugin config; nil (no

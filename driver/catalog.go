@@ -5,6 +5,7 @@ import (
 
 	"github.com/llorch/llorch/catalog"
 	"github.com/llorch/llorch/internal/nomadpb/structs"
+	"github.com/llorch/llorch/vramest"
 )
 
 // catalogState fingerprints the node's model_dir. Listing is synchronous
@@ -83,4 +84,56 @@ func (d *Driver) catalogCompact() string {
 	last := d.catalog.last
 	d.catalog.mu.Unlock()
 	return catalog.EncodeCompact(last)
+}
+
+// watchVRAMEstimate compares the task's VRAM estimate with what its
+// processes hold on the GPUs once the engine is ready — llama.cpp and
+// Ollama allocate weights, KV cache and compute buffers while loading, so
+// readiness is when the figure is complete — then ends. announce() starts
+// it next to each supervisor: ready is the supervisor's Ready, done closes
+// when the supervisor ends, so the goroutine never outlives it.
+func (d *Driver) watchVRAMEstimate(h *taskHandle, ready, done <-chan struct{}) {
+	select {
+	case <-ready:
+	case <-done:
+		return
+	case <-d.ctx.Done():
+		return
+	}
+	if summary, ok := d.compareVRAMEstimate(h, d.gpuTaskMemoryBytes); ok {
+		d.events.emit(h, summary, nil)
+	}
+}
+
+// compareVRAMEstimate logs the line vramest.LogMessage with
+// vramest.LogFields and returns the event text. It compares nothing (ok
+// false) for CPU tasks, engines vramest does not model (vLLM, SGLang, TGI),
+// a model that is not a readable GGUF file, partial offload (the estimate
+// is for every layer on the GPU), or where NVML cannot attribute memory to
+// the task's processes (MIG, containers without the host PID namespace).
+func (d *Driver) compareVRAMEstimate(h *taskHandle, measure func(*taskHandle) (uint64, bool)) (string, bool) {
+	cfg := h.Config()
+	if !cfg.WantsGPUs() {
+		return "", false
+	}
+	spec := h.Spec()
+	log := d.log.With("task_id", h.TaskID(), "model", spec.ModelName)
+	est, err := vramest.FromFile(spec.Model, vramest.Params{Engine: h.EngineName(), Ctx: spec.Ctx, Slots: spec.Slots})
+	if err != nil {
+		log.Debug("no VRAM estimate for this task", "error", err)
+		return "", false
+	}
+	// llama.cpp offloads n_layer blocks plus the output layer.
+	if spec.GPULayers > 0 && uint64(spec.GPULayers) <= est.Layers {
+		log.Debug("partial offload; VRAM estimate assumes all layers on the GPU", "gpu_layers", spec.GPULayers, "layers", est.Layers)
+		return "", false
+	}
+	used, ok := measure(h)
+	if !ok || used == 0 {
+		log.Debug("GPU memory of the task unknown; estimate not compared", "estimate_mib", est.TotalMiB())
+		return "", false
+	}
+	measured := int((used + vramest.MiB - 1) / vramest.MiB)
+	log.Info(vramest.LogMessage, vramest.LogFields(est, measured)...)
+	return vramest.Summary(est, measured), true
 }

@@ -46,6 +46,7 @@ type cluster struct {
 	driverToken, routerToken     string
 	apiTokFile, engineTokFile    string
 	driverTokFile, routerTokFile string
+	agentTokens                  map[string]string // client host → its Consul agent token
 
 	mu      sync.Mutex
 	agents  map[string]*exec.Cmd
@@ -62,7 +63,7 @@ type task struct {
 }
 
 func newCluster(t *testing.T, f *fabric) *cluster {
-	c := &cluster{t: t, f: f, dir: t.TempDir(), agents: map[string]*exec.Cmd{}, plugins: map[string]*nomadclient.Plugin{},
+	c := &cluster{t: t, f: f, dir: keptDir(t, f), agents: map[string]*exec.Cmd{}, plugins: map[string]*nomadclient.Plugin{},
 		http: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
 	c.bin = nomadclient.Binary(t)
 	c.llama = testenv.LlamaServer(t)
@@ -73,6 +74,25 @@ func newCluster(t *testing.T, f *fabric) *cluster {
 	c.apiTokFile = c.secret("api.token", c.apiToken)
 	c.engineTokFile = c.secret("engine.token", c.engineToken)
 	return c
+}
+
+// keptDir is the run's directory (configs, data, logs). It is removed after
+// a passing run; a failing run (or LLORCH_E2E_KEEP=1) keeps it so the logs
+// of every process can be read afterwards.
+func keptDir(t *testing.T, f *fabric) string {
+	dir, err := os.MkdirTemp("", "llorch-e2e-"+f.prefix+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		f.destroy() // no process may still write into dir
+		if t.Failed() || os.Getenv("LLORCH_E2E_KEEP") != "" {
+			t.Logf("run directory kept: %s (logs under logs/ and alloc-*/alloc/logs/)", dir)
+			return
+		}
+		_ = os.RemoveAll(dir)
+	})
+	return dir
 }
 
 func (c *cluster) secret(name, v string) string {
@@ -115,9 +135,14 @@ func (c *cluster) startConsul(host string, server bool) {
 	ip := c.f.hosts[host]
 	dataDir := filepath.Join(c.dir, "consul-"+host)
 	os.MkdirAll(dataDir, 0o700)
-	role := `retry_join = ["` + subnet + `1"]`
+	// The server holds the management token (initial_management) and uses
+	// it as its agent token; a client agent gets only a token that may
+	// write its own node, as a production agent would.
+	role := fmt.Sprintf("retry_join = [%q]", subnet+"1")
+	tokens := fmt.Sprintf("agent = %q", c.agentTokens[host])
 	if server {
 		role = "server = true\nbootstrap_expect = 1"
+		tokens = fmt.Sprintf("initial_management = %q, agent = %q", c.mgmt, c.mgmt)
 	}
 	cfg := fmt.Sprintf(`datacenter = "dc1"
 node_name = %q
@@ -130,7 +155,7 @@ acl {
   enabled = true
   default_policy = "deny"
   enable_token_persistence = true
-  tokens { initial_management = %q, agent = %q }
+  tokens { %s }
 }
 gossip_lan {
   probe_interval = "200ms"
@@ -138,7 +163,7 @@ gossip_lan {
   suspicion_mult = 2
 }
 log_level = "info"
-`, host, dataDir, ip, ip, role, c.mgmt, c.mgmt)
+`, host, dataDir, ip, ip, role, tokens)
 	cf := filepath.Join(c.dir, "consul-"+host+".hcl")
 	if err := os.WriteFile(cf, []byte(cfg), 0o600); err != nil {
 		c.t.Fatal(err)
@@ -184,6 +209,10 @@ func (c *cluster) makeTokens() {
 	}
 	c.driverToken = mk("llorch-driver", consultest.DriverPolicy(c.t))
 	c.routerToken = mk("llorch-router", consultest.RouterPolicy(c.t))
+	c.agentTokens = map[string]string{}
+	for _, h := range []string{"n1", "n2", "n3"} {
+		c.agentTokens[h] = mk("consul-agent-"+h, fmt.Sprintf("node %q { policy = \"write\" }\nservice_prefix \"\" { policy = \"read\" }\n", h))
+	}
 	c.driverTokFile = c.secret("consul-driver.token", c.driverToken)
 	c.routerTokFile = c.secret("consul-router.token", c.routerToken)
 }

@@ -38,6 +38,16 @@ func record(scenario, engine string, ok bool, format string, args ...any) {
 	fmt.Printf("e2e: %-44s %-8s %s\n", scenario, o, fmt.Sprintf(format, args...))
 }
 
+// must records a behaviour the system has to show (not a timing goal): when
+// it does not, the test fails as well as the table saying so.
+func must(t *testing.T, scenario, engine string, ok bool, format string, args ...any) {
+	t.Helper()
+	record(scenario, engine, ok, format, args...)
+	if !ok {
+		t.Errorf("%s: %s", scenario, fmt.Sprintf(format, args...))
+	}
+}
+
 // TestMain prints the summary table after the run (make e2e shows it).
 func TestMain(m *testing.M) {
 	code := m.Run()
@@ -59,6 +69,7 @@ const real = "llama-server"
 func TestE2E(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.LookPath(t, "ip", "apt-get install iproute2")
+	lockRun(t)
 	sweep()
 	f, err := newFabric()
 	if err != nil {
@@ -208,7 +219,7 @@ func TestE2E(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	record("5. node lost (link down) → excluded", real, d <= 5*time.Second, "%v (goal ≤5s; Consul gossip, probe 200ms)", d.Round(time.Millisecond))
-	record("5. requests lost while the node went away", real, failed.Load() == 0, "%d of %d (goal 0)", failed.Load(), sent.Load())
+	must(t, "5. requests lost while the node went away", real, failed.Load() == 0, "%d of %d (goal 0)", failed.Load(), sent.Load())
 
 	// 6. Partition heals.
 	if err := f.heal("n2"); err != nil {
@@ -216,7 +227,10 @@ func TestE2E(t *testing.T) {
 	}
 	t0 = time.Now()
 	d = c.waitView(60*time.Second, "n2 back after the partition healed", func(v nodeEngines) bool { return v.has("n2", "tiny") })
-	record("6. partition heals → node back, no manual step", real, true, "%v", d.Round(time.Millisecond))
+	// No time goal: the majority side only notices a node it declared dead
+	// on memberlist's push/pull sync (30 s in Consul's LAN profile, not
+	// configurable in 1.14), so this takes up to about 30 s.
+	record("6. partition heals → node back, no manual step", real, true, "%v (Consul push/pull sync ≤30s)", d.Round(time.Millisecond))
 
 	// 7. Placement by model presence.
 	tasks["solo"] = c.startTask("n1", "solo", enginePort+1)
@@ -233,11 +247,12 @@ func TestE2E(t *testing.T) {
 	}
 	st, body, _ := c.req("POST", "/v1/chat/completions", []byte(`{"model":"nowhere","messages":[{"role":"user","content":"x"}]}`))
 	okNone := st == 404 && strings.Contains(string(body), "MODEL_NOT_AVAILABLE")
-	record("7. model on one node → all requests there", real, elsewhere == 0, "10 of 10 on n1 (%d elsewhere)", elsewhere)
-	record("7. model on no node → MODEL_NOT_AVAILABLE", real, okNone, "HTTP %d", st)
+	must(t, "7. model on one node → all requests there", real, elsewhere == 0, "10 of 10 on n1 (%d elsewhere)", elsewhere)
+	must(t, "7. model on no node → MODEL_NOT_AVAILABLE", real, okNone, "HTTP %d", st)
 
 	// 8. Load balance over equal nodes.
 	counts := map[string]int{}
+	var lbErrs []string
 	var cmu sync.Mutex
 	var lwg sync.WaitGroup
 	for i := 0; i < 24; i++ {
@@ -245,11 +260,13 @@ func TestE2E(t *testing.T) {
 		go func() {
 			defer lwg.Done()
 			node, err := c.taskNode("tiny")
-			if err == nil {
-				cmu.Lock()
-				counts[node]++
-				cmu.Unlock()
+			cmu.Lock()
+			defer cmu.Unlock()
+			if err != nil {
+				lbErrs = append(lbErrs, err.Error())
+				return
 			}
+			counts[node]++
 		}()
 	}
 	lwg.Wait()
@@ -257,9 +274,13 @@ func TestE2E(t *testing.T) {
 	for _, n := range []string{"n1", "n2", "n3"} {
 		per = append(per, counts[n])
 	}
+	for _, e := range lbErrs {
+		t.Logf("load-balance task failed: %s", e)
+	}
 	sort.Ints(per)
 	total := per[0] + per[1] + per[2]
-	record("8. load balance, 24 concurrent tasks", real, total == 24 && per[0] > 0, "n1/n2/n3 = %d/%d/%d, max/min %.2f, %d of 24 answered", counts["n1"], counts["n2"], counts["n3"], float64(per[2])/float64(max(per[0], 1)), total)
+	must(t, "8. 24 concurrent tasks all answered", real, total == 24, "%d of 24", total)
+	record("8. load balance over 3 equal nodes", real, per[0] > 0, "n1/n2/n3 = %d/%d/%d, max/min %.2f", counts["n1"], counts["n2"], counts["n3"], float64(per[2])/float64(max(per[0], 1)))
 
 	// 9. Consul server restart: the router serves from its snapshot.
 	srv := c.agents["ctl"]
@@ -271,7 +292,7 @@ func TestE2E(t *testing.T) {
 			served++
 		}
 	}
-	record("9. Consul server down → router keeps serving", real, served == 10, "%d of 10 answered from the snapshot", served)
+	must(t, "9. Consul server down → router keeps serving", real, served == 10, "%d of 10 answered from the snapshot", served)
 	t0 = time.Now()
 	c.startConsul("ctl", true)
 	// Resynced: the router heard from Consul after the restart (its
@@ -301,14 +322,11 @@ func TestE2E(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	after := enginePID(tk)
 	stillThere := c.view().has("n1", "tiny")
-	record("10. plugin restart → task recovered, engine kept", real, before == after && stillThere, "pid %d → %d, registered %v", before, after, stillThere)
+	must(t, "10. plugin restart → task recovered, engine kept", real, before != 0 && before == after && stillThere, "pid %d → %d, registered %v", before, after, stillThere)
 
 	// 11. No raw token in any log of the run.
 	leaks := c.scanLeaks()
-	record("11. token leak scan over every log", real, len(leaks) == 0, "%d files scanned, %d raw tokens", c.scanned, len(leaks))
-	if len(leaks) > 0 {
-		t.Errorf("raw tokens in logs: %v", leaks)
-	}
+	must(t, "11. token leak scan over every log", real, len(leaks) == 0, "%d files scanned, %d raw tokens%s", c.scanned, len(leaks), strings.Join(append([]string{""}, leaks...), " in "))
 
 	resMu.Lock()
 	missed := 0

@@ -11,6 +11,9 @@ import (
 // agents, engines, task supervisors) and reports files holding a raw token.
 func (c *cluster) scanLeaks() []string {
 	secrets := []string{c.apiToken, c.engineToken, c.driverToken, c.routerToken, c.mgmt}
+	for _, tok := range c.agentTokens {
+		secrets = append(secrets, tok)
+	}
 	var leaks []string
 	c.scanned = 0
 	check := func(name, content string) {

@@ -159,7 +159,7 @@ func (f *Flags) Bind(fs *flag.FlagSet, engines []string) {
 	fs.IntVar(&f.Pool.Slots, "slots", 1, "parallel slots")
 	fs.IntVar(&f.Pool.Threads, "threads", 0, "CPU threads (default: the engine's)")
 	fs.IntVar(&f.Pool.GPULayers, "gpu-layers", 0, "layers to offload to the GPU (-1 = all)")
-	fs.StringVar(&f.ConsulAddr, "consul-addr", "", "refused: a Consul address means the cloud profile (`llorch router`)")
+	fs.StringVar(&f.ConsulAddr, "consul-addr", "", "refused: a Consul `address` means the cloud profile, which llorch router serves")
 	// The same variables as `llorch router`, so one environment serves both.
 	logJSON, _ := strconv.ParseBool(os.Getenv("LLORCH_LOG_JSON"))
 	fs.BoolVar(&f.LogJSON, "log-json", logJSON, "log JSON lines (also LLORCH_LOG_JSON=true)")

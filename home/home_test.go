@@ -64,11 +64,16 @@ func (h *homeProc) client(t *testing.T) openai.Client {
 // chatUntilReady retries while the engine starts (503/404 before ready).
 func chatUntilReady(t *testing.T, cl openai.Client) string {
 	t.Helper()
+	return chatModelUntilReady(t, cl, "tiny")
+}
+
+func chatModelUntilReady(t *testing.T, cl openai.Client, model string) string {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		resp, err := cl.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
-			Model: "tiny", Temperature: openai.Float(0), Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hello")}})
+			Model: model, Temperature: openai.Float(0), Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hello")}})
 		cancel()
 		if err == nil {
 			return resp.Choices[0].Message.Content
@@ -184,6 +189,49 @@ func TestHomeProfileLifecycle(t *testing.T) {
 	}
 	if left := engines(state); len(left) != 0 {
 		t.Errorf("engines left after Ctrl-C: %v", left)
+	}
+}
+
+// Two pools from a config file are served side by side; SIGTERM stops
+// both engines and exits 0.
+func TestConfigFileTwoPools(t *testing.T) {
+	model := ggufgen.TestModel(t, ggufgen.DefaultOptions())
+	state := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "home.yaml")
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	yaml := fmt.Sprintf("addr: %s\nstate_dir: %s\npools:\n  - name: a\n    model: %s\n    model_name: alpha\n    binary: %s\n  - name: b\n    model: %s\n    model_name: beta\n    slots: 2\n    ctx: 256\n    binary: %s\n",
+		addr, state, model, testenv.LlamaServer(t), model, testenv.LlamaServer(t))
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := &homeProc{state: state, addr: addr, log: &strings.Builder{}, done: make(chan struct{})}
+	h.cmd = exec.Command(nomadclient.Binary(t), "home", "--config", cfg)
+	h.cmd.Stdout, h.cmd.Stderr = h.log, h.log
+	if err := h.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = h.cmd.Wait(); close(h.done) }()
+	t.Cleanup(func() { _ = h.cmd.Process.Signal(syscall.SIGKILL); <-h.done })
+	cl := h.client(t)
+	for _, m := range []string{"alpha", "beta"} {
+		if chatModelUntilReady(t, cl, m) == "" {
+			t.Errorf("%s: empty answer", m)
+		}
+	}
+	if n := len(engines(state)); n != 2 {
+		t.Fatalf("%d engines, want 2\n%s", n, h.log)
+	}
+	_ = h.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-h.done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("llorch home did not exit on SIGTERM")
+	}
+	if code := h.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit code %d\n%s", code, h.log)
+	}
+	if left := engines(state); len(left) != 0 {
+		t.Errorf("engines left after SIGTERM: %v", left)
 	}
 }
 

@@ -294,6 +294,7 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst instance.
 	}
 	up.Header.Set("Content-Type", "application/json")
 	up.Header.Set(CorrelationHeader, ri.id)
+	markReplayable(up.Header)
 	tracing.Propagator.Inject(ctx, propagation.HeaderCarrier(up.Header))
 	if rt.engineToken != "" {
 		up.Header.Set("Authorization", "Bearer "+rt.engineToken)

@@ -150,14 +150,18 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 // newTransport is tuned for many long-lived streams to a few engines:
 // a large keep-alive pool per host, HTTP/1.1 only (engines speak it, and a
 // single HTTP/2 connection would multiplex every stream onto one TCP flow),
-// and no transparent gzip, which would buffer SSE.
+// and no transparent gzip, which would buffer SSE. Idle connections are
+// dropped before the engines drop them (llama-server and uvicorn close idle
+// connections after 5 s): reusing one the engine is closing fails a POST
+// with "server closed idle connection", which net/http does not retry for
+// non-idempotent requests, and every candidate can be stale at once.
 func newTransport(cfg Config) *http.Transport {
 	return &http.Transport{
 		Proxy:                 nil,
 		DialContext:           (&net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:          0, // no global cap; the per-host cap bounds it
 		MaxIdleConnsPerHost:   cfg.MaxIdleConns,
-		IdleConnTimeout:       90 * time.Second,
+		IdleConnTimeout:       4 * time.Second, // under the engines' keep-alive: see above
 		ResponseHeaderTimeout: cfg.FirstByteTimeout,
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,

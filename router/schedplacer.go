@@ -3,6 +3,7 @@ package router
 import (
 	"bytes"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -19,6 +20,11 @@ import (
 type SchedulerPlacer struct {
 	sched  *scheduler.Scheduler
 	prefix *scheduler.PrefixTable
+
+	// seq varies each request's sample of a large fleet, so requests
+	// without a session or a shared prompt do not all sample the same
+	// instances.
+	seq atomic.Uint64
 
 	mu      sync.Mutex
 	ixKey   *instance.Instance // identity of the snapshot the index was built from
@@ -82,6 +88,7 @@ func (p *SchedulerPlacer) Place(req PlaceRequest, snap registry.Snapshot) ([]ins
 	if sreq.SessionKey == "" {
 		sreq.SessionKey = req.User
 	}
+	sreq.SampleSeed = p.seq.Add(1)
 	d := p.sched.Decide(sreq, p.index(snap), localLoad{req.Local})
 	if p.observe != nil {
 		p.observe(d)

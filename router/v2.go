@@ -356,6 +356,7 @@ func (rt *Router) taskUpstream(ctx context.Context, inst instance.Instance, path
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "text/event-stream")
 	req.Header.Set(CorrelationHeader, corr)
+	markReplayable(req.Header)
 	if rt.engineToken != "" {
 		req.Header.Set("Authorization", "Bearer "+rt.engineToken)
 	}

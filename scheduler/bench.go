@@ -30,6 +30,7 @@ func BenchDecide(n int, d time.Duration) BenchResult {
 	start := time.Now()
 	for k := 0; time.Since(start) < d || k < 50; k++ {
 		req.SessionKey = benchSessions[k%len(benchSessions)]
+		req.SampleSeed = uint64(k)
 		t0 := time.Now()
 		dec := s.Decide(req, ix, load)
 		samples = append(samples, time.Since(t0))

@@ -22,7 +22,7 @@ const (
 // must refuse the request outright (a strict pin) returns an error.
 type Filter interface {
 	Name() string
-	Filter(req Request, in []Candidate) ([]Candidate, *Error)
+	Filter(req *Request, in []Candidate) ([]Candidate, *Error)
 }
 
 type filterFunc struct {
@@ -34,11 +34,19 @@ func (f filterFunc) Name() string { return f.name }
 
 // Filter keeps the survivors in in's own backing array: Decide owns the
 // slice, and not allocating per filter matters at thousands of candidates.
-func (f filterFunc) Filter(req Request, in []Candidate) ([]Candidate, *Error) {
+func (f filterFunc) Filter(req *Request, in []Candidate) ([]Candidate, *Error) {
 	out := in[:0]
 	for i := range in {
-		if f.keep(&req, &in[i]) {
+		if !f.keep(req, &in[i]) {
+			continue
+		}
+		// Most candidates pass most filters: move one only once an
+		// earlier one was dropped (each move is a pointer write the
+		// garbage collector may have to see).
+		if len(out) != i {
 			out = append(out, in[i])
+		} else {
+			out = out[:i+1]
 		}
 	}
 	return out, nil
@@ -74,7 +82,7 @@ var (
 type pinFilter struct{}
 
 func (pinFilter) Name() string { return FilterPin }
-func (pinFilter) Filter(req Request, in []Candidate) ([]Candidate, *Error) {
+func (pinFilter) Filter(req *Request, in []Candidate) ([]Candidate, *Error) {
 	p := req.Placement
 	if p.PinNode == "" && p.PinPool == "" {
 		return in, nil
@@ -114,7 +122,7 @@ func pinName(p Placement) string {
 type poolsFilter struct{}
 
 func (poolsFilter) Name() string { return FilterPools }
-func (poolsFilter) Filter(req Request, in []Candidate) ([]Candidate, *Error) {
+func (poolsFilter) Filter(req *Request, in []Candidate) ([]Candidate, *Error) {
 	p := req.Placement
 	out := in
 	if len(p.AvoidPools) > 0 {

@@ -39,7 +39,10 @@ const ringVNodes = 8
 
 // sessionFallbacks is how many distinct ring successors a session
 // considers: its home, then where it goes when the home cannot take it.
-const sessionFallbacks = 8
+const sessionFallbacks = 4
+
+// sessionWalk bounds the ring points a session's lookup visits.
+const sessionWalk = 64 * ringVNodes
 
 // NewIndex indexes a snapshot.
 func NewIndex(snap registry.Snapshot) *Index {
@@ -91,9 +94,16 @@ func (mi *modelIndex) sessionSuccessors(key string, dst []int32) []int32 {
 			hi = m
 		}
 	}
+	// Instances the snapshot already shows unhealthy or draining are
+	// passed over, so a session's fallbacks are not spent on them; the walk
+	// is bounded for a model that is mostly down.
+	steps := min(len(ring), sessionWalk)
 next:
-	for k := 0; k < len(ring) && len(dst) < sessionFallbacks; k++ {
+	for k := 0; k < steps && len(dst) < sessionFallbacks; k++ {
 		pos := ring[(lo+k)%len(ring)].pos
+		if in := mi.list[pos]; !(in.Health == instance.HealthPassing || in.Health == "") || in.Draining {
+			continue
+		}
 		for _, p := range dst {
 			if p == pos {
 				continue next

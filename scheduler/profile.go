@@ -7,8 +7,6 @@ import (
 	"sort"
 
 	"gopkg.in/yaml.v3"
-
-	"github.com/llorch/llorch/instance"
 )
 
 // Picker appends the best k scored candidates to top in order; the first

@@ -12,7 +12,6 @@ import (
 	"sync"
 
 	"github.com/llorch/llorch/instance"
-	"github.com/llorch/llorch/registry"
 )
 
 // Placement is the request's placement constraints (the /v2 TaskRequest's
@@ -113,7 +112,6 @@ func (d Decision) Chosen() (instance.Instance, bool) {
 	return d.Ranked[0], true
 }
 
-
 // Scheduler runs a profile. It holds no per-request state: Decide may run
 // concurrently.
 type Scheduler struct {
@@ -142,7 +140,7 @@ func New(p Profile) *Scheduler {
 // or Saturated.
 const (
 	SampleAbove = 256
-	SampleSize  = 48
+	SampleSize  = 32
 )
 
 // MaxRanked is how many instances a decision ranks: the router tries at
@@ -157,15 +155,21 @@ func (s *Scheduler) Decide(req Request, ix *Index, load LoadView) Decision {
 		return Decision{Err: errorf(CodeModelNotAvailable, 404, false, "no instance serves model %q", req.Model)}
 	}
 	sc := getScratch(len(mi.list))
-	defer scratchPool.Put(sc)
+	defer func() {
+		sc.req = Request{} // drop the caller's slices before pooling
+		scratchPool.Put(sc)
+	}()
+	// The plugins take the request by pointer; pointing into the pooled
+	// scratch keeps it from escaping to a fresh heap copy per decision.
+	sc.req = req
 	pinned := req.Placement.PinNode != "" || req.Placement.PinPool != ""
 	if len(mi.list) > SampleAbove && !pinned {
-		d := s.decide(&req, ix, mi, load, sc, true)
+		d := s.decide(&sc.req, ix, mi, load, sc, true)
 		if d.Err == nil && !d.Saturated {
 			return d
 		}
 	}
-	return s.decide(&req, ix, mi, load, sc, false)
+	return s.decide(&sc.req, ix, mi, load, sc, false)
 }
 
 // decide runs the profile over the model's instances, or over a sample.
@@ -174,7 +178,7 @@ func (s *Scheduler) decide(req *Request, ix *Index, mi *modelIndex, load LoadVie
 	d := Decision{Considered: len(cands)}
 	for _, f := range s.profile.Filters {
 		before := len(cands)
-		kept, err := f.Filter(*req, cands)
+		kept, err := f.Filter(req, cands)
 		if err != nil {
 			d.Err = err
 			if req.Explain {
@@ -282,7 +286,7 @@ func (s *Scheduler) rank(req *Request, cands []Candidate, sc *scratch, d *Decisi
 	sc.vals = vals
 	for _, ws := range s.profile.Scorers {
 		clear(vals)
-		ws.Scorer.Score(*req, cands, vals)
+		ws.Scorer.Score(req, cands, vals)
 		for i := range sc.scored {
 			sc.scored[i].score += ws.Weight * vals[i]
 		}
@@ -304,6 +308,7 @@ func (s *Scheduler) rank(req *Request, cands []Candidate, sc *scratch, d *Decisi
 // scratch is one decision's working memory, pooled so a decision does not
 // allocate (garbage collection is what sets the tail at large fleets).
 type scratch struct {
+	req    Request
 	slot   []int32 // per model position: 1 + index in cands while gathering, else 0
 	cands  []Candidate
 	vals   []float64

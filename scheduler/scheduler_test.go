@@ -3,7 +3,9 @@ package scheduler
 import (
 	"fmt"
 	"math/rand"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/llorch/llorch/instance"
@@ -302,9 +304,166 @@ func TestLargeFleetSubset(t *testing.T) {
 	// A prefix sent to one instance is found again in a 2000-instance fleet.
 	prompt := strings.Repeat("shared system prompt ", 40)
 	req := Request{Model: "m", PrefixHashes: PrefixHashes(prompt)}
-	target := *ix.byID["i1999"]
+	tp, _ := ix.Instance("i1999")
+	target := *tp
 	table.Observe(req, target)
 	if got := s.Decide(req, ix, loads{}).Ranked[0].ID; got != "i1999" {
 		t.Errorf("prefix holder not chosen: %s", got)
+	}
+}
+
+// A sample in which nothing passes is not the fleet's answer: the one
+// instance that can take the request is found among thousands, and
+// Saturated or an error comes only when the whole fleet says so.
+func TestSampleFallsBackToWholeFleet(t *testing.T) {
+	var list []instance.Instance
+	full := loads{}
+	for i := 0; i < 3000; i++ {
+		in := inst(fmt.Sprintf("i%04d", i), fmt.Sprintf("n%04d", i), "p")
+		list = append(list, in)
+		full[in.ID] = Load{InFlight: in.Slots}
+	}
+	list[1234].APIs = []string{"/v1/chat/completions", "/v1/embeddings"}
+	ix := index(list...)
+	s := def(t, NewPrefixTable(100))
+	if d := s.Decide(Request{Model: "m", SessionKey: "x"}, ix, full); !d.Saturated || d.Considered != 3000 {
+		t.Fatalf("all busy: saturated %v considered %d err %v", d.Saturated, d.Considered, d.Err)
+	}
+	for _, free := range []string{"i0007", "i1777", "i2999"} {
+		l := loads{}
+		for id, ld := range full {
+			l[id] = ld
+		}
+		l[free] = Load{}
+		for k := 0; k < 20; k++ {
+			d := s.Decide(Request{Model: "m", SessionKey: fmt.Sprint(k), SampleSeed: uint64(k)}, ix, l)
+			if c, ok := d.Chosen(); !ok || c.ID != free || len(d.Ranked) != 1 {
+				t.Fatalf("free %s: got %s saturated %v", free, ids(d.Ranked), d.Saturated)
+			}
+		}
+	}
+	d := s.Decide(Request{Model: "m", Path: "/v1/embeddings"}, ix, loads{})
+	if c, ok := d.Chosen(); !ok || c.ID != "i1234" {
+		t.Fatalf("the only embeddings instance: %s %v", ids(d.Ranked), d.Err)
+	}
+	if d := s.Decide(Request{Model: "m", Path: "/v1/audio"}, ix, loads{}); d.Err == nil || d.Err.Code != CodeModelNotAvailable {
+		t.Fatalf("no instance serves the path: %+v", d.Err)
+	}
+}
+
+// Requests without a session or a shared prompt spread over a large fleet
+// by their sample seed; a given seed always gives the same choice.
+func TestSampleSeedSpreads(t *testing.T) {
+	var list []instance.Instance
+	for i := 0; i < 5000; i++ {
+		list = append(list, inst(fmt.Sprintf("i%04d", i), fmt.Sprintf("n%04d", i), "p"))
+	}
+	ix := index(list...)
+	s := def(t, nil)
+	chosen := map[string]bool{}
+	for seed := uint64(0); seed < 100; seed++ {
+		req := Request{Model: "m", SampleSeed: seed}
+		a, b := s.Decide(req, ix, loads{}), s.Decide(req, ix, loads{})
+		if ids(a.Ranked) != ids(b.Ranked) {
+			t.Fatalf("seed %d: %s then %s", seed, ids(a.Ranked), ids(b.Ranked))
+		}
+		chosen[a.Ranked[0].ID] = true
+	}
+	if len(chosen) < 50 {
+		t.Errorf("100 seeds chose only %d distinct instances", len(chosen))
+	}
+}
+
+func TestExplain(t *testing.T) {
+	ix := index(inst("a", "n1", "p"), inst("b", "n2", "p", func(i *instance.Instance) { i.Health = instance.HealthCritical }))
+	s := def(t, nil)
+	if d := s.Decide(Request{Model: "m"}, ix, loads{}); len(d.Reasons) != 0 {
+		t.Errorf("reasons without Explain: %v", d.Reasons)
+	}
+	d := s.Decide(Request{Model: "m", Explain: true}, ix, loads{})
+	got := strings.Join(d.Reasons, "; ")
+	if !strings.Contains(got, "healthy removed 1") || !strings.Contains(got, "chose a on n1") {
+		t.Errorf("reasons: %s", got)
+	}
+}
+
+// Decide shares pooled scratch between goroutines: concurrent decisions
+// (run with -race) give the same answers as serial ones.
+func TestConcurrentDecide(t *testing.T) {
+	var list []instance.Instance
+	l := loads{}
+	for i := 0; i < 600; i++ {
+		in := inst(fmt.Sprintf("i%03d", i), fmt.Sprintf("n%03d", i/2), "p")
+		list = append(list, in)
+		l[in.ID] = Load{InFlight: i % 5}
+	}
+	ix := index(list...)
+	s := def(t, NewPrefixTable(100))
+	want := make([]string, 64)
+	for k := range want {
+		want[k] = ids(s.Decide(Request{Model: "m", SessionKey: fmt.Sprint(k)}, ix, l).Ranked)
+	}
+	errs := make(chan string, 4*len(want))
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range want {
+				if got := ids(s.Decide(Request{Model: "m", SessionKey: fmt.Sprint(k)}, ix, l).Ranked); got != want[k] {
+					errs <- fmt.Sprintf("session %d: %s, serially %s", k, got, want[k])
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
+
+// Property over seeded random fleets, small and sampled: a session stays
+// on its instance when other instances go unhealthy, and moves when its
+// own does.
+func TestSessionStaysWhileHealthy(t *testing.T) {
+	rng := rand.New(rand.NewSource(11))
+	s := def(t, nil)
+	for trial := 0; trial < 20; trial++ {
+		n := []int{5, 40, 300, 1200}[trial%4]
+		var list []instance.Instance
+		l := loads{}
+		for i := 0; i < n; i++ {
+			in := inst(fmt.Sprintf("i%04d", i), fmt.Sprintf("n%04d", rng.Intn(n)), "p")
+			if rng.Intn(6) == 0 {
+				in.Health = instance.HealthCritical
+			}
+			list = append(list, in)
+			l[in.ID] = Load{InFlight: rng.Intn(3)}
+		}
+		ix := index(slices.Clone(list)...)
+		for k := 0; k < 20; k++ {
+			req := Request{Model: "m", SessionKey: fmt.Sprintf("t%d-s%d", trial, k), SampleSeed: uint64(k)}
+			home := s.Decide(req, ix, l).Ranked[0]
+			mark := func(id string) *Index {
+				l2 := slices.Clone(list)
+				for i := range l2 {
+					if l2[i].ID == id {
+						l2[i].Health = instance.HealthCritical
+					}
+				}
+				return index(l2...)
+			}
+			other := list[rng.Intn(n)].ID
+			if other != home.ID {
+				req.SampleSeed++ // and another sample
+				if got := s.Decide(req, mark(other), l).Ranked[0].ID; got != home.ID {
+					t.Fatalf("n=%d %s: %s went unhealthy and the session moved %s → %s", n, req.SessionKey, other, home.ID, got)
+				}
+			}
+			if d := s.Decide(req, mark(home.ID), l); len(d.Ranked) > 0 && d.Ranked[0].ID == home.ID {
+				t.Fatalf("n=%d %s stayed on unhealthy %s", n, req.SessionKey, home.ID)
+			}
+		}
 	}
 }

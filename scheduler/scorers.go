@@ -20,7 +20,7 @@ const (
 // the profile weighs and sums.
 type Scorer interface {
 	Name() string
-	Score(req Request, cands []Candidate, out []float64)
+	Score(req *Request, cands []Candidate, out []float64)
 }
 
 // leastLoaded prefers the candidate with the least work: router in-flight
@@ -28,7 +28,7 @@ type Scorer interface {
 type leastLoaded struct{}
 
 func (leastLoaded) Name() string { return ScorerLeastLoaded }
-func (leastLoaded) Score(_ Request, cands []Candidate, out []float64) {
+func (leastLoaded) Score(_ *Request, cands []Candidate, out []float64) {
 	for i := range cands {
 		out[i] = 1 / float64(1+cands[i].busy())
 	}
@@ -39,7 +39,7 @@ func (leastLoaded) Score(_ Request, cands []Candidate, out []float64) {
 type kvHeadroom struct{}
 
 func (kvHeadroom) Name() string { return ScorerKVHeadroom }
-func (kvHeadroom) Score(_ Request, cands []Candidate, out []float64) {
+func (kvHeadroom) Score(_ *Request, cands []Candidate, out []float64) {
 	for i := range cands {
 		out[i] = 0.5
 		if l := &cands[i].Load; l.KVKnown {
@@ -57,7 +57,7 @@ func (kvHeadroom) Score(_ Request, cands []Candidate, out []float64) {
 type sessionAffinity struct{}
 
 func (sessionAffinity) Name() string { return ScorerSession }
-func (sessionAffinity) Score(_ Request, cands []Candidate, out []float64) {
+func (sessionAffinity) Score(_ *Request, cands []Candidate, out []float64) {
 	best := -1
 	for i := range cands {
 		if r := cands[i].sessionRank; r > 0 && (best < 0 || r < cands[best].sessionRank) {
@@ -102,7 +102,7 @@ type prefixAffinity struct {
 }
 
 func (prefixAffinity) Name() string { return ScorerPrefix }
-func (p prefixAffinity) Score(req Request, cands []Candidate, out []float64) {
+func (p prefixAffinity) Score(req *Request, cands []Candidate, out []float64) {
 	if p.table == nil || len(req.PrefixHashes) == 0 {
 		return
 	}

@@ -202,3 +202,41 @@ func (e Estimate) Table() string {
 	w.Flush()
 	return b.String()
 }
+
+// LogMessage is the message of the log line that compares an estimate with
+// what a running engine holds; one line per task, once the engine is ready,
+// so `grep 'vram estimate vs measured'` over driver logs gives the error
+// distribution across models and settings.
+const LogMessage = "vram estimate vs measured"
+
+// LogFields are that line's hclog key/value pairs: estimate_mib,
+// measured_mib, error_pct (positive = estimate too high, one decimal), and
+// each part in MiB (one decimal) so a bad estimate shows which part was off.
+func LogFields(e Estimate, measuredMiB int) []any {
+	return []any{
+		"engine", e.Engine,
+		"estimate_mib", e.TotalMiB(),
+		"measured_mib", measuredMiB,
+		"error_pct", round1(Compare(e, measuredMiB)),
+		"weights_mib", mib1(e.Weights),
+		"kv_cache_mib", mib1(e.KVCache),
+		"compute_mib", mib1(e.Compute),
+		"overhead_mib", mib1(e.Overhead),
+		"margin_mib", mib1(e.Margin),
+		"ctx_total", e.CtxTotal,
+		"kv_type", e.KVType,
+	}
+}
+
+// Summary is the same comparison in one line for people (task events):
+//
+//	VRAM estimate 295 MiB, measured 280 MiB (+5.4%): weights 0.5, kv 2.0, compute 33.7, overhead 256.0, margin 1.8 MiB
+func Summary(e Estimate, measuredMiB int) string {
+	return fmt.Sprintf("VRAM estimate %d MiB, measured %d MiB (%+.1f%%): weights %.1f, kv %.1f, compute %.1f, overhead %.1f, margin %.1f MiB",
+		e.TotalMiB(), measuredMiB, Compare(e, measuredMiB),
+		mib1(e.Weights), mib1(e.KVCache), mib1(e.Compute), mib1(e.Overhead), mib1(e.Margin))
+}
+
+func mib1(b uint64) float64 { return round1(float64(b) / MiB) }
+
+func round1(f float64) float64 { return math.Round(f*10) / 10 }

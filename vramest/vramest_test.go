@@ -123,3 +123,41 @@ func check(t *testing.T, got, want Estimate) {
 			want.Weights, want.KVCache, want.Compute, want.Margin, want.Overhead, want.Total)
 	}
 }
+
+// The log line and the event text carry the error and every part, so a
+// wrong estimate can be traced to the part that was off.
+func TestLogFieldsAndSummary(t *testing.T) {
+	e, err := FromFile(model(t, nil), Params{Ctx: 2048, Slots: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Estimate 308340160 bytes = 294.06 MiB (295 whole MiB); measured 280:
+	// error (294.06 - 280) / 280 = +5.02 %.
+	f := LogFields(e, 280)
+	got := map[string]any{}
+	for i := 0; i+1 < len(f); i += 2 {
+		got[f[i].(string)] = f[i+1]
+	}
+	want := map[string]any{
+		"engine": "llamacpp", "estimate_mib": 295, "measured_mib": 280, "error_pct": 5.0,
+		// weights 524032 B = 0.4998 MiB; kv 2097152 B = 2 MiB; compute
+		// 35383296 B = 33.74 MiB; margin 1900224 B = 1.81 MiB.
+		"weights_mib": 0.5, "kv_cache_mib": 2.0, "compute_mib": 33.7, "overhead_mib": 256.0, "margin_mib": 1.8,
+		"ctx_total": uint64(4096), "kv_type": "f16",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v (%T), want %v (%T)", k, got[k], got[k], v, v)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("fields %v", got)
+	}
+	s := Summary(e, 280)
+	if s != "VRAM estimate 295 MiB, measured 280 MiB (+5.0%): weights 0.5, kv 2.0, compute 33.7, overhead 256.0, margin 1.8 MiB" {
+		t.Errorf("summary = %q", s)
+	}
+	if s := Summary(e, 400); !strings.Contains(s, "(-26.5%)") { // (294.06-400)/400
+		t.Errorf("under-estimate summary = %q", s)
+	}
+}

@@ -251,4 +251,7 @@ var otherEnv = [][3]string{
 	{"NOMAD_ADDR, NOMAD_TOKEN", "llorch jobs", "the Nomad API, as the nomad CLI reads them"},
 	{"LLORCH_REQUIRE_INTEGRATION", "tests", "`1` (CI): a missing Consul or engine binary fails tests instead of skipping them"},
 	{"LLORCH_BIN", "tests", "the built llorch binary the protocol tests start"},
+	{"LLORCH_E2E_KEEP", "e2e tests", "`1` keeps the e2e run directory (logs of every host) after a passing run; a failed run always keeps it"},
+	{"LLORCH_SCHED_BENCH", "scheduler tests", "a duration: TestBenchDecide measures for that long instead of a smoke run"},
+	{"LLORCH_ARTIFACTS", "tests", "where the /ui test writes its screenshot (default: a temporary directory)"},
 }

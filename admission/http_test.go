@@ -1,0 +1,173 @@
+package admission
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The 429 answer byte for byte: the headers clients back off on and the
+// envelope SDKs parse.
+func TestWriteHTTP429Exact(t *testing.T) {
+	cases := []struct {
+		err        *Error
+		retryAfter string
+		backoff    string
+		body       string
+	}{
+		{
+			err:        &Error{Status: 429, Code: CodeAdmissionReject, Message: "full", Retriable: true, RetryAfterMs: 1500, PolicyLabel: "reject"},
+			retryAfter: "2", backoff: "1500",
+			body: `{"error":{"code":"ADMISSION_REJECT","message":"full","policy_label":"reject","retriable":true,"retry_after_ms":1500,"type":"rate_limit_error"}}` + "\n",
+		},
+		{
+			err:        &Error{Status: 429, Code: CodeQueueFullDrop, Message: "dropped", Retriable: true, RetryAfterMs: 999, PolicyLabel: "drop-lru"},
+			retryAfter: "1", backoff: "999",
+			body: `{"error":{"code":"QUEUE_FULL_DROP_LRU","message":"dropped","policy_label":"drop-lru","retriable":true,"retry_after_ms":999,"type":"rate_limit_error"}}` + "\n",
+		},
+		{
+			err:        &Error{Status: 429, Code: CodeAdmissionReject, Message: "full", Retriable: true, RetryAfterMs: 3000, PolicyLabel: "reject"},
+			retryAfter: "3", backoff: "3000",
+			body: `{"error":{"code":"ADMISSION_REJECT","message":"full","policy_label":"reject","retriable":true,"retry_after_ms":3000,"type":"rate_limit_error"}}` + "\n",
+		},
+	}
+	for _, c := range cases {
+		w := httptest.NewRecorder()
+		c.err.WriteHTTP(w)
+		if w.Code != 429 {
+			t.Errorf("%s: status %d", c.err.Code, w.Code)
+		}
+		if got := w.Header().Get("Retry-After"); got != c.retryAfter {
+			t.Errorf("%s: Retry-After %q, want %q", c.err.Code, got, c.retryAfter)
+		}
+		if got := w.Header().Get("X-Backoff-Ms"); got != c.backoff {
+			t.Errorf("%s: X-Backoff-Ms %q, want %q", c.err.Code, got, c.backoff)
+		}
+		if got := w.Header().Get("Content-Type"); got != "application/json" {
+			t.Errorf("%s: Content-Type %q", c.err.Code, got)
+		}
+		if got := w.Body.String(); got != c.body {
+			t.Errorf("%s: body\n got %s\nwant %s", c.err.Code, got, c.body)
+		}
+	}
+}
+
+// What Enqueue returns on a full queue carries the 429 fields the router
+// writes unchanged.
+func TestEnqueueFullErrorFields(t *testing.T) {
+	q := New(Config{Capacity: 1, Policy: Reject}, Hooks{})
+	mustEnqueue(t, q, "m", Batch)
+	_, err := q.Enqueue("m", Interactive)
+	var ae *Error
+	if !errors.As(err, &ae) {
+		t.Fatalf("err %v", err)
+	}
+	w := httptest.NewRecorder()
+	ae.WriteHTTP(w)
+	if w.Code != 429 || w.Header().Get("Retry-After") == "" || w.Header().Get("X-Backoff-Ms") == "" || ae.RetryAfterMs < 1000 {
+		t.Errorf("429 without backoff: %d %v %+v", w.Code, w.Header(), ae)
+	}
+}
+
+// Outcome hooks see every transition with its class, in order, and the
+// depth gauge returns to zero when the queue drains.
+func TestHooksOutcomesInOrder(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	var lastI, lastB int
+	q := New(Config{Capacity: 2, Policy: DropLRU}, Hooks{
+		Outcome: func(_ string, p Priority, o string) { mu.Lock(); got = append(got, p.String()+":"+o); mu.Unlock() },
+		Depth:   func(i, b int) { lastI, lastB = i, b },
+	})
+	b := mustEnqueue(t, q, "m", Batch)
+	i := mustEnqueue(t, q, "m", Interactive)
+	n := mustEnqueue(t, q, "m", Interactive) // drops b
+	if err := b.Wait(context.Background(), time.Time{}); err == nil {
+		t.Fatal("b was not dropped")
+	}
+	q.Notify("m")
+	i.Leave("admitted")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = n.Wait(ctx, time.Time{})
+	want := []string{"batch:queued", "interactive:queued", "batch:dropped", "interactive:queued", "interactive:admitted", "interactive:canceled"}
+	if len(got) != len(want) {
+		t.Fatalf("outcomes %v, want %v", got, want)
+	}
+	for k := range want {
+		if got[k] != want[k] {
+			t.Fatalf("outcomes %v, want %v", got, want)
+		}
+	}
+	if lastI != 0 || lastB != 0 {
+		t.Errorf("depth after drain %d/%d", lastI, lastB)
+	}
+}
+
+// Many requests contend for a few slots the way the router uses the
+// queue: enqueue when saturated, wait, try to take a slot, requeue when
+// another took it, notify on finish. Everyone is served, the slots are
+// never oversubscribed, and interactive requests are not starved by batch.
+func TestConcurrentContention(t *testing.T) {
+	const slots, workers = 3, 60
+	q := New(Config{Capacity: workers, Recheck: 20 * time.Millisecond}, Hooks{})
+	var mu sync.Mutex
+	busy, peak := 0, 0
+	take := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if busy == slots {
+			return false
+		}
+		busy++
+		peak = max(peak, busy)
+		return true
+	}
+	var served atomic.Int32
+	var wg sync.WaitGroup
+	for k := 0; k < workers; k++ {
+		wg.Add(1)
+		go func(k int) {
+			defer wg.Done()
+			p := Interactive
+			if k%2 == 1 {
+				p = Batch
+			}
+			tk, err := q.Enqueue("m", p)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for {
+				if err := tk.Wait(ctx, time.Time{}); err != nil {
+					t.Error(err)
+					return
+				}
+				if take() {
+					tk.Leave("admitted")
+					break
+				}
+				tk.Requeue()
+			}
+			time.Sleep(time.Millisecond)
+			mu.Lock()
+			busy--
+			mu.Unlock()
+			served.Add(1)
+			q.Notify("m")
+		}(k)
+	}
+	wg.Wait()
+	if served.Load() != workers || peak > slots {
+		t.Errorf("served %d of %d, peak %d slots of %d", served.Load(), workers, peak, slots)
+	}
+	if i, b := q.Depth("m"); i+b != 0 {
+		t.Errorf("queue not empty: %d/%d", i, b)
+	}
+}
