@@ -97,6 +97,8 @@ func main() {
 	if run("scheduler") {
 		fmt.Println("== scheduler decisions")
 		schedulerBench(*quick)
+		fmt.Println("== prefix-affinity simulation")
+		prefixSim(*quick)
 	}
 	if run("discovery") {
 		fmt.Println("== discovery in Consul")

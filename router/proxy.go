@@ -265,7 +265,7 @@ var hopHeaders = map[string]bool{
 }
 
 var (
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 32<<10) }}
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 	copyPool   = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 )
 

@@ -166,8 +166,11 @@ func newTransport(cfg Config) *http.Transport {
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,
 		Protocols:             http1Only(),
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
+		// Small buffers: a router holds one per open stream, and at 1,000
+		// streams 32 KiB ones were half its heap; requests and SSE events
+		// are far smaller, and longer lines still pass (bufio grows reads).
+		WriteBufferSize: 4 << 10,
+		ReadBufferSize:  4 << 10,
 	}
 }
 

@@ -272,7 +272,11 @@ func isClosed(c chan struct{}) bool {
 
 func (s *Supervisor) waitReady(ctx context.Context) error {
 	start := time.Now()
-	retry := min(s.cfg.ProbeInterval, 100*time.Millisecond)
+	// Probe soon, then back off: a small model is up in tens of
+	// milliseconds, a large one takes minutes; 100 ms flat would add most
+	// of 100 ms to every fast start.
+	retry := 5 * time.Millisecond
+	maxRetry := min(s.cfg.ProbeInterval, 100*time.Millisecond)
 	var lastErr error
 	for {
 		attempt, cancel := context.WithTimeout(ctx, s.cfg.ReadyAttempt)
@@ -295,6 +299,7 @@ func (s *Supervisor) waitReady(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(retry):
 		}
+		retry = min(retry*2, maxRetry)
 	}
 }
 
