@@ -294,36 +294,8 @@ func (a *benchAlloc) close() {
 }
 
 func (a *benchAlloc) taskConfig(msgpack []byte) *drivers.TaskConfig {
-	logs := filepath.Join(a.dir, "alloc/logs")
-	return &drivers.TaskConfig{
-		Id:                  a.id + "/" + a.task + "/0",
-		Name:                a.task,
-		MsgpackDriverConfig: msgpack,
-		Env: map[string]string{
-			"PATH":            os.Getenv("PATH"),
-			"NOMAD_ALLOC_ID":  a.id,
-			"NOMAD_TASK_NAME": a.task,
-			"NOMAD_PORT_http": strconv.Itoa(a.port),
-		},
-		Resources: &drivers.Resources{
-			AllocatedResources: &drivers.AllocatedTaskResources{
-				Cpu:    &drivers.AllocatedCpuResources{CpuShares: 500},
-				Memory: &drivers.AllocatedMemoryResources{MemoryMb: 256},
-			},
-			LinuxResources: &drivers.LinuxResources{CpuShares: 500, MemoryLimitBytes: 256 << 20},
-			Ports:          []*drivers.PortMapping{{Label: "http", Value: int32(a.port), To: int32(a.port), HostIp: "127.0.0.1"}},
-		},
-		AllocDir:      a.dir,
-		StdoutPath:    filepath.Join(logs, "."+a.task+".stdout.fifo"),
-		StderrPath:    filepath.Join(logs, "."+a.task+".stderr.fifo"),
-		TaskGroupName: "inference",
-		JobName:       "bench",
-		JobId:         "bench",
-		Namespace:     "default",
-		AllocId:       a.id,
-		NodeName:      "bench-node",
-		NodeId:        "bench-node-id",
-	}
+	return nomadclient.Alloc{ID: a.id, Task: a.task, Dir: a.dir, Port: a.port, Job: "bench", Group: "inference",
+		NodeID: "bench-node-id", NodeName: "bench-node"}.TaskConfig("0", msgpack)
 }
 
 // engineLoadTime starts llama-server with the command the driver would

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
 	"strconv"
 	"sync"
 	"time"
@@ -66,12 +67,12 @@ func (d *Driver) startMetrics() {
 		m := &d.metrics
 		m.reg = prometheus.NewRegistry()
 		m.ready = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "llorch_driver_engine_ready_seconds",
+			Name:    metricReadySeconds,
 			Help:    "Engine start to ready and registered, per node and engine.",
 			Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
 		}, []string{"node_id", "engine"})
 		m.fpErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "llorch_driver_fingerprint_errors_total",
+			Name: metricFingerprintErrors,
 			Help: "GPU fingerprints that failed (NVML errors, a lost GPU).",
 		}, []string{"node_id"})
 		m.reg.MustRegister(m.ready, m.fpErrors, &driverCollector{d: d})
@@ -155,6 +156,28 @@ func defaultAdvertise() string {
 		}
 	}
 	return "127.0.0.1"
+}
+
+const (
+	metricReadySeconds      = "llorch_driver_engine_ready_seconds"
+	metricFingerprintErrors = "llorch_driver_fingerprint_errors_total"
+)
+
+var fqNameRE = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// MetricNames lists every series the driver's /metrics can serve; some
+// appear only on a node with GPUs or after a failure. docs/monitoring.md is
+// held to this list.
+func MetricNames() []string {
+	names := []string{metricReadySeconds, metricFingerprintErrors}
+	ch := make(chan *prometheus.Desc, 16)
+	go func() { (&driverCollector{}).Describe(ch); close(ch) }()
+	for d := range ch {
+		if m := fqNameRE.FindStringSubmatch(d.String()); m != nil {
+			names = append(names, m[1])
+		}
+	}
+	return names
 }
 
 // driverCollector reads the driver's state at scrape time.

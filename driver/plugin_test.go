@@ -184,36 +184,8 @@ func (a *alloc) taskConfig(t *testing.T, p *nomadclient.Plugin, cfg map[string]i
 }
 
 func (a *alloc) rawTaskConfig(msgpack []byte) *drivers.TaskConfig {
-	return &drivers.TaskConfig{
-		Id:                  a.id + "/" + a.task + "/" + uuid.NewString()[:8],
-		Name:                a.task,
-		MsgpackDriverConfig: msgpack,
-		Env: map[string]string{
-			"PATH":            os.Getenv("PATH"),
-			"NOMAD_ALLOC_ID":  a.id,
-			"NOMAD_TASK_NAME": a.task,
-			"NOMAD_PORT_http": strconv.Itoa(a.port),
-			"LLORCH_MARKER":   a.marker,
-		},
-		Resources: &drivers.Resources{
-			AllocatedResources: &drivers.AllocatedTaskResources{
-				Cpu:    &drivers.AllocatedCpuResources{CpuShares: 500},
-				Memory: &drivers.AllocatedMemoryResources{MemoryMb: 256},
-			},
-			LinuxResources: &drivers.LinuxResources{CpuShares: 500, MemoryLimitBytes: 256 << 20},
-			Ports:          []*drivers.PortMapping{{Label: "http", Value: int32(a.port), To: int32(a.port), HostIp: "127.0.0.1"}},
-		},
-		AllocDir:      a.dir,
-		StdoutPath:    filepath.Join(a.dir, "alloc/logs", "."+a.task+".stdout.fifo"),
-		StderrPath:    filepath.Join(a.dir, "alloc/logs", "."+a.task+".stderr.fifo"),
-		TaskGroupName: "inference",
-		JobName:       "chat",
-		JobId:         "chat",
-		Namespace:     "default",
-		AllocId:       a.id,
-		NodeName:      "node-1",
-		NodeId:        "node-id-1",
-	}
+	return nomadclient.Alloc{ID: a.id, Task: a.task, Dir: a.dir, Port: a.port, Env: map[string]string{"LLORCH_MARKER": a.marker},
+		Job: "chat", Group: "inference", NodeID: "node-id-1", NodeName: "node-1"}.TaskConfig(uuid.NewString()[:8], msgpack)
 }
 
 // markedPIDs finds live processes carrying the alloc's marker in their

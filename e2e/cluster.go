@@ -293,18 +293,9 @@ func (c *cluster) startTask(host, model string, port int) *task {
 	c.mu.Lock()
 	c.logs = append(c.logs, out, errf, filepath.Join(tk.dir, "engine"))
 	c.mu.Unlock()
-	cfg := &drivers.TaskConfig{
-		Id: tk.id, Name: "engine", MsgpackDriverConfig: b,
-		Env: map[string]string{"PATH": os.Getenv("PATH"), "NOMAD_ALLOC_ID": tk.allocID, "NOMAD_TASK_NAME": "engine",
-			"NOMAD_PORT_http": strconv.Itoa(port), "LLORCH_MARKER": tk.marker},
-		Resources: &drivers.Resources{
-			AllocatedResources: &drivers.AllocatedTaskResources{Cpu: &drivers.AllocatedCpuResources{CpuShares: 500}, Memory: &drivers.AllocatedMemoryResources{MemoryMb: 256}},
-			LinuxResources:     &drivers.LinuxResources{CpuShares: 500, MemoryLimitBytes: 256 << 20},
-			Ports:              []*drivers.PortMapping{{Label: "http", Value: int32(port), To: int32(port), HostIp: c.f.hosts[host]}},
-		},
-		AllocDir: tk.dir, StdoutPath: out, StderrPath: errf, TaskGroupName: "engine", JobName: model, JobId: model,
-		Namespace: "default", AllocId: tk.allocID, NodeName: host, NodeId: host,
-	}
+	cfg := nomadclient.Alloc{ID: tk.allocID, Task: "engine", Dir: tk.dir, Port: port, HostIP: c.f.hosts[host],
+		StdoutPath: out, StderrPath: errf, Env: map[string]string{"LLORCH_MARKER": tk.marker},
+		Job: model, Group: "engine", NodeID: host, NodeName: host}.TaskConfig(tk.id[strings.LastIndexByte(tk.id, '/')+1:], b)
 	resp, err := p.Driver.StartTask(ctx(c.t, 20*time.Second), &drivers.StartTaskRequest{Task: cfg})
 	if err != nil {
 		c.t.Fatalf("StartTask %s on %s: %v", model, host, err)

@@ -32,17 +32,16 @@ type recentErrors struct {
 type uiError struct {
 	Time   string `json:"time"`
 	Status int    `json:"status"`
-	Code   string `json:"code"`
+	Error  string `json:"error"` // the status's text; the body's code is in the log line
 	Path   string `json:"path"`
 }
 
 const maxRecentErrors = 20
 
 func (e *recentErrors) add(status int, path string) {
-	code := http.StatusText(status)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.list = append(e.list, uiError{Time: time.Now().UTC().Format(time.RFC3339), Status: status, Code: code, Path: path})
+	e.list = append(e.list, uiError{Time: time.Now().UTC().Format(time.RFC3339), Status: status, Error: http.StatusText(status), Path: path})
 	if len(e.list) > maxRecentErrors {
 		e.list = e.list[len(e.list)-maxRecentErrors:]
 	}
