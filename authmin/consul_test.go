@@ -6,9 +6,9 @@ import (
 
 	consul "github.com/hashicorp/consul/api"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/internal/consultest"
 	"github.com/llorch/llorch/internal/testenv"
+	"github.com/llorch/llorch/registry"
 )
 
 // The predecessor's sixth auth scenario, "registration without a token",
@@ -21,7 +21,7 @@ func TestConsulWriteWithoutPermission(t *testing.T) {
 	c := testenv.StartConsul(t)
 	reg := &consul.AgentServiceRegistration{
 		ID:   "authmin-test-1",
-		Name: instance.DefaultServiceName,
+		Name: registry.DefaultServiceName,
 		Port: 9,
 	}
 	for name, token := range map[string]string{
@@ -30,13 +30,13 @@ func TestConsulWriteWithoutPermission(t *testing.T) {
 	} {
 		err := c.Client(t, token).Agent().ServiceRegister(reg)
 		if err == nil || !strings.Contains(err.Error(), "Permission denied") {
-			t.Errorf("%s registering %s: want Consul's permission error, got %v", name, instance.DefaultServiceName, err)
+			t.Errorf("%s registering %s: want Consul's permission error, got %v", name, registry.DefaultServiceName, err)
 		}
 	}
 	if err := c.Client(t, c.Token(t, consultest.DriverPolicy(t))).Agent().ServiceRegister(reg); err != nil {
-		t.Fatalf("driver token registering %s: %v", instance.DefaultServiceName, err)
+		t.Fatalf("driver token registering %s: %v", registry.DefaultServiceName, err)
 	}
-	svcs, _, err := c.Client(t, c.ManagementToken).Catalog().Service(instance.DefaultServiceName, "", nil)
+	svcs, _, err := c.Client(t, c.ManagementToken).Catalog().Service(registry.DefaultServiceName, "", nil)
 	if err != nil || len(svcs) != 1 {
 		t.Fatalf("catalog after one allowed registration: %d entries, %v", len(svcs), err)
 	}

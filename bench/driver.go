@@ -25,10 +25,10 @@ import (
 
 	"github.com/llorch/llorch/driver/nomadclient"
 	"github.com/llorch/llorch/engine"
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/internal/ggufgen"
 	"github.com/llorch/llorch/internal/nomadpb/base"
 	"github.com/llorch/llorch/internal/nomadpb/drivers"
+	"github.com/llorch/llorch/registry"
 )
 
 // driverBench measures what the driver adds to an engine start: StartTask
@@ -223,7 +223,7 @@ func (p *benchPlugin) startToPassing(e *env, modelFile, modelName string) (time.
 
 	// Block on Consul's health endpoint from now on, so the first
 	// passing answer is seen as soon as Consul has it.
-	_, meta, err := e.cc.Health().Service(instance.DefaultServiceName, "", true, (&consul.QueryOptions{}).WithContext(ctx))
+	_, meta, err := e.cc.Health().Service(registry.DefaultServiceName, "", true, (&consul.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return 0, fmt.Errorf("consul health: %w", err)
 	}
@@ -239,13 +239,13 @@ func (p *benchPlugin) startToPassing(e *env, modelFile, modelName string) (time.
 		_, _ = p.driver.DestroyTask(sctx, &drivers.DestroyTaskRequest{TaskId: tc.GetId(), Force: true})
 	}()
 	for {
-		entries, meta, err := e.cc.Health().Service(instance.DefaultServiceName, "", true,
+		entries, meta, err := e.cc.Health().Service(registry.DefaultServiceName, "", true,
 			(&consul.QueryOptions{WaitIndex: index, WaitTime: 10 * time.Second}).WithContext(ctx))
 		if err != nil {
 			return 0, fmt.Errorf("task %s never passing in Consul: %w", modelName, err)
 		}
 		for _, en := range entries {
-			if en.Service != nil && en.Service.Meta[instance.MetaModel] == modelName {
+			if en.Service != nil && en.Service.Meta[registry.MetaModel] == modelName {
 				return time.Since(t0), nil
 			}
 		}

@@ -12,17 +12,15 @@ import (
 	"syscall"
 	"time"
 
-	consul "github.com/hashicorp/consul/api"
+	consulapi "github.com/hashicorp/consul/api"
 
-	"github.com/llorch/llorch/consulreg"
-	"github.com/llorch/llorch/discovery"
 	"github.com/llorch/llorch/engine"
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/engine/supervise"
 	"github.com/llorch/llorch/internal/ggufgen"
 	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/registry/consul"
 	"github.com/llorch/llorch/scheduler"
 	"github.com/llorch/llorch/scheduler/sim"
-	"github.com/llorch/llorch/supervise"
 )
 
 func routerOverhead(e *env, round time.Duration, rounds int) {
@@ -319,7 +317,7 @@ func prefixSim(quick bool) {
 	}
 }
 
-// watcher runs a discovery.Consul and reports each snapshot's size.
+// watcher runs a consul.Watcher and reports each snapshot's size.
 type watcher struct {
 	mu   sync.Mutex
 	last registry.Snapshot
@@ -327,9 +325,9 @@ type watcher struct {
 	ch   chan struct{}
 }
 
-func newWatcher(ctx context.Context, cc *consul.Client) *watcher {
+func newWatcher(ctx context.Context, cc *consulapi.Client) *watcher {
 	w := &watcher{ch: make(chan struct{}, 1)}
-	src := &discovery.Consul{Client: cc, WaitTime: 30 * time.Second}
+	src := &consul.Watcher{Client: cc, WaitTime: 30 * time.Second}
 	go src.Watch(ctx, func(s registry.Snapshot) {
 		w.mu.Lock()
 		w.last, w.when = s, time.Now()
@@ -420,15 +418,15 @@ func discoveryBench(e *env, quick bool) {
 	}
 }
 
-func benchReg(id string, port int) *consul.AgentServiceRegistration {
-	in := instance.Instance{ID: id, Service: instance.DefaultServiceName, Address: "127.0.0.2", Port: port, Model: "scale", Engine: "fixture", NodeID: "bench-node", Slots: 4}
+func benchReg(id string, port int) *consulapi.AgentServiceRegistration {
+	in := registry.Instance{ID: id, Service: registry.DefaultServiceName, Address: "127.0.0.2", Port: port, Model: "scale", Engine: "fixture", NodeID: "bench-node", Slots: 4}
 	meta, _ := in.Meta()
-	return &consul.AgentServiceRegistration{ID: in.ID, Name: in.Service, Address: in.Address, Port: in.Port, Tags: in.Tags(), Meta: meta}
+	return &consulapi.AgentServiceRegistration{ID: in.ID, Name: in.Service, Address: in.Address, Port: in.Port, Tags: in.Tags(), Meta: meta}
 }
 
 // registerMany puts n instances on 100 catalog nodes (parallel batches):
 // the shape of a large fleet, without n agents.
-func registerMany(cc *consul.Client, n int) error {
+func registerMany(cc *consulapi.Client, n int) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for w := 0; w < 16; w++ {
@@ -437,11 +435,11 @@ func registerMany(cc *consul.Client, n int) error {
 			defer wg.Done()
 			for i := w; i < n; i += 16 {
 				node := fmt.Sprintf("bench-n%03d", i%100)
-				in := instance.Instance{ID: fmt.Sprintf("scale-%05d", i), Service: instance.DefaultServiceName, Address: "10.99.0.1", Port: 10000 + i%50000,
+				in := registry.Instance{ID: fmt.Sprintf("scale-%05d", i), Service: registry.DefaultServiceName, Address: "10.99.0.1", Port: 10000 + i%50000,
 					Model: fmt.Sprintf("scale-%d", i%10), Engine: "fixture", NodeID: node, Slots: 4}
 				meta, _ := in.Meta()
-				_, err := cc.Catalog().Register(&consul.CatalogRegistration{Node: node, Address: "10.99.0.1",
-					Service: &consul.AgentService{ID: in.ID, Service: in.Service, Address: in.Address, Port: in.Port, Tags: in.Tags(), Meta: meta}}, nil)
+				_, err := cc.Catalog().Register(&consulapi.CatalogRegistration{Node: node, Address: "10.99.0.1",
+					Service: &consulapi.AgentService{ID: in.ID, Service: in.Service, Address: in.Address, Port: in.Port, Tags: in.Tags(), Meta: meta}}, nil)
 				if err != nil {
 					select {
 					case errs <- err:
@@ -461,9 +459,9 @@ func registerMany(cc *consul.Client, n int) error {
 	}
 }
 
-func deregisterMany(cc *consul.Client, n int) {
+func deregisterMany(cc *consulapi.Client, n int) {
 	for i := 0; i < 100; i++ {
-		cc.Catalog().Deregister(&consul.CatalogDeregistration{Node: fmt.Sprintf("bench-n%03d", i)}, nil)
+		cc.Catalog().Deregister(&consulapi.CatalogDeregistration{Node: fmt.Sprintf("bench-n%03d", i)}, nil)
 	}
 }
 
@@ -489,7 +487,7 @@ func failureBench(e *env, quick bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := newWatcher(ctx, e.cc)
-	reg, err := consulreg.New(consulreg.Config{Address: e.consulAddr})
+	reg, err := consul.NewRegistrar(consul.RegistrarConfig{Address: e.consulAddr})
 	if err != nil {
 		notMeasured(section, "engine kill → excluded", err.Error())
 		return
@@ -521,7 +519,7 @@ func failureBench(e *env, quick bool) {
 	notMeasured(section, "node loss → excluded", "needs several hosts: the e2e suite (network namespaces)")
 }
 
-func oneFailure(ctx context.Context, w *watcher, reg *consulreg.Registrar, bin, model, id, mode string) (time.Duration, error) {
+func oneFailure(ctx context.Context, w *watcher, reg *consul.Registrar, bin, model, id, mode string) (time.Duration, error) {
 	ad, _ := engine.Get("llamacpp")
 	port := freePort()
 	spec := engine.Spec{Model: model, ModelName: "tiny", Host: "127.0.0.1", Port: port, Slots: 1}
@@ -536,7 +534,7 @@ func oneFailure(ctx context.Context, w *watcher, reg *consulreg.Registrar, bin, 
 		return 0, err
 	}
 	defer syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	sup := supervise.New(supervise.Config{Adapter: ad, Spec: spec, Registrar: reg, Instance: instance.Instance{ID: id, Service: instance.DefaultServiceName,
+	sup := supervise.New(supervise.Config{Adapter: ad, Spec: spec, Registrar: reg, Instance: registry.Instance{ID: id, Service: registry.DefaultServiceName,
 		Address: "127.0.0.1", Port: port, Model: "tiny", Engine: "llamacpp", NodeID: "bench-node", Slots: 1}})
 	go sup.Run(ctx)
 	waited := make(chan struct{})

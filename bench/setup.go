@@ -11,7 +11,7 @@ import (
 
 	consul "github.com/hashicorp/consul/api"
 
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
 )
 
 const apiToken = "bench-token-0123456789abcdef0123456789abcdef"
@@ -74,7 +74,7 @@ func setup() (*env, error) {
 		model string
 		port  int
 	}{{"bench", e.uPort}, {"bench-stream", e.sPort}, {"bench-slow", e.wPort}} {
-		in := instance.Instance{ID: "bench-" + r.model, Service: instance.DefaultServiceName, Address: "127.0.0.1", Port: r.port,
+		in := registry.Instance{ID: "bench-" + r.model, Service: registry.DefaultServiceName, Address: "127.0.0.1", Port: r.port,
 			Model: r.model, Engine: "fixture", NodeID: "bench-node", Slots: 4096, APIs: []string{"/v1/chat/completions"}}
 		meta, _ := in.Meta()
 		if err := e.cc.Agent().ServiceRegister(&consul.AgentServiceRegistration{ID: in.ID, Name: in.Service, Address: in.Address, Port: in.Port, Tags: in.Tags(), Meta: meta}); err != nil {

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/llorch/llorch/jobs"
-	"github.com/llorch/llorch/vramest"
+	"github.com/llorch/llorch/models/vramest"
 )
 
 func init() {

@@ -13,15 +13,15 @@ import (
 	"syscall"
 	"time"
 
-	consul "github.com/hashicorp/consul/api"
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/llorch/llorch/authmin"
-	"github.com/llorch/llorch/discovery"
+	"github.com/llorch/llorch/internal/tracing"
+	"github.com/llorch/llorch/registry/consul"
 	"github.com/llorch/llorch/router"
-	"github.com/llorch/llorch/tracing"
 )
 
 func init() {
@@ -66,12 +66,12 @@ func runRouter(args []string) int {
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "llorch-router", Level: hclog.LevelFromString(cfg.LogLevel), JSONFormat: cfg.LogJSON, Output: os.Stderr})
 
-	ccfg := consul.DefaultConfig()
+	ccfg := consulapi.DefaultConfig()
 	ccfg.Address = cfg.ConsulAddr
 	if cfg.ConsulTokenFile != "" {
 		ccfg.TokenFile = cfg.ConsulTokenFile
 	}
-	cc, err := consul.NewClient(ccfg)
+	cc, err := consulapi.NewClient(ccfg)
 	if err != nil {
 		log.Error("consul client", "error", err)
 		return 1
@@ -91,7 +91,7 @@ func runRouter(args []string) int {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	src := &discovery.Consul{Client: cc, Service: cfg.ServiceName, Logger: log.Named("discovery")}
+	src := &consul.Watcher{Client: cc, Service: cfg.ServiceName, Logger: log.Named("discovery")}
 	rt, err := router.New(cfg, src, nil, log, reg)
 	if err != nil {
 		// CheckBind's error carries its code (NON_LOOPBACK_WITHOUT_TOKEN).
@@ -145,8 +145,8 @@ func runRouter(args []string) int {
 
 // logConsulToken says which Consul token is in use, by fingerprint only.
 func logConsulToken(log hclog.Logger, file string) {
-	token := os.Getenv(consul.HTTPTokenEnvName)
-	from := consul.HTTPTokenEnvName
+	token := os.Getenv(consulapi.HTTPTokenEnvName)
+	from := consulapi.HTTPTokenEnvName
 	if file != "" {
 		b, err := os.ReadFile(file)
 		if err != nil {

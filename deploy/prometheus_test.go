@@ -20,15 +20,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"gopkg.in/yaml.v3"
 
-	"github.com/llorch/llorch/consulreg"
-	"github.com/llorch/llorch/discovery"
 	"github.com/llorch/llorch/engine"
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/engine/supervise"
 	"github.com/llorch/llorch/internal/consultest"
 	"github.com/llorch/llorch/internal/ggufgen"
 	"github.com/llorch/llorch/internal/testenv"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/registry/consul"
 	"github.com/llorch/llorch/router"
-	"github.com/llorch/llorch/supervise"
 )
 
 func writeSecret(t *testing.T, dir, name, v string) string {
@@ -68,14 +67,14 @@ func TestPrometheusFindsLlorchThroughConsul(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(-eng.Process.Pid, syscall.SIGKILL); eng.Wait() })
-	reg, err := consulreg.New(consulreg.Config{Address: c.Addr, Token: driverTok})
+	reg, err := consul.NewRegistrar(consul.RegistrarConfig{Address: c.Addr, Token: driverTok})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	sup := supervise.New(supervise.Config{Adapter: ad, Spec: spec, Registrar: reg, Instance: instance.Instance{
-		ID: "engine-a", Service: instance.DefaultServiceName, Address: "127.0.0.1", Port: port, Model: "tiny",
+	sup := supervise.New(supervise.Config{Adapter: ad, Spec: spec, Registrar: reg, Instance: registry.Instance{
+		ID: "engine-a", Service: registry.DefaultServiceName, Address: "127.0.0.1", Port: port, Model: "tiny",
 		Engine: "llamacpp", NodeID: "node-a", PoolID: "pool-a", Slots: 1}})
 	go sup.Run(ctx)
 	select {
@@ -94,7 +93,7 @@ func TestPrometheusFindsLlorchThroughConsul(t *testing.T) {
 	}
 	rcfg.Addr = rl.Addr().String()
 	rcfg.APITokenFile, rcfg.EngineTokenFile = apiTokFile, engTokFile
-	rt, err := router.New(rcfg, &discovery.Consul{Client: cc}, nil, hclog.NewNullLogger(), prometheus.NewRegistry())
+	rt, err := router.New(rcfg, &consul.Watcher{Client: cc}, nil, hclog.NewNullLogger(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,12 +211,12 @@ func TestConsulSDConfigShape(t *testing.T) {
 	for _, sc := range cfg.ScrapeConfigs {
 		nodeID := false
 		for _, r := range sc.Relabel {
-			if r.Target == "node_id" && len(r.Source) == 1 && r.Source[0] == "__meta_consul_service_metadata_"+instance.MetaNodeID {
+			if r.Target == "node_id" && len(r.Source) == 1 && r.Source[0] == "__meta_consul_service_metadata_"+registry.MetaNodeID {
 				nodeID = true
 			}
 		}
 		if !nodeID {
-			t.Errorf("job %s does not label node_id from the Consul meta %q", sc.JobName, instance.MetaNodeID)
+			t.Errorf("job %s does not label node_id from the Consul meta %q", sc.JobName, registry.MetaNodeID)
 		}
 		for _, sd := range sc.ConsulSD {
 			for _, s := range sd.Services {
@@ -225,7 +224,7 @@ func TestConsulSDConfigShape(t *testing.T) {
 			}
 		}
 	}
-	if !services[instance.DefaultServiceName] || !services["llorch-router"] {
+	if !services[registry.DefaultServiceName] || !services["llorch-router"] {
 		t.Errorf("services discovered: %v", services)
 	}
 }

@@ -9,11 +9,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/llorch/llorch/consulreg"
-	"github.com/llorch/llorch/gpualloc"
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/driver/gpualloc"
+	"github.com/llorch/llorch/engine/supervise"
 	"github.com/llorch/llorch/registry"
-	"github.com/llorch/llorch/supervise"
+	"github.com/llorch/llorch/registry/consul"
 )
 
 // Announcing: each task gets a supervise.Supervisor in the plugin process.
@@ -94,12 +93,12 @@ func (d *Driver) announce(h *taskHandle, why string) {
 		Spec:     spec,
 		Instance: d.instanceFor(h),
 		Logger:   log,
-		OnChange: func(ready bool, health instance.Health, note string) {
+		OnChange: func(ready bool, health registry.Health, note string) {
 			switch {
-			case ready && health == instance.HealthPassing:
+			case ready && health == registry.HealthPassing:
 				d.metrics.readyOnce(h)
 				d.events.emit(h, "Engine ready and serving; registered as "+h.InstanceID(), nil)
-			case ready && health == instance.HealthCritical:
+			case ready && health == registry.HealthCritical:
 				d.events.emit(h, "Engine not answering; marked critical: "+note, nil)
 			}
 		},
@@ -138,7 +137,7 @@ func (d *Driver) registrar() (registry.Registrar, error) {
 	if c.Address == "" && os.Getenv("CONSUL_HTTP_ADDR") == "" {
 		return nil, nil
 	}
-	r, err := consulreg.New(consulreg.Config{
+	r, err := consul.NewRegistrar(consul.RegistrarConfig{
 		Address: c.Address, TokenFile: c.TokenFile, Service: c.ServiceName,
 		Logger: d.log.Named("consul"),
 	})
@@ -157,10 +156,10 @@ func (d *Driver) refuseRegistration(h *taskHandle, err error) {
 
 // instanceFor is the registration of h (health and version are filled in
 // by the supervisor).
-func (d *Driver) instanceFor(h *taskHandle) instance.Instance {
+func (d *Driver) instanceFor(h *taskHandle) registry.Instance {
 	spec := h.Spec()
 	adapter, _ := h.Adapter()
-	inst := instance.Instance{
+	inst := registry.Instance{
 		ID:       h.InstanceID(),
 		Service:  h.ServiceName(),
 		Address:  h.Host(),

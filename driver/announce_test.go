@@ -9,16 +9,16 @@ import (
 	"testing"
 	"time"
 
-	consul "github.com/hashicorp/consul/api"
+	consulapi "github.com/hashicorp/consul/api"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/llorch/llorch/consulreg"
 	"github.com/llorch/llorch/driver/nomadclient"
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/internal/consultest"
 	"github.com/llorch/llorch/internal/ggufgen"
 	"github.com/llorch/llorch/internal/nomadpb/drivers"
 	"github.com/llorch/llorch/internal/testenv"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/registry/consul"
 )
 
 // announceEnv is a real Consul (ACLs on, default deny) with the plugin's
@@ -26,7 +26,7 @@ import (
 // router's policy, and the real llama-server with a generated model.
 type announceEnv struct {
 	consul *testenv.Consul
-	reader *consul.Client
+	reader *consulapi.Client
 	cfg    map[string]interface{}
 	model  string
 }
@@ -88,19 +88,19 @@ func TestAnnounceThroughPlugin(t *testing.T) {
 	a := newAlloc(t)
 	tc := e.task(t, p1, a)
 	id := instanceIDOf(a)
-	w := consultest.Watch(t, e.reader, instance.DefaultServiceName, consulreg.CheckID(id))
+	w := consultest.Watch(t, e.reader, registry.DefaultServiceName, consul.CheckID(id))
 
 	t0 := time.Now()
 	h := start(t, p1, tc)
 	ready := w.WaitFor(t, "passing", 20*time.Second)
 	t.Logf("StartTask→passing %v", ready.Sub(t0).Round(time.Millisecond))
 
-	entries, _, err := e.reader.Health().Service(instance.DefaultServiceName, "", true, nil)
+	entries, _, err := e.reader.Health().Service(registry.DefaultServiceName, "", true, nil)
 	if err != nil || len(entries) != 1 {
 		t.Fatalf("passing instances: %d %v", len(entries), err)
 	}
 	s := entries[0].Service
-	inst, err := instance.FromRegistry(s.ID, s.Service, s.Address, s.Port, s.Tags, s.Meta, instance.HealthPassing)
+	inst, err := registry.FromRegistry(s.ID, s.Service, s.Address, s.Port, s.Tags, s.Meta, registry.HealthPassing)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,12 +142,12 @@ func TestAnnounceThroughPlugin(t *testing.T) {
 		t.Fatalf("RecoverTask: %v", err)
 	}
 	recovered := time.Since(crashAt)
-	time.Sleep(consulreg.DefaultTTL + time.Second) // past the TTL: only p2 can be feeding it now
+	time.Sleep(consul.DefaultTTL + time.Second) // past the TTL: only p2 can be feeding it now
 	t.Logf("plugin kill -9 → recovered in %v; states since: %v", recovered.Round(time.Millisecond), w.Since(crashAt))
 	if st := w.Since(crashAt); len(st) != 1 || st[0] != "passing" {
 		t.Errorf("registration flapped across the plugin restart: %v", st)
 	}
-	if svcs, _, _ := e.reader.Catalog().Service(instance.DefaultServiceName, "", nil); len(svcs) != 1 {
+	if svcs, _, _ := e.reader.Catalog().Service(registry.DefaultServiceName, "", nil); len(svcs) != 1 {
 		t.Errorf("%d instances after recovery, want 1", len(svcs))
 	}
 
@@ -167,7 +167,7 @@ func TestAnnounceThroughPlugin(t *testing.T) {
 	a2 := newAlloc(t)
 	tc2 := e.task(t, p2, a2)
 	id2 := instanceIDOf(a2)
-	w2 := consultest.Watch(t, e.reader, instance.DefaultServiceName, consulreg.CheckID(id2))
+	w2 := consultest.Watch(t, e.reader, registry.DefaultServiceName, consul.CheckID(id2))
 	start(t, p2, tc2)
 	w2.WaitFor(t, "passing", 20*time.Second)
 	pid2 := enginePID(t, p2, tc2.GetId())
@@ -230,7 +230,7 @@ collect:
 	if !strings.Contains(joined, "consul ACL denied: token token:") || !strings.Contains(joined, "lacks service:write on llorch-engine") {
 		t.Errorf("no clear event about the refused registration; events:\n%s", joined)
 	}
-	if svcs, _, _ := e.consul.Client(t, e.consul.ManagementToken).Catalog().Service(instance.DefaultServiceName, "", nil); len(svcs) != 0 {
+	if svcs, _, _ := e.consul.Client(t, e.consul.ManagementToken).Catalog().Service(registry.DefaultServiceName, "", nil); len(svcs) != 0 {
 		t.Errorf("registered with a read-only token: %v", svcs)
 	}
 	p.Driver.DestroyTask(ctxT(t, 10*time.Second), &drivers.DestroyTaskRequest{TaskId: tc.GetId(), Force: true})

@@ -3,9 +3,9 @@ package driver
 import (
 	"sync"
 
-	"github.com/llorch/llorch/catalog"
 	"github.com/llorch/llorch/internal/nomadpb/structs"
-	"github.com/llorch/llorch/vramest"
+	"github.com/llorch/llorch/models/catalog"
+	"github.com/llorch/llorch/models/vramest"
 )
 
 // catalogState fingerprints the node's model_dir. Listing is synchronous
@@ -78,7 +78,7 @@ func (d *Driver) catalogAttributes() map[string]*structs.Attribute {
 }
 
 // catalogCompact is the catalog for the Consul meta node_models of this
-// node's engines (instance.Instance.NodeModels).
+// node's engines (registry.Instance.NodeModels).
 func (d *Driver) catalogCompact() string {
 	d.catalog.mu.Lock()
 	last := d.catalog.last

@@ -11,7 +11,7 @@ import (
 
 	"github.com/llorch/llorch/engine"
 	"github.com/llorch/llorch/internal/ggufgen"
-	"github.com/llorch/llorch/vramest"
+	"github.com/llorch/llorch/models/vramest"
 )
 
 // The estimate-vs-measured comparison runs for GPU tasks of engines

@@ -14,9 +14,9 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	ctymsgpack "github.com/zclconf/go-cty/cty/msgpack"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/internal/hclspecdec"
 	"github.com/llorch/llorch/internal/nomadpb/hclspec"
+	"github.com/llorch/llorch/registry"
 )
 
 // Defaults of the plugin config; the schema below states the same values as
@@ -53,7 +53,7 @@ type PluginConfig struct {
 // defaultPluginConfig is what a client with no config block runs with.
 func defaultPluginConfig() PluginConfig {
 	return PluginConfig{
-		Consul:            ConsulConfig{ServiceName: instance.DefaultServiceName},
+		Consul:            ConsulConfig{ServiceName: registry.DefaultServiceName},
 		DefaultEngine:     defaultEngine,
 		FingerprintPeriod: defaultFingerprintPeriod,
 		GPUSharing:        true,
@@ -127,7 +127,7 @@ func PluginConfigSpec() *hclspec.Spec {
 		"consul": sBlock(sObject(map[string]*hclspec.Spec{
 			"address":      sAttr("string", false),
 			"token_file":   sAttr("string", false),
-			"service_name": sDefault("service_name", "string", fmt.Sprintf("%q", instance.DefaultServiceName)),
+			"service_name": sDefault("service_name", "string", fmt.Sprintf("%q", registry.DefaultServiceName)),
 		})),
 		"engines":            sBlockAttrs("string"),
 		"default_engine":     sDefault("default_engine", "string", fmt.Sprintf("%q", defaultEngine)),

@@ -7,8 +7,8 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/llorch/llorch/driver/gpualloc"
 	"github.com/llorch/llorch/fingerprint"
-	"github.com/llorch/llorch/gpualloc"
 	"github.com/llorch/llorch/internal/nomadpb/structs"
 	"github.com/llorch/llorch/internal/procfs"
 )

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
 )
 
 // DriverServiceName is the Consul service the driver's /metrics is
@@ -128,7 +128,7 @@ func (d *Driver) registerMetricsService(port int) {
 	node := d.nodeID()
 	reg := &consul.AgentServiceRegistration{
 		ID: DriverServiceName + "-" + node, Name: DriverServiceName, Address: addr, Port: port,
-		Meta: map[string]string{instance.MetaNodeID: node},
+		Meta: map[string]string{registry.MetaNodeID: node},
 		Check: &consul.AgentServiceCheck{HTTP: "http://" + net.JoinHostPort(addr, strconv.Itoa(port)) + "/metrics",
 			Interval: "10s", Timeout: "2s", DeregisterCriticalServiceAfter: "5m"},
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/llorch/llorch/engine"
-	"github.com/llorch/llorch/internal/enginetest"
+	"github.com/llorch/llorch/engine/enginetest"
 	"github.com/llorch/llorch/internal/ggufgen"
 )
 

@@ -1,7 +1,7 @@
 // Package home is llorch's home profile: one machine, no Nomad and no
 // Consul. It launches the engines of a few pools itself, supervises them
 // with the same supervise and engine code the Nomad driver uses, announces
-// them in an embedded registry (homereg) and serves the same router and
+// them in an embedded registry (registry/memory) and serves the same router and
 // scheduler on 127.0.0.1.
 package home
 
@@ -18,8 +18,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/llorch/llorch/catalog"
 	"github.com/llorch/llorch/engine"
+	"github.com/llorch/llorch/models/catalog"
 )
 
 // Config is the home profile's configuration (YAML keys in tags).

@@ -24,11 +24,11 @@ import (
 
 	"github.com/llorch/llorch/authmin"
 	"github.com/llorch/llorch/engine"
-	"github.com/llorch/llorch/homereg"
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/engine/supervise"
 	"github.com/llorch/llorch/internal/procfs"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/registry/memory"
 	"github.com/llorch/llorch/router"
-	"github.com/llorch/llorch/supervise"
 )
 
 // stopGrace is how long an engine has to exit after SIGTERM.
@@ -38,7 +38,7 @@ const stopGrace = 10 * time.Second
 type Home struct {
 	cfg         Config
 	log         hclog.Logger
-	reg         *homereg.Registry
+	reg         *memory.Registry
 	state       *stateFile
 	node        string
 	engineToken string
@@ -93,7 +93,7 @@ func New(cfg Config, log hclog.Logger) (*Home, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Home{cfg: cfg, log: log, reg: homereg.New(), state: st, ready: make(chan struct{})}
+	h := &Home{cfg: cfg, log: log, reg: memory.New(), state: st, ready: make(chan struct{})}
 	h.node, _ = os.Hostname()
 	if h.node == "" {
 		h.node = "home"
@@ -392,8 +392,8 @@ func (h *Home) runEngineOnce(ctx context.Context, p *poolPlan, adopt *stateEntry
 
 	sup := supervise.New(supervise.Config{
 		Adapter: p.ad, Spec: spec, Registrar: h.reg, Logger: log.Named("supervise"),
-		Instance: instance.Instance{
-			ID: "home-" + p.Name, Service: instance.DefaultServiceName, Address: "127.0.0.1", Port: spec.Port,
+		Instance: registry.Instance{
+			ID: "home-" + p.Name, Service: registry.DefaultServiceName, Address: "127.0.0.1", Port: spec.Port,
 			Model: p.ModelName, Engine: p.Engine, NodeID: h.node, NodeName: h.node, PoolID: p.Name,
 			Ctx: p.Ctx, Slots: p.Slots, APIs: p.ad.APIs(),
 		},

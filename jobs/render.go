@@ -10,7 +10,7 @@ import (
 
 	nomad "github.com/hashicorp/nomad/api"
 
-	"github.com/llorch/llorch/vramest"
+	"github.com/llorch/llorch/models/vramest"
 )
 
 // Attribute names the driver fingerprints (see fingerprint/ and catalog/).

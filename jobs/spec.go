@@ -15,7 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/llorch/llorch/catalog"
+	"github.com/llorch/llorch/models/catalog"
 )
 
 // PoolSpec describes an engine pool. Field names are the YAML keys.

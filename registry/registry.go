@@ -1,28 +1,28 @@
-// Package registry names what the driver and the home profile need from a
-// service registry. Consul (consulreg) and the home profile's embedded
-// registry implement it; nothing else writes registrations.
+// Package registry is where engine instances live: the instance schema the
+// driver writes and the router reads (instance.go), immutable snapshots, the
+// Registrar and Source interfaces, and a static Source. Consul
+// (registry/consul) and the home profile's in-memory registry
+// (registry/memory) implement them; nothing else writes registrations.
 package registry
 
 import (
 	"context"
-
-	"github.com/llorch/llorch/instance"
 )
 
 // Registrar announces engine instances and keeps their health current.
 type Registrar interface {
 	// Register creates or replaces the registration with inst.ID. It is
 	// idempotent: re-registering the same instance must not flap its health.
-	Register(ctx context.Context, inst instance.Instance) error
+	Register(ctx context.Context, inst Instance) error
 	// SetHealth feeds the instance's health check (a TTL check in Consul).
-	SetHealth(ctx context.Context, id string, h instance.Health, note string) error
+	SetHealth(ctx context.Context, id string, h Health, note string) error
 	// Deregister removes the instance; unknown ids are not an error.
 	Deregister(ctx context.Context, id string) error
 }
 
 // Snapshot is an immutable view of every known instance, with health.
 type Snapshot struct {
-	Instances []instance.Instance
+	Instances []Instance
 	// Index is the registry's change index the snapshot was built from.
 	Index uint64
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/llorch/llorch/discovery"
+	"github.com/llorch/llorch/registry"
 )
 
 type lockedBuf struct {
@@ -38,7 +38,7 @@ func TestLogLinesCarryCorrelationID(t *testing.T) {
 	ok := inst(t, "b-ok", "n2", testModel, good)
 	var buf lockedBuf
 	log := hclog.New(&hclog.LoggerOptions{Name: "router", Level: hclog.Info, JSONFormat: true, Output: &buf})
-	rt, err := New(testConfig(), discovery.NewStatic(dead, ok), LeastInFlight{}, log, prometheus.NewRegistry())
+	rt, err := New(testConfig(), registry.NewStatic(dead, ok), LeastInFlight{}, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,20 +9,20 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/llorch/llorch/admission"
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/admission"
 )
 
 // placeAdmitted places a request; while every candidate of its model is
 // busy (saturated) it waits in the model's admission queue, which may
 // reject it (429) or, under drop-lru, evict it for a newer request.
-func (rt *Router) placeAdmitted(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time) ([]instance.Instance, error) {
+func (rt *Router) placeAdmitted(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time) ([]registry.Instance, error) {
 	return rt.placeWithTicket(ctx, pr, prio, deadline, nil)
 }
 
 // placeWithTicket is placeAdmitted for a request that may already hold a
 // queue ticket (a /v2 task queued when it was submitted).
-func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time, t *admission.Ticket) ([]instance.Instance, error) {
+func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time, t *admission.Ticket) ([]registry.Instance, error) {
 	if t != nil {
 		if err := t.Wait(ctx, deadline); err != nil {
 			return nil, err

@@ -6,7 +6,6 @@ import (
 	"sort"
 	"strconv"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -50,7 +49,7 @@ func availableModels(snap *registry.Snapshot) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, in := range snap.Instances {
-		if in.Draining || (in.Health != "" && in.Health != instance.HealthPassing) || seen[in.Model] {
+		if in.Draining || (in.Health != "" && in.Health != registry.HealthPassing) || seen[in.Model] {
 			continue
 		}
 		seen[in.Model] = true

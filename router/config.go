@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/llorch/llorch/admission"
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/admission"
 )
 
 // Config is everything the router can be told. The fields that come from
@@ -135,7 +135,7 @@ func Options() []Option {
 		strOpt("engine-token-file", "LLORCH_ENGINE_TOKEN_FILE", "", "file holding the token the router presents to engines; the client's token never reaches an engine", func(c *Config) *string { return &c.EngineTokenFile }),
 		strOpt("consul-addr", "CONSUL_HTTP_ADDR", "127.0.0.1:8500", "Consul HTTP API address", func(c *Config) *string { return &c.ConsulAddr }),
 		strOpt("consul-token-file", "CONSUL_HTTP_TOKEN_FILE", "", "file holding the Consul ACL token (read policy; CONSUL_HTTP_TOKEN is used when no file is set)", func(c *Config) *string { return &c.ConsulTokenFile }),
-		strOpt("service-name", "LLORCH_SERVICE_NAME", instance.DefaultServiceName, "Consul service the engines register under", func(c *Config) *string { return &c.ServiceName }),
+		strOpt("service-name", "LLORCH_SERVICE_NAME", registry.DefaultServiceName, "Consul service the engines register under", func(c *Config) *string { return &c.ServiceName }),
 		bytesOpt("max-body-bytes", "LLORCH_MAX_BODY_BYTES", "4MiB", "largest request body accepted (bytes, or with KiB/MiB suffix); larger gets 413", func(c *Config) *int64 { return &c.MaxBodyBytes }),
 		boolOpt("metrics-auth", "LLORCH_METRICS_AUTH", "false", "require the API token on /metrics", func(c *Config) *bool { return &c.MetricsAuth }),
 		intOpt("retries", "LLORCH_RETRIES", "2", "further instances tried after a failure before the first byte (0 = no retry)", 0, func(c *Config) *int { return &c.Retries }),

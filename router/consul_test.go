@@ -9,42 +9,42 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	consul "github.com/hashicorp/consul/api"
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/llorch/llorch/discovery"
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/internal/testenv"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/registry/consul"
 )
 
 // consulReadToken creates a token holding the router's shipped policy
 // (deploy/consul/router-policy.hcl) with a chosen secret, so the test also
 // proves that policy is enough, and can re-create it after a restart.
-func consulReadToken(t testing.TB, admin *consul.Client, secret string) {
+func consulReadToken(t testing.TB, admin *consulapi.Client, secret string) {
 	t.Helper()
 	rules, err := os.ReadFile("../deploy/consul/router-policy.hcl")
 	if err != nil {
 		t.Fatalf("router policy: %v", err)
 	}
-	pol, _, err := admin.ACL().PolicyCreate(&consul.ACLPolicy{Name: "router-" + uuid.NewString()[:8], Rules: string(rules)}, nil)
+	pol, _, err := admin.ACL().PolicyCreate(&consulapi.ACLPolicy{Name: "router-" + uuid.NewString()[:8], Rules: string(rules)}, nil)
 	if err != nil {
 		t.Fatalf("create policy: %v", err)
 	}
-	if _, _, err := admin.ACL().TokenCreate(&consul.ACLToken{SecretID: secret, Policies: []*consul.ACLTokenPolicyLink{{ID: pol.ID}}}, nil); err != nil {
+	if _, _, err := admin.ACL().TokenCreate(&consulapi.ACLToken{SecretID: secret, Policies: []*consulapi.ACLTokenPolicyLink{{ID: pol.ID}}}, nil); err != nil {
 		t.Fatalf("create token: %v", err)
 	}
 }
 
-func consulRegister(t testing.TB, c *consul.Client, in instance.Instance) {
+func consulRegister(t testing.TB, c *consulapi.Client, in registry.Instance) {
 	t.Helper()
 	meta, err := in.Meta()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Agent().ServiceRegister(&consul.AgentServiceRegistration{
-		ID: in.ID, Name: instance.DefaultServiceName, Address: in.Address, Port: in.Port, Tags: in.Tags(), Meta: meta,
-		Check: &consul.AgentServiceCheck{CheckID: "ttl-" + in.ID, TTL: "60s", Status: consul.HealthPassing},
+	if err := c.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
+		ID: in.ID, Name: registry.DefaultServiceName, Address: in.Address, Port: in.Port, Tags: in.Tags(), Meta: meta,
+		Check: &consulapi.AgentServiceCheck{CheckID: "ttl-" + in.ID, TTL: "60s", Status: consulapi.HealthPassing},
 	}); err != nil {
 		t.Fatalf("register %s: %v", in.ID, err)
 	}
@@ -73,7 +73,7 @@ func TestRouterWithConsul(t *testing.T) {
 	fb, ub := startFixture(t)
 	a, b := inst(t, "a", "n1", testModel, ua), inst(t, "b", "n2", testModel, ub)
 
-	src := &discovery.Consul{Client: c.Client(t, secret), WaitTime: 2 * time.Second,
+	src := &consul.Watcher{Client: c.Client(t, secret), WaitTime: 2 * time.Second,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 400 * time.Millisecond}
 	cfg := testConfig()
 	cfg.DegradedAfter = time.Second

@@ -15,9 +15,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/llorch/llorch/discovery"
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/internal/openaifixture"
+	"github.com/llorch/llorch/registry"
 )
 
 const (
@@ -27,15 +26,15 @@ const (
 )
 
 // inst describes a fixture (or any URL) as a registry instance.
-func inst(t testing.TB, id, node, model, rawURL string) instance.Instance {
+func inst(t testing.TB, id, node, model, rawURL string) registry.Instance {
 	t.Helper()
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	port, _ := strconv.Atoi(u.Port())
-	return instance.Instance{ID: id, Service: instance.DefaultServiceName, Address: u.Hostname(), Port: port,
-		Model: model, Engine: "fixture", NodeID: node, Health: instance.HealthPassing,
+	return registry.Instance{ID: id, Service: registry.DefaultServiceName, Address: u.Hostname(), Port: port,
+		Model: model, Engine: "fixture", NodeID: node, Health: registry.HealthPassing,
 		APIs: []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}}
 }
 
@@ -43,7 +42,7 @@ type harness struct {
 	t   testing.TB
 	rt  *Router
 	srv *httptest.Server
-	src *discovery.Static
+	src *registry.Static
 	reg *prometheus.Registry
 	cl  *http.Client
 }
@@ -60,13 +59,13 @@ func testConfig() Config {
 	return c
 }
 
-func newHarness(t testing.TB, mut func(*Config), insts ...instance.Instance) *harness {
+func newHarness(t testing.TB, mut func(*Config), insts ...registry.Instance) *harness {
 	t.Helper()
 	cfg := testConfig()
 	if mut != nil {
 		mut(&cfg)
 	}
-	src := discovery.NewStatic(insts...)
+	src := registry.NewStatic(insts...)
 	reg := prometheus.NewRegistry()
 	log := hclog.New(&hclog.LoggerOptions{Name: "router", Level: hclog.Warn, Output: testWriter{t}})
 	rt, err := New(cfg, src, nil, log, reg)
@@ -193,4 +192,4 @@ func startFixture(t testing.TB) (*openaifixture.Server, string) {
 	return fx, hs.URL
 }
 
-func staticEmpty() *discovery.Static { return discovery.NewStatic() }
+func staticEmpty() *registry.Static { return registry.NewStatic() }

@@ -6,7 +6,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/scheduler"
 )
@@ -41,7 +40,7 @@ type LocalState interface {
 // try them (the router tries the first 1+retries) or an error wrapping
 // ErrModelNotAvailable or *NoCapacityError. The scheduler plugs in here.
 type Placer interface {
-	Place(req PlaceRequest, snap registry.Snapshot) ([]instance.Instance, error)
+	Place(req PlaceRequest, snap registry.Snapshot) ([]registry.Instance, error)
 }
 
 // ErrModelNotAvailable: no instance in the snapshot serves the model on the
@@ -68,9 +67,9 @@ func (e *NoCapacityError) Error() string {
 type LeastInFlight struct{}
 
 // Place implements Placer.
-func (LeastInFlight) Place(req PlaceRequest, snap registry.Snapshot) ([]instance.Instance, error) {
+func (LeastInFlight) Place(req PlaceRequest, snap registry.Snapshot) ([]registry.Instance, error) {
 	type cand struct {
-		inst     instance.Instance
+		inst     registry.Instance
 		inFlight int
 	}
 	var (
@@ -88,7 +87,7 @@ func (LeastInFlight) Place(req PlaceRequest, snap registry.Snapshot) ([]instance
 			continue
 		}
 		servesPath = true
-		if in.Draining || (in.Health != "" && in.Health != instance.HealthPassing) {
+		if in.Draining || (in.Health != "" && in.Health != registry.HealthPassing) {
 			continue
 		}
 		if req.Local != nil {
@@ -119,7 +118,7 @@ func (LeastInFlight) Place(req PlaceRequest, snap registry.Snapshot) ([]instance
 	// The snapshot is sorted by (node id, instance id); a stable sort on
 	// load keeps that order among equals.
 	sort.SliceStable(cands, func(a, b int) bool { return cands[a].inFlight < cands[b].inFlight })
-	out := make([]instance.Instance, len(cands))
+	out := make([]registry.Instance, len(cands))
 	for i, c := range cands {
 		out[i] = c.inst
 	}

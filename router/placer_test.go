@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -16,13 +15,13 @@ type fakeLocal struct {
 
 func (f fakeLocal) InFlight(id string) int             { return f.inFlight[id] }
 func (f fakeLocal) EjectedFor(id string) time.Duration { return f.ejected[id] }
-func mk(id, node, model string) instance.Instance {
-	return instance.Instance{ID: id, NodeID: node, Model: model, Health: instance.HealthPassing}
+func mk(id, node, model string) registry.Instance {
+	return registry.Instance{ID: id, NodeID: node, Model: model, Health: registry.HealthPassing}
 }
 
-func placeIDs(t *testing.T, req PlaceRequest, list ...instance.Instance) ([]string, error) {
+func placeIDs(t *testing.T, req PlaceRequest, list ...registry.Instance) ([]string, error) {
 	t.Helper()
-	instance.Sort(list)
+	registry.Sort(list)
 	got, err := LeastInFlight{}.Place(req, registry.Snapshot{Instances: list})
 	var ids []string
 	for _, in := range got {
@@ -35,7 +34,7 @@ func TestLeastInFlight(t *testing.T) {
 	draining := mk("d", "n0", "m")
 	draining.Draining = true
 	critical := mk("c", "n0", "m")
-	critical.Health = instance.HealthCritical
+	critical.Health = registry.HealthCritical
 	embedOnly := mk("e", "n0", "m")
 	embedOnly.APIs = []string{"/v1/embeddings"}
 	local := fakeLocal{

@@ -21,10 +21,10 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/llorch/llorch/admission"
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/internal/tracing"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/scheduler"
-	"github.com/llorch/llorch/tracing"
 )
 
 // tracer makes the router's spans: request, placement (admission
@@ -271,7 +271,7 @@ var (
 
 // attempt sends the request to one instance and, once the instance has
 // produced its first byte of body, commits the response to the client.
-func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst instance.Instance, body []byte, pr PlaceRequest, ri *reqInfo, start time.Time) outcome {
+func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst registry.Instance, body []byte, pr PlaceRequest, ri *reqInfo, start time.Time) outcome {
 	log := func() hclog.Logger { return ri.logger().With("instance_id", inst.ID) }
 	release := rt.state.acquire(inst.ID)
 	defer release()

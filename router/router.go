@@ -19,10 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/llorch/llorch/admission"
 	"github.com/llorch/llorch/authmin"
-	"github.com/llorch/llorch/discovery"
 	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/admission"
+	"github.com/llorch/llorch/router/discovery"
 	"github.com/llorch/llorch/scheduler"
 )
 
@@ -46,8 +46,8 @@ type Router struct {
 	errors      recentErrors
 }
 
-// New builds a router. source feeds the instance view (discovery.Consul in
-// production, discovery.Static in tests and the home profile); placer nil
+// New builds a router. source feeds the instance view (consul.Watcher in
+// production, registry.Static in tests and the home profile); placer nil
 // means the one cfg.SchedulerProfile names (the scheduler by default); reg is the registry /metrics serves (nil: a new
 // one). It refuses a non-loopback cfg.Addr without an API token.
 func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger, reg *prometheus.Registry) (*Router, error) {

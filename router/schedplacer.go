@@ -7,7 +7,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/scheduler"
 )
@@ -27,7 +26,7 @@ type SchedulerPlacer struct {
 	seq atomic.Uint64
 
 	mu      sync.Mutex
-	ixKey   *instance.Instance // identity of the snapshot the index was built from
+	ixKey   *registry.Instance // identity of the snapshot the index was built from
 	ixLen   int
 	ix      *scheduler.Index
 	observe func(scheduler.Decision)
@@ -82,7 +81,7 @@ func (v localLoad) Load(id string) scheduler.Load {
 }
 
 // Place implements Placer.
-func (p *SchedulerPlacer) Place(req PlaceRequest, snap registry.Snapshot) ([]instance.Instance, error) {
+func (p *SchedulerPlacer) Place(req PlaceRequest, snap registry.Snapshot) ([]registry.Instance, error) {
 	sreq := scheduler.Request{Model: req.Model, Path: req.Path, SessionKey: req.Session,
 		PrefixHashes: scheduler.PrefixHashes(string(req.Prefix)), Placement: req.Placement}
 	if sreq.SessionKey == "" {

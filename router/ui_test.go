@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/internal/testenv"
+	"github.com/llorch/llorch/registry"
 )
 
 func chromium(t *testing.T, args ...string) (string, error) {
@@ -35,7 +35,7 @@ func TestUIInChromium(t *testing.T) {
 	b := inst(t, "engine-beta", "gpu-node-2", "qwen-7b", u2)
 	b.NodeName, b.GPUs, b.VRAMTotalMiB, b.VRAMReservedMiB, b.Slots = "gpu-node-2", []string{"GPU-bbbb"}, 24576, 12000, 2
 	c := b
-	c.ID, c.Health = "engine-gamma", instance.HealthCritical
+	c.ID, c.Health = "engine-gamma", registry.HealthCritical
 	h := newHarness(t, nil, a, b, c)
 	url := h.srv.URL + "/ui#token=" + clientToken
 

@@ -16,8 +16,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/llorch/llorch/admission"
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/scheduler"
 )
 
@@ -348,7 +348,7 @@ func errorEvent(err error) map[string]any {
 
 // taskUpstream opens the engine's stream; an error means nothing was
 // received (retry on the next instance).
-func (rt *Router) taskUpstream(ctx context.Context, inst instance.Instance, path string, body []byte, corr string) (*http.Response, error) {
+func (rt *Router) taskUpstream(ctx context.Context, inst registry.Instance, path string, body []byte, corr string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, inst.URL()+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -376,7 +376,7 @@ func (rt *Router) taskUpstream(ctx context.Context, inst instance.Instance, path
 }
 
 // relayTask turns the engine's OpenAI SSE stream into token events.
-func (rt *Router) relayTask(ctx context.Context, t *task, resp *http.Response, inst instance.Instance, begin time.Time) {
+func (rt *Router) relayTask(ctx context.Context, t *task, resp *http.Response, inst registry.Instance, begin time.Time) {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)

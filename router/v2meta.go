@@ -4,8 +4,8 @@ import (
 	"net/http"
 	"sort"
 
-	"github.com/llorch/llorch/catalog"
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/models/catalog"
+	"github.com/llorch/llorch/registry"
 )
 
 // APIVersion is the /v2 API's version.
@@ -22,7 +22,7 @@ type engineView struct {
 	Ctx           int             `json:"ctx"`
 	GPUs          []string        `json:"gpus"`
 	VRAMMiB       int             `json:"vram_reserved_mib"`
-	Health        instance.Health `json:"health"`
+	Health        registry.Health `json:"health"`
 	Draining      bool            `json:"draining"`
 	InFlight      int             `json:"in_flight"`
 	EjectedMs     int64           `json:"ejected_ms"`
@@ -56,7 +56,7 @@ func (rt *Router) nodes() []nodeView {
 				n.Models = append(n.Models, e.Name)
 			}
 		}
-		if in.Health == instance.HealthPassing || in.Health == "" {
+		if in.Health == registry.HealthPassing || in.Health == "" {
 			n.Healthy = true
 		}
 		for _, g := range in.GPUs {
@@ -129,7 +129,7 @@ func (rt *Router) serveAvailability(w http.ResponseWriter, r *http.Request) {
 		a := get(in.Model)
 		a.Replicas++
 		addNode(a, in.NodeID)
-		if (in.Health == instance.HealthPassing || in.Health == "") && !in.Draining {
+		if (in.Health == registry.HealthPassing || in.Health == "") && !in.Draining {
 			a.ReadyReplicas++
 			a.TotalCapacity += max(in.Slots, 1)
 		}

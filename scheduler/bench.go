@@ -5,7 +5,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -62,14 +61,14 @@ var benchSessions = func() []string {
 // KV use, the default profile, and a chat request with a 1 KiB system
 // prompt.
 func benchFleet(n int) (*Scheduler, *Index, LoadView, Request) {
-	list := make([]instance.Instance, n)
+	list := make([]registry.Instance, n)
 	load := mapLoad{}
 	for i := range list {
-		list[i] = instance.Instance{ID: fmt.Sprintf("inst-%05d", i), NodeID: fmt.Sprintf("node-%04d", i/4), PoolID: "p",
-			Model: "m", Slots: 8, Ctx: 8192, Health: instance.HealthPassing}
+		list[i] = registry.Instance{ID: fmt.Sprintf("inst-%05d", i), NodeID: fmt.Sprintf("node-%04d", i/4), PoolID: "p",
+			Model: "m", Slots: 8, Ctx: 8192, Health: registry.HealthPassing}
 		load[list[i].ID] = Load{InFlight: i % 7, KVKnown: true, KVUsage: float64(i%10) / 10}
 	}
-	instance.Sort(list)
+	registry.Sort(list)
 	ix := NewIndex(registry.Snapshot{Instances: list})
 	p, _ := DefaultProfileConfig().Build(NewPrefixTable(1 << 16))
 	prompt := ""

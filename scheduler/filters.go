@@ -3,7 +3,7 @@ package scheduler
 import (
 	"slices"
 
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
 )
 
 // Filter names, as profiles list them.
@@ -53,7 +53,7 @@ func (f filterFunc) Filter(req *Request, in []Candidate) ([]Candidate, *Error) {
 }
 
 func ready(c *Candidate) bool {
-	return (c.Inst.Health == instance.HealthPassing || c.Inst.Health == "") && !c.Inst.Draining
+	return (c.Inst.Health == registry.HealthPassing || c.Inst.Health == "") && !c.Inst.Draining
 }
 
 var (

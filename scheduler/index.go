@@ -3,7 +3,6 @@ package scheduler
 import (
 	"sort"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -16,10 +15,10 @@ type Index struct {
 	Snap   registry.Snapshot
 }
 
-// modelIndex is one model's instances sorted by instance.Less, so a
+// modelIndex is one model's instances sorted by registry.Less, so a
 // position order is the tie-break order, and its session ring.
 type modelIndex struct {
-	list   []*instance.Instance
+	list   []*registry.Instance
 	ring   []ringPoint
 	vnodes int
 }
@@ -64,7 +63,7 @@ func NewIndex(snap registry.Snapshot) *Index {
 	}
 	for _, mi := range ix.models {
 		l := mi.list
-		sort.SliceStable(l, func(a, b int) bool { return instance.Less(*l[a], *l[b]) })
+		sort.SliceStable(l, func(a, b int) bool { return registry.Less(*l[a], *l[b]) })
 		mi.vnodes = ringVNodes(len(l))
 		mi.ring = make([]ringPoint, 0, len(l)*mi.vnodes)
 		for pos, in := range l {
@@ -108,7 +107,7 @@ func (mi *modelIndex) sessionSuccessors(key string, dst []int32) []int32 {
 next:
 	for k := 0; k < steps && len(dst) < sessionFallbacks; k++ {
 		pos := ring[(lo+k)%len(ring)].pos
-		if in := mi.list[pos]; !(in.Health == instance.HealthPassing || in.Health == "") || in.Draining {
+		if in := mi.list[pos]; !(in.Health == registry.HealthPassing || in.Health == "") || in.Draining {
 			continue
 		}
 		for _, p := range dst {
@@ -131,8 +130,8 @@ func (ix *Index) Models() []string {
 	return out
 }
 
-// Instances of a model, sorted by instance.Less.
-func (ix *Index) Instances(model string) []*instance.Instance {
+// Instances of a model, sorted by registry.Less.
+func (ix *Index) Instances(model string) []*registry.Instance {
 	if mi := ix.models[model]; mi != nil {
 		return mi.list
 	}
@@ -140,7 +139,7 @@ func (ix *Index) Instances(model string) []*instance.Instance {
 }
 
 // Instance finds an instance by id.
-func (ix *Index) Instance(id string) (*instance.Instance, bool) {
+func (ix *Index) Instance(id string) (*registry.Instance, bool) {
 	e, ok := ix.byID[id]
 	if !ok {
 		return nil, false

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
 )
 
 // Placement is the request's placement constraints (the /v2 TaskRequest's
@@ -71,10 +71,10 @@ type LoadView interface {
 
 // Candidate is an instance with its load, as filters and scorers see it.
 type Candidate struct {
-	Inst *instance.Instance
+	Inst *registry.Instance
 	Load Load
 
-	pos int32 // place in the model's sorted list: orders ties like instance.Less
+	pos int32 // place in the model's sorted list: orders ties like registry.Less
 	// sessionRank is 1 + the place among the session's ring successors
 	// (1 = the session's home), 0 when not one.
 	sessionRank int16
@@ -92,7 +92,7 @@ type Decision struct {
 	// Ranked is the best feasible instances (at most MaxRanked) in the
 	// order to try them; the first is the choice. Empty when Err is set or
 	// Saturated.
-	Ranked []instance.Instance
+	Ranked []registry.Instance
 	// Saturated: feasible instances exist but none has a free slot; the
 	// caller queues the request (admission) rather than failing it.
 	Saturated bool
@@ -105,9 +105,9 @@ type Decision struct {
 }
 
 // Chosen is the first ranked instance.
-func (d Decision) Chosen() (instance.Instance, bool) {
+func (d Decision) Chosen() (registry.Instance, bool) {
 	if len(d.Ranked) == 0 {
-		return instance.Instance{}, false
+		return registry.Instance{}, false
 	}
 	return d.Ranked[0], true
 }
@@ -292,7 +292,7 @@ func (s *Scheduler) rank(req *Request, cands []Candidate, sc *scratch, d *Decisi
 		}
 	}
 	sc.top = s.profile.Picker.Pick(sc.scored, sc.top[:0], MaxRanked)
-	d.Ranked = make([]instance.Instance, len(sc.top))
+	d.Ranked = make([]registry.Instance, len(sc.top))
 	for i, x := range sc.top {
 		d.Ranked[i] = *x.c.Inst
 	}

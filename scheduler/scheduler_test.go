@@ -8,7 +8,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -16,17 +15,17 @@ type loads map[string]Load
 
 func (l loads) Load(id string) Load { return l[id] }
 
-func inst(id, node, pool string, mut ...func(*instance.Instance)) instance.Instance {
-	in := instance.Instance{ID: id, NodeID: node, PoolID: pool, Model: "m", Slots: 4, Ctx: 4096,
-		Health: instance.HealthPassing, GPUs: []string{"GPU-" + node}, APIs: []string{"/v1/chat/completions"}}
+func inst(id, node, pool string, mut ...func(*registry.Instance)) registry.Instance {
+	in := registry.Instance{ID: id, NodeID: node, PoolID: pool, Model: "m", Slots: 4, Ctx: 4096,
+		Health: registry.HealthPassing, GPUs: []string{"GPU-" + node}, APIs: []string{"/v1/chat/completions"}}
 	for _, f := range mut {
 		f(&in)
 	}
 	return in
 }
 
-func index(list ...instance.Instance) *Index {
-	instance.Sort(list)
+func index(list ...registry.Instance) *Index {
+	registry.Sort(list)
 	return NewIndex(registry.Snapshot{Instances: list})
 }
 
@@ -38,7 +37,7 @@ func def(t testing.TB, table *PrefixTable) *Scheduler {
 	return New(p)
 }
 
-func ids(l []instance.Instance) string {
+func ids(l []registry.Instance) string {
 	var s []string
 	for _, in := range l {
 		s = append(s, in.ID)
@@ -49,10 +48,10 @@ func ids(l []instance.Instance) string {
 func TestFilters(t *testing.T) {
 	ix := index(
 		inst("a", "n1", "p1"),
-		inst("b", "n2", "p1", func(i *instance.Instance) { i.Health = instance.HealthCritical }),
-		inst("c", "n3", "p2", func(i *instance.Instance) { i.Draining = true }),
-		inst("d", "n4", "p2", func(i *instance.Instance) { i.Ctx = 1024 }),
-		inst("e", "n5", "p3", func(i *instance.Instance) { i.APIs = []string{"/v1/embeddings"} }),
+		inst("b", "n2", "p1", func(i *registry.Instance) { i.Health = registry.HealthCritical }),
+		inst("c", "n3", "p2", func(i *registry.Instance) { i.Draining = true }),
+		inst("d", "n4", "p2", func(i *registry.Instance) { i.Ctx = 1024 }),
+		inst("e", "n5", "p3", func(i *registry.Instance) { i.APIs = []string{"/v1/embeddings"} }),
 		inst("f", "n6", "p3"),
 	)
 	s := def(t, nil)
@@ -136,7 +135,7 @@ func TestKVHeadroomAndTieBreak(t *testing.T) {
 // A session stays on its instance while that instance is a candidate,
 // and only sessions of an instance that goes move.
 func TestSessionAffinity(t *testing.T) {
-	var list []instance.Instance
+	var list []registry.Instance
 	for i := 0; i < 8; i++ {
 		list = append(list, inst(fmt.Sprintf("i%d", i), fmt.Sprintf("n%d", i), "p"))
 	}
@@ -161,7 +160,7 @@ func TestSessionAffinity(t *testing.T) {
 		}
 	}
 	// i3 goes: only its sessions move.
-	ix2 := index(append(append([]instance.Instance{}, list[:3]...), list[4:]...)...)
+	ix2 := index(append(append([]registry.Instance{}, list[:3]...), list[4:]...)...)
 	moved := 0
 	for key, h := range home {
 		got := s.Decide(Request{Model: "m", SessionKey: key}, ix2, loads{}).Ranked[0].ID
@@ -180,7 +179,7 @@ func TestSessionAffinity(t *testing.T) {
 func TestPrefixAffinityAndImbalanceFallback(t *testing.T) {
 	table := NewPrefixTable(1000)
 	s := def(t, table)
-	ix := index(inst("a", "n1", "p"), inst("b", "n2", "p"), inst("c", "n3", "p", func(i *instance.Instance) { i.Slots = 64 }))
+	ix := index(inst("a", "n1", "p"), inst("b", "n2", "p"), inst("c", "n3", "p", func(i *registry.Instance) { i.Slots = 64 }))
 	prompt := strings.Repeat("You are a helpful assistant. ", 20)
 	req := Request{Model: "m", PrefixHashes: PrefixHashes(prompt)}
 	if len(req.PrefixHashes) != len(prompt)/PrefixBlockChars {
@@ -217,12 +216,12 @@ func TestPropertiesRandomFleets(t *testing.T) {
 	s := def(t, nil)
 	for trial := 0; trial < 300; trial++ {
 		n := 1 + rng.Intn(30)
-		var list []instance.Instance
+		var list []registry.Instance
 		l := loads{}
 		for i := 0; i < n; i++ {
 			in := inst(fmt.Sprintf("i%02d", i), fmt.Sprintf("n%d", rng.Intn(5)), fmt.Sprintf("p%d", rng.Intn(3)))
 			if rng.Intn(5) == 0 {
-				in.Health = instance.HealthCritical
+				in.Health = registry.HealthCritical
 			}
 			in.Draining = rng.Intn(10) == 0
 			in.Ctx = []int{1024, 4096, 8192}[rng.Intn(3)]
@@ -238,7 +237,7 @@ func TestPropertiesRandomFleets(t *testing.T) {
 		}
 		for _, in := range d1.Ranked {
 			ld := l[in.ID]
-			if in.Health != instance.HealthPassing || in.Draining || ld.Ejected || in.Ctx < req.CtxNeeded || ld.InFlight >= in.Slots {
+			if in.Health != registry.HealthPassing || in.Draining || ld.Ejected || in.Ctx < req.CtxNeeded || ld.InFlight >= in.Slots {
 				t.Fatalf("picked filtered instance %+v load %+v for %+v", in, ld, req)
 			}
 		}
@@ -268,12 +267,12 @@ func TestProfileConfig(t *testing.T) {
 // still hold: sessions stay on their instance, filtered instances are never
 // chosen, the prefix's holder is found among thousands.
 func TestLargeFleetSubset(t *testing.T) {
-	var list []instance.Instance
+	var list []registry.Instance
 	l := loads{}
 	for i := 0; i < 2000; i++ {
 		in := inst(fmt.Sprintf("i%04d", i), fmt.Sprintf("n%03d", i/4), "p")
 		if i%3 == 0 {
-			in.Health = instance.HealthCritical
+			in.Health = registry.HealthCritical
 		}
 		list = append(list, in)
 		l[in.ID] = Load{InFlight: i % 4}
@@ -288,7 +287,7 @@ func TestLargeFleetSubset(t *testing.T) {
 			t.Fatalf("considered %d", d.Considered)
 		}
 		home := d.Ranked[0]
-		if home.Health != instance.HealthPassing || l[home.ID].InFlight >= home.Slots {
+		if home.Health != registry.HealthPassing || l[home.ID].InFlight >= home.Slots {
 			t.Fatalf("picked filtered %+v", home)
 		}
 		// Other instances' load changes do not move the session.
@@ -316,7 +315,7 @@ func TestLargeFleetSubset(t *testing.T) {
 // instance that can take the request is found among thousands, and
 // Saturated or an error comes only when the whole fleet says so.
 func TestSampleFallsBackToWholeFleet(t *testing.T) {
-	var list []instance.Instance
+	var list []registry.Instance
 	full := loads{}
 	for i := 0; i < 3000; i++ {
 		in := inst(fmt.Sprintf("i%04d", i), fmt.Sprintf("n%04d", i), "p")
@@ -354,7 +353,7 @@ func TestSampleFallsBackToWholeFleet(t *testing.T) {
 // Requests without a session or a shared prompt spread over a large fleet
 // by their sample seed; a given seed always gives the same choice.
 func TestSampleSeedSpreads(t *testing.T) {
-	var list []instance.Instance
+	var list []registry.Instance
 	for i := 0; i < 5000; i++ {
 		list = append(list, inst(fmt.Sprintf("i%04d", i), fmt.Sprintf("n%04d", i), "p"))
 	}
@@ -375,7 +374,7 @@ func TestSampleSeedSpreads(t *testing.T) {
 }
 
 func TestExplain(t *testing.T) {
-	ix := index(inst("a", "n1", "p"), inst("b", "n2", "p", func(i *instance.Instance) { i.Health = instance.HealthCritical }))
+	ix := index(inst("a", "n1", "p"), inst("b", "n2", "p", func(i *registry.Instance) { i.Health = registry.HealthCritical }))
 	s := def(t, nil)
 	if d := s.Decide(Request{Model: "m"}, ix, loads{}); len(d.Reasons) != 0 {
 		t.Errorf("reasons without Explain: %v", d.Reasons)
@@ -390,7 +389,7 @@ func TestExplain(t *testing.T) {
 // Decide shares pooled scratch between goroutines: concurrent decisions
 // (run with -race) give the same answers as serial ones.
 func TestConcurrentDecide(t *testing.T) {
-	var list []instance.Instance
+	var list []registry.Instance
 	l := loads{}
 	for i := 0; i < 600; i++ {
 		in := inst(fmt.Sprintf("i%03d", i), fmt.Sprintf("n%03d", i/2), "p")
@@ -431,12 +430,12 @@ func TestSessionStaysWhileHealthy(t *testing.T) {
 	s := def(t, nil)
 	for trial := 0; trial < 20; trial++ {
 		n := []int{5, 40, 300, 1200}[trial%4]
-		var list []instance.Instance
+		var list []registry.Instance
 		l := loads{}
 		for i := 0; i < n; i++ {
 			in := inst(fmt.Sprintf("i%04d", i), fmt.Sprintf("n%04d", rng.Intn(n)), "p")
 			if rng.Intn(6) == 0 {
-				in.Health = instance.HealthCritical
+				in.Health = registry.HealthCritical
 			}
 			list = append(list, in)
 			l[in.ID] = Load{InFlight: rng.Intn(3)}
@@ -449,7 +448,7 @@ func TestSessionStaysWhileHealthy(t *testing.T) {
 				l2 := slices.Clone(list)
 				for i := range l2 {
 					if l2[i].ID == id {
-						l2[i].Health = instance.HealthCritical
+						l2[i].Health = registry.HealthCritical
 					}
 				}
 				return index(l2...)

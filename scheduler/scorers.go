@@ -5,7 +5,7 @@ import (
 	"hash/fnv"
 	"sync"
 
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/registry"
 )
 
 // Scorer names, as profiles list them.
@@ -158,7 +158,7 @@ func (t *PrefixTable) ownersInto(dst []string, hashes []uint64) []string {
 }
 
 // Observe records that the request's blocks went to inst.
-func (t *PrefixTable) Observe(req Request, inst instance.Instance) {
+func (t *PrefixTable) Observe(req Request, inst registry.Instance) {
 	if t == nil {
 		return
 	}

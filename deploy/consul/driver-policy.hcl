@@ -1,5 +1,5 @@
 # ACL policy for the llorch task driver's Consul token (the least that works;
-# consulreg's tests create the driver token from this very file).
+# registry/consul's tests create the driver token from this very file).
 #
 # The driver registers one service per engine task on its node's local agent,
 # with a TTL check it feeds, and deregisters it when the task ends. That takes

@@ -15,7 +15,6 @@ import (
 	"math/rand"
 	"slices"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/scheduler"
 )
@@ -144,7 +143,7 @@ func Compare(cfg Config) ([]Result, error) {
 
 // engine is one simulated instance.
 type engine struct {
-	inst    instance.Instance
+	inst    registry.Instance
 	running int
 	queue   []*job
 	cache   *blockLRU
@@ -164,11 +163,11 @@ func Run(cfg Config) (Result, error) {
 	rng := rand.New(rand.NewSource(cfg.Seed))
 
 	engines := make([]*engine, cfg.Instances)
-	list := make([]instance.Instance, cfg.Instances)
+	list := make([]registry.Instance, cfg.Instances)
 	byID := map[string]*engine{}
 	for i := range engines {
-		in := instance.Instance{ID: fmt.Sprintf("inst-%03d", i), NodeID: fmt.Sprintf("node-%03d", i), Model: "m",
-			Slots: cfg.Slots, Health: instance.HealthPassing}
+		in := registry.Instance{ID: fmt.Sprintf("inst-%03d", i), NodeID: fmt.Sprintf("node-%03d", i), Model: "m",
+			Slots: cfg.Slots, Health: registry.HealthPassing}
 		engines[i] = &engine{inst: in, cache: newBlockLRU(cfg.CacheBlocks)}
 		list[i] = in
 		byID[in.ID] = engines[i]

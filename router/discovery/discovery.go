@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -62,9 +61,9 @@ func (v *View) Age() time.Duration {
 // view owns an immutable, deterministically ordered slice whatever the source
 // does with its own.
 func (v *View) Store(s registry.Snapshot) {
-	list := make([]instance.Instance, len(s.Instances))
+	list := make([]registry.Instance, len(s.Instances))
 	copy(list, s.Instances)
-	instance.Sort(list)
+	registry.Sort(list)
 	v.snap.Store(&registry.Snapshot{Instances: list, Index: s.Index})
 	v.lastSuccess.Store(v.now().UnixNano())
 	v.updates.Add(1)

@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"context"
@@ -7,45 +7,46 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	consul "github.com/hashicorp/consul/api"
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/internal/testenv"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/discovery"
 )
 
 // routerPolicy is the router's shipped Consul policy; the test proves it
 // is enough to follow the registry.
 func routerPolicy(t testing.TB) string {
 	t.Helper()
-	b, err := os.ReadFile("../deploy/consul/router-policy.hcl")
+	b, err := os.ReadFile("../../deploy/consul/router-policy.hcl")
 	if err != nil {
 		t.Fatalf("router policy: %v", err)
 	}
 	return string(b)
 }
 
-func register(t testing.TB, c *consul.Client, in instance.Instance) {
+func register(t testing.TB, c *consulapi.Client, in registry.Instance) {
 	t.Helper()
 	meta, err := in.Meta()
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = c.Agent().ServiceRegister(&consul.AgentServiceRegistration{
-		ID: in.ID, Name: instance.DefaultServiceName, Address: in.Address, Port: in.Port,
+	err = c.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
+		ID: in.ID, Name: registry.DefaultServiceName, Address: in.Address, Port: in.Port,
 		Tags: in.Tags(), Meta: meta,
-		Check: &consul.AgentServiceCheck{CheckID: "ttl-" + in.ID, TTL: "60s", Status: consul.HealthPassing},
+		Check: &consulapi.AgentServiceCheck{CheckID: "ttl-" + in.ID, TTL: "60s", Status: consulapi.HealthPassing},
 	})
 	if err != nil {
 		t.Fatalf("register %s: %v", in.ID, err)
 	}
 }
 
-func testInstance(id string, port int) instance.Instance {
-	return instance.Instance{ID: id, Address: "127.0.0.1", Port: port, Model: "tiny", Engine: "llamacpp", NodeID: "node-" + id}
+func testInstance(id string, port int) registry.Instance {
+	return registry.Instance{ID: id, Address: "127.0.0.1", Port: port, Model: "tiny", Engine: "llamacpp", NodeID: "node-" + id}
 }
 
-func ids(v *View) []string {
+func ids(v *discovery.View) []string {
 	var out []string
 	for _, in := range v.Current().Instances {
 		out = append(out, in.ID)
@@ -60,9 +61,9 @@ func TestConsulSourceFollowsRegistry(t *testing.T) {
 	readToken(t, admin, readerSecret)
 	reader := c.Client(t, readerSecret)
 
-	src := &Consul{Client: reader, WaitTime: 2 * time.Second, MinBackoff: 50 * time.Millisecond, MaxBackoff: 400 * time.Millisecond,
+	src := &Watcher{Client: reader, WaitTime: 2 * time.Second, MinBackoff: 50 * time.Millisecond, MaxBackoff: 400 * time.Millisecond,
 		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: testLog{t}})}
-	v := NewView()
+	v := discovery.NewView()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- v.Run(ctx, src) }()
@@ -91,8 +92,8 @@ func TestConsulSourceFollowsRegistry(t *testing.T) {
 	// A registration this build cannot read is skipped, the rest served.
 	bad := testInstance("c", 9003)
 	meta, _ := bad.Meta()
-	meta[instance.MetaCtx] = "lots"
-	if err := admin.Agent().ServiceRegister(&consul.AgentServiceRegistration{ID: "c", Name: instance.DefaultServiceName,
+	meta[registry.MetaCtx] = "lots"
+	if err := admin.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{ID: "c", Name: registry.DefaultServiceName,
 		Address: "127.0.0.1", Port: 9003, Meta: meta}); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +104,7 @@ func TestConsulSourceFollowsRegistry(t *testing.T) {
 	}
 
 	// Failing health check: gone from the view (passing only).
-	if err := admin.Agent().UpdateTTL("ttl-a", "engine down", consul.HealthCritical); err != nil {
+	if err := admin.Agent().UpdateTTL("ttl-a", "engine down", consulapi.HealthCritical); err != nil {
 		t.Fatal(err)
 	}
 	follow("instance critical", "b")
@@ -145,14 +146,14 @@ func TestConsulSourceFollowsRegistry(t *testing.T) {
 
 // readToken creates a token with the router's read policy and a chosen
 // secret, so it can be re-created after a dev agent restart.
-func readToken(t testing.TB, admin *consul.Client, secret string) {
+func readToken(t testing.TB, admin *consulapi.Client, secret string) {
 	t.Helper()
-	pol, _, err := admin.ACL().PolicyCreate(&consul.ACLPolicy{Name: "router-read-" + uuid.NewString()[:8], Rules: routerPolicy(t)}, nil)
+	pol, _, err := admin.ACL().PolicyCreate(&consulapi.ACLPolicy{Name: "router-read-" + uuid.NewString()[:8], Rules: routerPolicy(t)}, nil)
 	if err != nil {
 		t.Fatalf("create policy: %v", err)
 	}
-	if _, _, err := admin.ACL().TokenCreate(&consul.ACLToken{SecretID: secret,
-		Policies: []*consul.ACLTokenPolicyLink{{ID: pol.ID}}}, nil); err != nil {
+	if _, _, err := admin.ACL().TokenCreate(&consulapi.ACLToken{SecretID: secret,
+		Policies: []*consulapi.ACLTokenPolicyLink{{ID: pol.ID}}}, nil); err != nil {
 		t.Fatalf("create token: %v", err)
 	}
 }

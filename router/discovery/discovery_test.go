@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -14,7 +13,7 @@ func TestViewStoresSortedCopies(t *testing.T) {
 	if v.Synced() || v.Age() != -1 || len(v.Current().Instances) != 0 {
 		t.Fatal("a new view must be empty and unsynced")
 	}
-	list := []instance.Instance{{ID: "b", NodeID: "n2"}, {ID: "a", NodeID: "n2"}, {ID: "z", NodeID: "n1"}}
+	list := []registry.Instance{{ID: "b", NodeID: "n2"}, {ID: "a", NodeID: "n2"}, {ID: "z", NodeID: "n1"}}
 	v.Store(registry.Snapshot{Instances: list, Index: 7})
 	list[0].ID = "mutated"
 	got := v.Current()
@@ -27,16 +26,27 @@ func TestViewStoresSortedCopies(t *testing.T) {
 }
 
 func TestStaticNotifiesWatchers(t *testing.T) {
-	s := NewStatic(instance.Instance{ID: "a"})
+	s := registry.NewStatic(registry.Instance{ID: "a"})
 	v := NewView()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- v.Run(ctx, s) }()
 	waitUntil(t, time.Second, "first delivery", func() bool { return len(v.Current().Instances) == 1 })
-	s.Set(instance.Instance{ID: "a"}, instance.Instance{ID: "b"})
+	s.Set(registry.Instance{ID: "a"}, registry.Instance{ID: "b"})
 	waitUntil(t, time.Second, "update", func() bool { return len(v.Current().Instances) == 2 })
 	cancel()
 	if err := <-done; err != context.Canceled {
 		t.Fatalf("Watch returned %v", err)
+	}
+}
+
+func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

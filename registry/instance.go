@@ -1,8 +1,9 @@
-// Package instance defines what an engine instance is and how it is written
+// The instance schema: what an engine instance is and how it is written
 // to and read from a service registry (Consul tags and meta, or the home
 // profile's embedded registry). It is the one schema the driver (writer) and
 // the router (reader) share; neither imports the other.
-package instance
+
+package registry
 
 import (
 	"fmt"

@@ -27,10 +27,10 @@ func TestConfigurationReferenceMatchesCode(t *testing.T) {
 	}
 	want, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("%v (generate it: go test ./internal/docgen -update)", err)
+		t.Fatalf("%v (generate it: go test ./tools/docgen -update)", err)
 	}
 	if string(want) != got {
-		t.Fatalf("docs/configuration.md is out of date with the code: run go test ./internal/docgen -update")
+		t.Fatalf("docs/configuration.md is out of date with the code: run go test ./tools/docgen -update")
 	}
 	for _, must := range []string{"`LLORCH_ADDR`", "`consul.token_file`", "`gpus`", "`pools[].model`"} {
 		if !strings.Contains(got, must) {
@@ -68,7 +68,7 @@ func TestEveryEnvironmentVariableDocumented(t *testing.T) {
 		for _, v := range name.FindAllString(string(b), -1) {
 			seen++
 			if !strings.Contains(string(doc), v) {
-				t.Errorf("%s reads %s, which docs/configuration.md does not mention (add it to internal/docgen)", p, v)
+				t.Errorf("%s reads %s, which docs/configuration.md does not mention (add it to tools/docgen)", p, v)
 			}
 		}
 		return nil

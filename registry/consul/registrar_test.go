@@ -1,4 +1,4 @@
-package consulreg_test
+package consul_test
 
 import (
 	"context"
@@ -9,18 +9,18 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/llorch/llorch/consulreg"
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/internal/consultest"
 	"github.com/llorch/llorch/internal/testenv"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/registry/consul"
 )
 
-func testInstance() instance.Instance {
-	return instance.Instance{
+func testInstance() registry.Instance {
+	return registry.Instance{
 		ID: "llorch-alloc1-engine", Address: "127.0.0.1", Port: 18080,
 		Model: "tiny", ModelDigest: "abc123", Engine: "llamacpp", EngineVersion: "b11669",
 		NodeID: "node-1", NodeName: "n1", PoolID: "cpu", Ctx: 512, Slots: 2,
-		APIs: []string{"/v1/chat/completions", "/v1/completions"}, Health: instance.HealthPassing,
+		APIs: []string{"/v1/chat/completions", "/v1/completions"}, Health: registry.HealthPassing,
 	}
 }
 
@@ -39,24 +39,24 @@ func TestRegistrarLifecycle(t *testing.T) {
 	routerTok := c.Token(t, consultest.RouterPolicy(t))
 	reader := c.Client(t, routerTok)
 
-	r, err := consulreg.New(consulreg.Config{Address: c.Addr, Token: driverTok, Logger: hclog.NewNullLogger()})
+	r, err := consul.NewRegistrar(consul.RegistrarConfig{Address: c.Addr, Token: driverTok, Logger: hclog.NewNullLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	inst := testInstance()
-	w := consultest.Watch(t, reader, instance.DefaultServiceName, consulreg.CheckID(inst.ID))
+	w := consultest.Watch(t, reader, registry.DefaultServiceName, consul.CheckID(inst.ID))
 	if err := r.Register(ctx(t), inst); err != nil {
 		t.Fatalf("Register: %v", err)
 	}
 	w.WaitFor(t, "passing", 5*time.Second)
 
 	// The router's view: passing-only health query, tags and meta round-trip.
-	entries, _, err := reader.Health().Service(instance.DefaultServiceName, "", true, nil)
+	entries, _, err := reader.Health().Service(registry.DefaultServiceName, "", true, nil)
 	if err != nil || len(entries) != 1 {
 		t.Fatalf("router health query: %d entries, %v", len(entries), err)
 	}
 	e := entries[0]
-	got, err := instance.FromRegistry(e.Service.ID, e.Service.Service, e.Service.Address, e.Service.Port, e.Service.Tags, e.Service.Meta, instance.HealthPassing)
+	got, err := registry.FromRegistry(e.Service.ID, e.Service.Service, e.Service.Address, e.Service.Port, e.Service.Tags, e.Service.Meta, registry.HealthPassing)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestRegistrarLifecycle(t *testing.T) {
 	}
 	// Keep feeding while we watch for a flap.
 	for i := 0; i < 4; i++ {
-		if err := r.SetHealth(ctx(t), inst.ID, instance.HealthPassing, "ok"); err != nil {
+		if err := r.SetHealth(ctx(t), inst.ID, registry.HealthPassing, "ok"); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -96,11 +96,11 @@ func TestRegistrarLifecycle(t *testing.T) {
 	}
 
 	// Health feed: critical with a note, then back.
-	if err := r.SetHealth(ctx(t), inst.ID, instance.HealthCritical, "engine hung"); err != nil {
+	if err := r.SetHealth(ctx(t), inst.ID, registry.HealthCritical, "engine hung"); err != nil {
 		t.Fatal(err)
 	}
 	w.WaitFor(t, "critical", 3*time.Second)
-	if err := r.SetHealth(ctx(t), inst.ID, instance.HealthPassing, "recovered"); err != nil {
+	if err := r.SetHealth(ctx(t), inst.ID, registry.HealthPassing, "recovered"); err != nil {
 		t.Fatal(err)
 	}
 	w.WaitFor(t, "passing", 3*time.Second)
@@ -108,8 +108,8 @@ func TestRegistrarLifecycle(t *testing.T) {
 	// Nobody feeds the check: critical within the TTL (3 s) plus slack.
 	fed := time.Now()
 	at := w.WaitFor(t, "critical", 6*time.Second)
-	t.Logf("last feed → critical in %v (TTL %v)", at.Sub(fed).Round(time.Millisecond), consulreg.DefaultTTL)
-	if d := at.Sub(fed); d < consulreg.DefaultTTL-500*time.Millisecond {
+	t.Logf("last feed → critical in %v (TTL %v)", at.Sub(fed).Round(time.Millisecond), consul.DefaultTTL)
+	if d := at.Sub(fed); d < consul.DefaultTTL-500*time.Millisecond {
 		t.Errorf("critical after %v, before the TTL", d)
 	}
 
@@ -125,7 +125,7 @@ func TestRegistrarLifecycle(t *testing.T) {
 	if err := r.Deregister(ctx(t), inst.ID); err != nil {
 		t.Errorf("second Deregister: %v", err)
 	}
-	if err := r.SetHealth(ctx(t), inst.ID, instance.HealthPassing, ""); !errors.Is(err, consulreg.ErrNotRegistered) {
+	if err := r.SetHealth(ctx(t), inst.ID, registry.HealthPassing, ""); !errors.Is(err, consul.ErrNotRegistered) {
 		t.Errorf("SetHealth after deregister: %v, want ErrNotRegistered", err)
 	}
 }
@@ -134,7 +134,7 @@ func TestRegistrarACLDenied(t *testing.T) {
 	c := testenv.StartConsul(t)
 	// Read-only on the service: registering must be refused, clearly.
 	tok := c.Token(t, consultest.RouterPolicy(t))
-	r, err := consulreg.New(consulreg.Config{Address: c.Addr, Token: tok})
+	r, err := consul.NewRegistrar(consul.RegistrarConfig{Address: c.Addr, Token: tok})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestRegistrarACLDenied(t *testing.T) {
 	if err == nil {
 		t.Fatal("Register with a read-only token succeeded")
 	}
-	if !errors.Is(err, consulreg.ErrACLDenied) || !strings.Contains(err.Error(), "consul ACL denied: token token:") ||
+	if !errors.Is(err, consul.ErrACLDenied) || !strings.Contains(err.Error(), "consul ACL denied: token token:") ||
 		!strings.Contains(err.Error(), "lacks service:write on llorch-engine") {
 		t.Errorf("error is not clear: %v", err)
 	}
@@ -150,19 +150,19 @@ func TestRegistrarACLDenied(t *testing.T) {
 		t.Errorf("error leaks the raw token: %v", err)
 	}
 	// The router policy must not be able to write anything either.
-	if svcs, _, err := c.Client(t, c.ManagementToken).Catalog().Service(instance.DefaultServiceName, "", nil); err != nil || len(svcs) != 0 {
+	if svcs, _, err := c.Client(t, c.ManagementToken).Catalog().Service(registry.DefaultServiceName, "", nil); err != nil || len(svcs) != 0 {
 		t.Errorf("something was registered: %v %v", svcs, err)
 	}
 	// A different service name is outside the driver policy.
-	dr, _ := consulreg.New(consulreg.Config{Address: c.Addr, Token: c.Token(t, consultest.DriverPolicy(t)), Service: "other"})
-	if err := dr.Register(ctx(t), testInstance()); !errors.Is(err, consulreg.ErrACLDenied) || !strings.Contains(err.Error(), "on other") {
+	dr, _ := consul.NewRegistrar(consul.RegistrarConfig{Address: c.Addr, Token: c.Token(t, consultest.DriverPolicy(t)), Service: "other"})
+	if err := dr.Register(ctx(t), testInstance()); !errors.Is(err, consul.ErrACLDenied) || !strings.Contains(err.Error(), "on other") {
 		t.Errorf("driver token on another service: %v", err)
 	}
 }
 
 func TestRegistrarAgentRestartNeedsReregister(t *testing.T) {
 	c := testenv.StartConsul(t)
-	r, err := consulreg.New(consulreg.Config{Address: c.Addr, Token: c.ManagementToken})
+	r, err := consul.NewRegistrar(consul.RegistrarConfig{Address: c.Addr, Token: c.ManagementToken})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,8 +178,8 @@ func TestRegistrarAgentRestartNeedsReregister(t *testing.T) {
 	// learn it has to register again rather than fail forever.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		err = r.SetHealth(ctx(t), inst.ID, instance.HealthPassing, "")
-		if errors.Is(err, consulreg.ErrNotRegistered) {
+		err = r.SetHealth(ctx(t), inst.ID, registry.HealthPassing, "")
+		if errors.Is(err, consul.ErrNotRegistered) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -190,10 +190,10 @@ func TestRegistrarAgentRestartNeedsReregister(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
-	if _, err := consulreg.New(consulreg.Config{DeregisterAfter: 10 * time.Second}); err == nil || !strings.Contains(err.Error(), "deregister_after") {
+	if _, err := consul.NewRegistrar(consul.RegistrarConfig{DeregisterAfter: 10 * time.Second}); err == nil || !strings.Contains(err.Error(), "deregister_after") {
 		t.Errorf("DeregisterAfter below 1m: %v", err)
 	}
-	if _, err := consulreg.New(consulreg.Config{TokenFile: "/nonexistent/token"}); err == nil || !strings.Contains(err.Error(), "token file") {
+	if _, err := consul.NewRegistrar(consul.RegistrarConfig{TokenFile: "/nonexistent/token"}); err == nil || !strings.Contains(err.Error(), "token file") {
 		t.Errorf("missing token file: %v", err)
 	}
 }

@@ -1,9 +1,11 @@
-// Package consulreg announces engine instances to the local Consul agent:
-// one service registration per instance with a TTL check the supervisor
-// feeds. Consul drops the instance from passing-only queries when the
+// Package consul holds both sides of the Consul schema. The Registrar
+// (registrar.go, used by the driver) announces engine instances to the local
+// Consul agent: one service registration per instance with a TTL check the
+// supervisor feeds. The Watcher (watcher.go, used by the router) follows the
+// service with blocking queries. Consul drops the instance from passing-only queries when the
 // feeder stops (TTL), when the node dies (serfHealth) and, after
 // DeregisterAfter, from the catalog altogether.
-package consulreg
+package consul
 
 import (
 	"context"
@@ -14,11 +16,10 @@ import (
 	"strings"
 	"time"
 
-	consul "github.com/hashicorp/consul/api"
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/llorch/llorch/authmin"
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -34,15 +35,15 @@ const (
 // the instance (e.g. the agent restarted and lost it): register again.
 var ErrNotRegistered = errors.New("instance not registered with the consul agent")
 
-// Config says how to reach the agent and how to register.
-type Config struct {
+// RegistrarConfig says how to reach the agent and how to register.
+type RegistrarConfig struct {
 	// Address of the agent's HTTP API (host:port or URL); empty means
 	// CONSUL_HTTP_ADDR or 127.0.0.1:8500.
 	Address string
 	// Token, else the contents of TokenFile, else CONSUL_HTTP_TOKEN.
 	Token     string
 	TokenFile string
-	// Service is the Consul service name (default instance.DefaultServiceName).
+	// Service is the Consul service name (default registry.DefaultServiceName).
 	Service         string
 	TTL             time.Duration
 	DeregisterAfter time.Duration
@@ -53,17 +54,17 @@ type Config struct {
 
 // Registrar implements registry.Registrar on the local Consul agent.
 type Registrar struct {
-	client  *consul.Client
-	cfg     Config
+	client  *consulapi.Client
+	cfg     RegistrarConfig
 	tokenFP string
 	addr    string
 	log     hclog.Logger
 }
 
 // New builds a Registrar; it does not contact the agent.
-func New(cfg Config) (*Registrar, error) {
+func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 	if cfg.Service == "" {
-		cfg.Service = instance.DefaultServiceName
+		cfg.Service = registry.DefaultServiceName
 	}
 	if cfg.TTL <= 0 {
 		cfg.TTL = DefaultTTL
@@ -80,7 +81,7 @@ func New(cfg Config) (*Registrar, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	cc := consul.DefaultConfig() // reads CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN
+	cc := consulapi.DefaultConfig() // reads CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN
 	if cfg.Address != "" {
 		cc.Address = cfg.Address
 	}
@@ -98,7 +99,7 @@ func New(cfg Config) (*Registrar, error) {
 		}
 	}
 	cc.HttpClient = &http.Client{Timeout: cfg.Timeout}
-	client, err := consul.NewClient(cc)
+	client, err := consulapi.NewClient(cc)
 	if err != nil {
 		return nil, fmt.Errorf("consulreg: consul client for %s: %w", cc.Address, err)
 	}
@@ -118,7 +119,7 @@ func fingerprint(token string) string {
 // CheckID is the TTL check of an instance.
 func CheckID(instanceID string) string { return instanceID + ":ttl" }
 
-func (r *Registrar) serviceName(inst instance.Instance) string {
+func (r *Registrar) serviceName(inst registry.Instance) string {
 	if inst.Service != "" {
 		return inst.Service
 	}
@@ -128,7 +129,7 @@ func (r *Registrar) serviceName(inst instance.Instance) string {
 // Register creates or replaces inst's registration. The check starts in
 // inst.Health (or, when that is empty, the state the agent already has for
 // it, else critical), so re-registering a passing instance never flaps.
-func (r *Registrar) Register(ctx context.Context, inst instance.Instance) error {
+func (r *Registrar) Register(ctx context.Context, inst registry.Instance) error {
 	if err := inst.Validate(); err != nil {
 		return fmt.Errorf("consulreg: %w", err)
 	}
@@ -141,9 +142,9 @@ func (r *Registrar) Register(ctx context.Context, inst instance.Instance) error 
 	defer cancel()
 	status := string(inst.Health)
 	if status == "" {
-		status = consul.HealthCritical
+		status = consulapi.HealthCritical
 		checks, err := r.client.Agent().ChecksWithFilterOpts(
-			fmt.Sprintf("CheckID == %q", CheckID(inst.ID)), (&consul.QueryOptions{}).WithContext(ctx))
+			fmt.Sprintf("CheckID == %q", CheckID(inst.ID)), (&consulapi.QueryOptions{}).WithContext(ctx))
 		if err != nil {
 			return r.wrap(err, "read check of", svc, inst.ID)
 		}
@@ -151,14 +152,14 @@ func (r *Registrar) Register(ctx context.Context, inst instance.Instance) error 
 			status = c.Status
 		}
 	}
-	reg := &consul.AgentServiceRegistration{
+	reg := &consulapi.AgentServiceRegistration{
 		ID:      inst.ID,
 		Name:    svc,
 		Address: inst.Address,
 		Port:    inst.Port,
 		Tags:    inst.Tags(),
 		Meta:    meta,
-		Checks: consul.AgentServiceChecks{{
+		Checks: consulapi.AgentServiceChecks{{
 			CheckID:                        CheckID(inst.ID),
 			Name:                           "llorch engine " + inst.Engine + " serving " + inst.Model,
 			TTL:                            r.cfg.TTL.String(),
@@ -166,7 +167,7 @@ func (r *Registrar) Register(ctx context.Context, inst instance.Instance) error 
 			DeregisterCriticalServiceAfter: r.cfg.DeregisterAfter.String(),
 		}},
 	}
-	opts := consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
+	opts := consulapi.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
 	if err := r.client.Agent().ServiceRegisterOpts(reg, opts); err != nil {
 		return r.wrap(err, "register", svc, inst.ID)
 	}
@@ -175,19 +176,19 @@ func (r *Registrar) Register(ctx context.Context, inst instance.Instance) error 
 }
 
 // SetHealth feeds the instance's TTL check.
-func (r *Registrar) SetHealth(ctx context.Context, id string, h instance.Health, note string) error {
+func (r *Registrar) SetHealth(ctx context.Context, id string, h registry.Health, note string) error {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	var status string
 	switch h {
-	case instance.HealthPassing, instance.HealthWarning, instance.HealthCritical:
+	case registry.HealthPassing, registry.HealthWarning, registry.HealthCritical:
 		status = string(h)
 	default:
 		return fmt.Errorf("consulreg: set health of %s: unknown health %q", id, h)
 	}
-	err := r.client.Agent().UpdateTTLOpts(CheckID(id), note, status, (&consul.QueryOptions{}).WithContext(ctx))
+	err := r.client.Agent().UpdateTTLOpts(CheckID(id), note, status, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		var se consul.StatusError
+		var se consulapi.StatusError
 		if errors.As(err, &se) && (se.Code == http.StatusNotFound || strings.Contains(se.Body, "does not have associated TTL") || strings.Contains(se.Body, "Unknown check")) {
 			return fmt.Errorf("consulreg: set health of %s: %w", id, ErrNotRegistered)
 		}
@@ -200,9 +201,9 @@ func (r *Registrar) SetHealth(ctx context.Context, id string, h instance.Health,
 func (r *Registrar) Deregister(ctx context.Context, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
-	err := r.client.Agent().ServiceDeregisterOpts(id, (&consul.QueryOptions{}).WithContext(ctx))
+	err := r.client.Agent().ServiceDeregisterOpts(id, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		var se consul.StatusError
+		var se consulapi.StatusError
 		if errors.As(err, &se) && se.Code == http.StatusNotFound {
 			return nil
 		}
@@ -215,7 +216,7 @@ func (r *Registrar) Deregister(ctx context.Context, id string) error {
 // wrap turns Consul's answers into errors an operator can act on; an ACL
 // refusal names the token (by fingerprint) and the permission it lacks.
 func (r *Registrar) wrap(err error, what, svc, id string) error {
-	var se consul.StatusError
+	var se consulapi.StatusError
 	if errors.As(err, &se) && se.Code == http.StatusForbidden {
 		perm := "service:write"
 		if strings.Contains(se.Body, "'node:") {

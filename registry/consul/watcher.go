@@ -1,4 +1,4 @@
-package discovery
+package consul
 
 import (
 	"context"
@@ -7,19 +7,18 @@ import (
 	"math/rand/v2"
 	"time"
 
-	consul "github.com/hashicorp/consul/api"
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
 // Consul is a Source that follows one Consul service with blocking queries
 // on the health endpoint, passing instances only (which also drops the
 // services of nodes whose serfHealth failed).
-type Consul struct {
-	Client  *consul.Client
-	Service string // default instance.DefaultServiceName
+type Watcher struct {
+	Client  *consulapi.Client
+	Service string // default registry.DefaultServiceName
 	// WaitTime bounds one blocking query. A return without change still
 	// counts as contact with Consul, so it is also the resolution of Age()
 	// while nothing changes. Default 30s.
@@ -30,10 +29,10 @@ type Consul struct {
 	Logger                 hclog.Logger
 }
 
-func (c *Consul) defaults() (service string, wait, minB, maxB time.Duration, log hclog.Logger) {
+func (c *Watcher) defaults() (service string, wait, minB, maxB time.Duration, log hclog.Logger) {
 	service, wait, minB, maxB, log = c.Service, c.WaitTime, c.MinBackoff, c.MaxBackoff, c.Logger
 	if service == "" {
-		service = instance.DefaultServiceName
+		service = registry.DefaultServiceName
 	}
 	if wait <= 0 {
 		wait = 30 * time.Second
@@ -55,7 +54,7 @@ func (c *Consul) defaults() (service string, wait, minB, maxB time.Duration, log
 // carries the same snapshot again and tells the reader Consul is reachable.
 // While Consul is unreachable fn is not called; Watch retries with bounded,
 // jittered back-off until ctx ends, and returns ctx.Err().
-func (c *Consul) Watch(ctx context.Context, fn func(registry.Snapshot)) error {
+func (c *Watcher) Watch(ctx context.Context, fn func(registry.Snapshot)) error {
 	if c.Client == nil {
 		return errors.New("discovery: Consul source without a client")
 	}
@@ -71,7 +70,7 @@ func (c *Consul) Watch(ctx context.Context, fn func(registry.Snapshot)) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		q := (&consul.QueryOptions{WaitIndex: index, WaitTime: wait, AllowStale: true}).WithContext(ctx)
+		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait, AllowStale: true}).WithContext(ctx)
 		entries, meta, err := c.Client.Health().Service(service, "", true, q)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -98,7 +97,7 @@ func (c *Consul) Watch(ctx context.Context, fn func(registry.Snapshot)) error {
 		}
 		failures, backoff = 0, minB
 
-		list := make([]instance.Instance, 0, len(entries))
+		list := make([]registry.Instance, 0, len(entries))
 		seen := make(map[string]bool, len(entries))
 		for _, e := range entries {
 			inst, err := decode(e)
@@ -121,7 +120,7 @@ func (c *Consul) Watch(ctx context.Context, fn func(registry.Snapshot)) error {
 				delete(badSeen, id)
 			}
 		}
-		instance.Sort(list)
+		registry.Sort(list)
 		fn(registry.Snapshot{Instances: list, Index: meta.LastIndex})
 
 		// Consul's blocking-query rules: an index that goes backwards (a
@@ -138,9 +137,9 @@ func (c *Consul) Watch(ctx context.Context, fn func(registry.Snapshot)) error {
 	}
 }
 
-func decode(e *consul.ServiceEntry) (instance.Instance, error) {
+func decode(e *consulapi.ServiceEntry) (registry.Instance, error) {
 	if e == nil || e.Service == nil {
-		return instance.Instance{}, errors.New("entry without a service")
+		return registry.Instance{}, errors.New("entry without a service")
 	}
 	s := e.Service
 	addr := s.Address
@@ -152,11 +151,11 @@ func decode(e *consul.ServiceEntry) (instance.Instance, error) {
 		nodeID, nodeName = e.Node.ID, e.Node.Node
 	}
 	if addr == "" || s.Port <= 0 {
-		return instance.Instance{}, fmt.Errorf("instance %s: no address or port", s.ID)
+		return registry.Instance{}, fmt.Errorf("instance %s: no address or port", s.ID)
 	}
-	inst, err := instance.FromRegistry(s.ID, s.Service, addr, s.Port, s.Tags, s.Meta, instance.Health(e.Checks.AggregatedStatus()))
+	inst, err := registry.FromRegistry(s.ID, s.Service, addr, s.Port, s.Tags, s.Meta, registry.Health(e.Checks.AggregatedStatus()))
 	if err != nil {
-		return instance.Instance{}, err
+		return registry.Instance{}, err
 	}
 	// Hand-made registrations may lack the node meta; Consul's own node
 	// identity keeps the (node id, instance id) ordering meaningful.

@@ -1,36 +1,33 @@
-package discovery
+package registry
 
 import (
 	"context"
 	"sync"
-
-	"github.com/llorch/llorch/instance"
-	"github.com/llorch/llorch/registry"
 )
 
 // Static is a Source over a list held in memory: for tests, and for the home
 // profile's embedded registry. Set replaces the list and notifies watchers.
 type Static struct {
 	mu       sync.Mutex
-	snap     registry.Snapshot
+	snap     Snapshot
 	watchers map[chan struct{}]struct{}
 }
 
 // NewStatic returns a Static source serving list.
-func NewStatic(list ...instance.Instance) *Static {
+func NewStatic(list ...Instance) *Static {
 	s := &Static{watchers: map[chan struct{}]struct{}{}}
 	s.Set(list...)
 	return s
 }
 
 // Set replaces the instance list; watchers get the new snapshot.
-func (s *Static) Set(list ...instance.Instance) {
-	cp := make([]instance.Instance, len(list))
+func (s *Static) Set(list ...Instance) {
+	cp := make([]Instance, len(list))
 	copy(cp, list)
-	instance.Sort(cp)
+	Sort(cp)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.snap = registry.Snapshot{Instances: cp, Index: s.snap.Index + 1}
+	s.snap = Snapshot{Instances: cp, Index: s.snap.Index + 1}
 	for ch := range s.watchers {
 		select {
 		case ch <- struct{}{}:
@@ -39,14 +36,14 @@ func (s *Static) Set(list ...instance.Instance) {
 	}
 }
 
-func (s *Static) current() registry.Snapshot {
+func (s *Static) current() Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.snap
 }
 
-// Watch implements registry.Source: fn gets the list now and after every Set.
-func (s *Static) Watch(ctx context.Context, fn func(registry.Snapshot)) error {
+// Watch implements Source: fn gets the list now and after every Set.
+func (s *Static) Watch(ctx context.Context, fn func(Snapshot)) error {
 	ch := make(chan struct{}, 1)
 	s.mu.Lock()
 	s.watchers[ch] = struct{}{}

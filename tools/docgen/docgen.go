@@ -108,7 +108,7 @@ func HomeFlags() []Field {
 func Configuration() (string, error) {
 	var b strings.Builder
 	b.WriteString("# Configuration reference\n\n")
-	b.WriteString("Generated from the code by `go test ./internal/docgen -update`; a test fails when this file and the code differ.\n\n")
+	b.WriteString("Generated from the code by `go test ./tools/docgen -update`; a test fails when this file and the code differ.\n\n")
 
 	b.WriteString("## Router (`llorch router`)\n\nEvery option is a flag or an environment variable; a flag wins. Secrets come from files (or the environment), never from flags.\n\n")
 	b.WriteString("| flag | environment | default | what it does |\n|---|---|---|---|\n")
@@ -129,7 +129,7 @@ func Configuration() (string, error) {
 		for _, f := range sec.fields {
 			h, ok := sec.help[f.Name]
 			if !ok {
-				return "", fmt.Errorf("no help text for %s field %q: add it to internal/docgen", sec.title, f.Name)
+				return "", fmt.Errorf("no help text for %s field %q: add it to tools/docgen", sec.title, f.Name)
 			}
 			def := code(f.Default)
 			if f.Required {
@@ -152,7 +152,7 @@ func Configuration() (string, error) {
 	for _, f := range hf {
 		h, ok := homeHelp[f.Name]
 		if !ok {
-			return "", fmt.Errorf("no help text for home config key %q: add it to internal/docgen", f.Name)
+			return "", fmt.Errorf("no help text for home config key %q: add it to tools/docgen", f.Name)
 		}
 		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", f.Name, code(f.Type), esc(h))
 	}

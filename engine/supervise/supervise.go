@@ -18,7 +18,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/llorch/llorch/engine"
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -45,7 +44,7 @@ type Config struct {
 	Spec    engine.Spec
 	// Instance is the registration, everything but health and version
 	// (the Supervisor fills those in).
-	Instance  instance.Instance
+	Instance  registry.Instance
 	Registrar registry.Registrar // nil: supervise without registering
 	Logger    hclog.Logger
 	// ProbeInterval is how often health and load are probed.
@@ -62,7 +61,7 @@ type Config struct {
 	Base string
 	// OnChange, when set, is called (from Run's goroutine) each time
 	// readiness or health changes; the driver turns it into task events.
-	OnChange func(ready bool, h instance.Health, note string)
+	OnChange func(ready bool, h registry.Health, note string)
 }
 
 // Supervisor supervises one engine instance.
@@ -82,12 +81,12 @@ type Supervisor struct {
 	mu         sync.Mutex
 	isReady    bool
 	registered bool
-	health     instance.Health
+	health     registry.Health
 	note       string
 	load       engine.Load
 	err        error
 	lastFeed   time.Time
-	fedHealth  instance.Health
+	fedHealth  registry.Health
 	version    string
 	deregErr   error
 }
@@ -128,7 +127,7 @@ func New(cfg Config) *Supervisor {
 		done:    make(chan struct{}),
 		exited:  make(chan struct{}),
 		stopped: make(chan struct{}),
-		health:  instance.HealthCritical,
+		health:  registry.HealthCritical,
 		note:    "starting",
 	}
 }
@@ -147,7 +146,7 @@ func (s *Supervisor) Load() engine.Load {
 }
 
 // State is whether the instance is ready, its health and why.
-func (s *Supervisor) State() (ready bool, h instance.Health, note string) {
+func (s *Supervisor) State() (ready bool, h registry.Health, note string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.isReady, s.health, s.note
@@ -241,13 +240,13 @@ func (s *Supervisor) finish(outer context.Context, err error) error {
 	case isClosed(s.exited):
 		// Dead: critical first (routers watching health drop it now), then
 		// gone. The order matters if deregistration fails.
-		s.setState(false, instance.HealthCritical, "engine process exited")
+		s.setState(false, registry.HealthCritical, "engine process exited")
 		s.feed(final, true)
 		s.deregister(final)
 		s.log.Info("engine exited; instance deregistered")
 		return ErrProcessExited
 	case isClosed(s.stopped):
-		s.setState(false, instance.HealthCritical, "stopped")
+		s.setState(false, registry.HealthCritical, "stopped")
 		s.deregister(final)
 		s.log.Info("stopped; instance deregistered")
 		return nil
@@ -316,7 +315,7 @@ func (s *Supervisor) readVersion(ctx context.Context) {
 	s.mu.Unlock()
 }
 
-func (s *Supervisor) instance(h instance.Health) instance.Instance {
+func (s *Supervisor) instance(h registry.Health) registry.Instance {
 	inst := s.cfg.Instance
 	inst.Health = h
 	s.mu.Lock()
@@ -338,9 +337,9 @@ func (s *Supervisor) instance(h instance.Health) instance.Instance {
 func (s *Supervisor) register(ctx context.Context) error {
 	lastErr := ""
 	for {
-		err := s.registerOnce(ctx, instance.HealthPassing)
+		err := s.registerOnce(ctx, registry.HealthPassing)
 		if err == nil {
-			s.setState(true, instance.HealthPassing, "ready")
+			s.setState(true, registry.HealthPassing, "ready")
 			close(s.ready)
 			return nil
 		}
@@ -365,7 +364,7 @@ func (s *Supervisor) register(ctx context.Context) error {
 	}
 }
 
-func (s *Supervisor) registerOnce(ctx context.Context, h instance.Health) error {
+func (s *Supervisor) registerOnce(ctx context.Context, h registry.Health) error {
 	if s.cfg.Registrar == nil {
 		return nil
 	}
@@ -421,10 +420,10 @@ func (s *Supervisor) loop(ctx context.Context) error {
 			inFlight = false
 			if err == nil {
 				lastOK = time.Now()
-				if _, h, _ := s.State(); h != instance.HealthPassing {
+				if _, h, _ := s.State(); h != registry.HealthPassing {
 					s.log.Info("engine healthy again")
 				}
-				s.setState(true, instance.HealthPassing, "ready")
+				s.setState(true, registry.HealthPassing, "ready")
 			} else {
 				lastErr = err
 			}
@@ -434,14 +433,14 @@ func (s *Supervisor) loop(ctx context.Context) error {
 			}
 		}
 		if since := time.Since(lastOK); since >= s.cfg.HungAfter {
-			if _, h, _ := s.State(); h != instance.HealthCritical {
+			if _, h, _ := s.State(); h != registry.HealthCritical {
 				s.log.Warn("engine not answering; critical", "for", since.Round(time.Millisecond), "error", lastErr)
 			}
 			note := fmt.Sprintf("engine not answering for %v", since.Round(100*time.Millisecond))
 			if lastErr != nil {
 				note += ": " + lastErr.Error()
 			}
-			s.setState(true, instance.HealthCritical, note)
+			s.setState(true, registry.HealthCritical, note)
 		}
 		s.feed(ctx, false)
 	}
@@ -492,7 +491,7 @@ func (s *Supervisor) deregister(ctx context.Context) {
 	}
 }
 
-func (s *Supervisor) setState(ready bool, h instance.Health, note string) {
+func (s *Supervisor) setState(ready bool, h registry.Health, note string) {
 	s.mu.Lock()
 	changed := s.isReady != ready || s.health != h
 	s.isReady, s.health, s.note = ready, h, note

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/llorch/llorch/gpualloc"
+	"github.com/llorch/llorch/driver/gpualloc"
 )
 
 // node is n GPUs of 80 GiB with the given free MiB each.

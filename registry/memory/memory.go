@@ -1,8 +1,8 @@
-// Package homereg is the home profile's embedded service registry: the
+// Package memory is the home profile's embedded service registry: the
 // registry.Registrar the engine supervisors write to and the
 // registry.Source the router reads, in one process, so the same supervise
 // and router code run without Consul.
-package homereg
+package memory
 
 import (
 	"context"
@@ -10,21 +10,20 @@ import (
 
 	"sync"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
 // Registry holds the instances in memory.
 type Registry struct {
 	mu      sync.Mutex
-	insts   map[string]instance.Instance
+	insts   map[string]registry.Instance
 	index   uint64
 	changed chan struct{} // closed and replaced on every change
 }
 
 // New makes an empty registry.
 func New() *Registry {
-	return &Registry{insts: map[string]instance.Instance{}, changed: make(chan struct{})}
+	return &Registry{insts: map[string]registry.Instance{}, changed: make(chan struct{})}
 }
 
 // bump records a change; callers hold mu.
@@ -36,12 +35,12 @@ func (r *Registry) bump() {
 
 // Register implements registry.Registrar. Re-registering the same instance
 // with the same health is not a change (no flap, no wake-up).
-func (r *Registry) Register(_ context.Context, inst instance.Instance) error {
+func (r *Registry) Register(_ context.Context, inst registry.Instance) error {
 	if err := inst.Validate(); err != nil {
 		return fmt.Errorf("home registry: %w", err)
 	}
 	if inst.Health == "" {
-		inst.Health = instance.HealthPassing
+		inst.Health = registry.HealthPassing
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -54,7 +53,7 @@ func (r *Registry) Register(_ context.Context, inst instance.Instance) error {
 }
 
 // SetHealth implements registry.Registrar.
-func (r *Registry) SetHealth(_ context.Context, id string, h instance.Health, _ string) error {
+func (r *Registry) SetHealth(_ context.Context, id string, h registry.Health, _ string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	in, ok := r.insts[id]
@@ -88,11 +87,11 @@ func (r *Registry) Snapshot() registry.Snapshot {
 }
 
 func (r *Registry) snapshotLocked() registry.Snapshot {
-	list := make([]instance.Instance, 0, len(r.insts))
+	list := make([]registry.Instance, 0, len(r.insts))
 	for _, in := range r.insts {
 		list = append(list, in)
 	}
-	instance.Sort(list)
+	registry.Sort(list)
 	return registry.Snapshot{Instances: list, Index: r.index}
 }
 

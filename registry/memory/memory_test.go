@@ -1,16 +1,15 @@
-package homereg
+package memory
 
 import (
 	"context"
 	"testing"
 	"time"
 
-	"github.com/llorch/llorch/instance"
 	"github.com/llorch/llorch/registry"
 )
 
-func in(id string) instance.Instance {
-	return instance.Instance{ID: id, Address: "127.0.0.1", Port: 1, Model: "m", Engine: "llamacpp", NodeID: "home"}
+func in(id string) registry.Instance {
+	return registry.Instance{ID: id, Address: "127.0.0.1", Port: 1, Model: "m", Engine: "llamacpp", NodeID: "home"}
 }
 
 func TestRegistryFeedsWatchers(t *testing.T) {
@@ -40,17 +39,17 @@ func TestRegistryFeedsWatchers(t *testing.T) {
 	for len(s.Instances) < 2 {
 		s = next()
 	}
-	if s.Instances[0].ID != "a" || s.Instances[0].Health != instance.HealthPassing {
+	if s.Instances[0].ID != "a" || s.Instances[0].Health != registry.HealthPassing {
 		t.Fatalf("sorted/passing: %+v", s.Instances)
 	}
-	r.SetHealth(bg, "a", instance.HealthCritical, "hung")
-	if s := next(); s.Instances[0].Health != instance.HealthCritical {
+	r.SetHealth(bg, "a", registry.HealthCritical, "hung")
+	if s := next(); s.Instances[0].Health != registry.HealthCritical {
 		t.Fatalf("health: %+v", s.Instances)
 	}
 	// Same registration again is not a change.
 	idx := r.Snapshot().Index
 	b := in("b")
-	b.Health = instance.HealthPassing
+	b.Health = registry.HealthPassing
 	r.Register(bg, b)
 	if r.Snapshot().Index != idx {
 		t.Error("re-registering an unchanged instance bumped the index")
@@ -60,10 +59,10 @@ func TestRegistryFeedsWatchers(t *testing.T) {
 	if s := next(); len(s.Instances) != 1 || s.Instances[0].ID != "b" {
 		t.Fatalf("deregister: %+v", s.Instances)
 	}
-	if err := r.SetHealth(bg, "zz", instance.HealthPassing, ""); err == nil {
+	if err := r.SetHealth(bg, "zz", registry.HealthPassing, ""); err == nil {
 		t.Error("SetHealth on unknown id: no error")
 	}
-	if err := r.Register(bg, instance.Instance{ID: "x"}); err == nil {
+	if err := r.Register(bg, registry.Instance{ID: "x"}); err == nil {
 		t.Error("invalid instance registered")
 	}
 }

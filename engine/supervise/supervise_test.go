@@ -10,17 +10,17 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/llorch/llorch/consulreg"
 	"github.com/llorch/llorch/engine"
-	"github.com/llorch/llorch/instance"
+	"github.com/llorch/llorch/engine/enginetest"
+	"github.com/llorch/llorch/engine/supervise"
 	"github.com/llorch/llorch/internal/consultest"
-	"github.com/llorch/llorch/internal/enginetest"
 	"github.com/llorch/llorch/internal/testenv"
-	"github.com/llorch/llorch/supervise"
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/registry/consul"
 )
 
-func newInstance(spec engine.Spec) instance.Instance {
-	return instance.Instance{
+func newInstance(spec engine.Spec) registry.Instance {
+	return registry.Instance{
 		ID: "llorch-test-" + spec.ModelName, Address: spec.Host, Port: spec.Port,
 		Model: spec.ModelName, Engine: "llamacpp", NodeID: "node-1", NodeName: "n1",
 		PoolID: "cpu", Ctx: spec.Ctx, Slots: spec.Slots,
@@ -62,7 +62,7 @@ func waitReady(t *testing.T, r *run, limit time.Duration) {
 // generated model. Measures the detection times the design promises.
 func TestSupervisorLifecycle(t *testing.T) {
 	c := testenv.StartConsul(t)
-	reg, err := consulreg.New(consulreg.Config{Address: c.Addr, Token: c.Token(t, consultest.DriverPolicy(t))})
+	reg, err := consul.NewRegistrar(consul.RegistrarConfig{Address: c.Addr, Token: c.Token(t, consultest.DriverPolicy(t))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestSupervisorLifecycle(t *testing.T) {
 	a, _ := engine.Get("llamacpp")
 	spec := enginetest.LlamaSpec(t)
 	inst := newInstance(spec)
-	w := consultest.Watch(t, reader, instance.DefaultServiceName, consulreg.CheckID(inst.ID))
+	w := consultest.Watch(t, reader, registry.DefaultServiceName, consul.CheckID(inst.ID))
 	log := hclog.New(&hclog.LoggerOptions{Name: "supervise", Level: hclog.Info, Output: testWriter{t}})
 	cfg := supervise.Config{Adapter: a, Spec: spec, Instance: inst, Registrar: reg, Logger: log}
 
@@ -82,13 +82,13 @@ func TestSupervisorLifecycle(t *testing.T) {
 	if err := r1.sup.Err(); err != nil {
 		t.Errorf("Err after ready: %v", err)
 	}
-	entries, _, err := reader.Health().Service(instance.DefaultServiceName, "", true, nil)
+	entries, _, err := reader.Health().Service(registry.DefaultServiceName, "", true, nil)
 	if err != nil || len(entries) != 1 {
 		t.Fatalf("passing instances: %d, %v", len(entries), err)
 	}
 	svc := entries[0].Service
-	if svc.Meta[instance.MetaEngineVersion] == "" || svc.Meta[instance.MetaModel] != "tiny" ||
-		svc.Meta[instance.MetaSlots] != "2" || svc.Meta[instance.MetaAPIs] == "" || svc.Port != spec.Port {
+	if svc.Meta[registry.MetaEngineVersion] == "" || svc.Meta[registry.MetaModel] != "tiny" ||
+		svc.Meta[registry.MetaSlots] != "2" || svc.Meta[registry.MetaAPIs] == "" || svc.Port != spec.Port {
 		t.Errorf("registration: meta %v port %d", svc.Meta, svc.Port)
 	}
 	time.Sleep(600 * time.Millisecond) // one probe with load
@@ -106,7 +106,7 @@ func TestSupervisorLifecycle(t *testing.T) {
 	if hung > 3500*time.Millisecond {
 		t.Errorf("SIGSTOP→critical took %v, goal ≤3s", hung)
 	}
-	if _, h, note := r1.sup.State(); h != instance.HealthCritical || !strings.Contains(note, "not answering") {
+	if _, h, note := r1.sup.State(); h != registry.HealthCritical || !strings.Contains(note, "not answering") {
 		t.Errorf("State after SIGSTOP: %s %q", h, note)
 	}
 	contAt := time.Now()
@@ -126,7 +126,7 @@ func TestSupervisorLifecycle(t *testing.T) {
 	if s := w.Since(t0); len(s) != 1 || s[0] != "passing" {
 		t.Errorf("takeover flapped: %v (history %s)", s, w)
 	}
-	if svcs, _, _ := reader.Catalog().Service(instance.DefaultServiceName, "", nil); len(svcs) != 1 {
+	if svcs, _, _ := reader.Catalog().Service(registry.DefaultServiceName, "", nil); len(svcs) != 1 {
 		t.Errorf("after takeover %d instances, want 1", len(svcs))
 	}
 
@@ -161,7 +161,7 @@ func TestSupervisorLifecycle(t *testing.T) {
 	if err := <-r3.result; !errors.Is(err, supervise.ErrProcessExited) {
 		t.Errorf("Run after crash: %v", err)
 	}
-	if ready, h, _ := r3.sup.State(); ready || h != instance.HealthCritical {
+	if ready, h, _ := r3.sup.State(); ready || h != registry.HealthCritical {
 		t.Errorf("State after crash: ready %v %s", ready, h)
 	}
 }
@@ -170,7 +170,7 @@ func TestSupervisorLifecycle(t *testing.T) {
 // and the task never becomes ready; Err says why.
 func TestSupervisorACLDenied(t *testing.T) {
 	c := testenv.StartConsul(t)
-	reg, err := consulreg.New(consulreg.Config{Address: c.Addr, Token: c.Token(t, consultest.RouterPolicy(t))})
+	reg, err := consul.NewRegistrar(consul.RegistrarConfig{Address: c.Addr, Token: c.Token(t, consultest.RouterPolicy(t))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +197,7 @@ func TestSupervisorACLDenied(t *testing.T) {
 	if ready, _, _ := r.sup.State(); ready {
 		t.Error("State reports ready")
 	}
-	if svcs, _, _ := c.Client(t, c.ManagementToken).Catalog().Service(instance.DefaultServiceName, "", nil); len(svcs) != 0 {
+	if svcs, _, _ := c.Client(t, c.ManagementToken).Catalog().Service(registry.DefaultServiceName, "", nil); len(svcs) != 0 {
 		t.Errorf("registered anyway: %v", svcs)
 	}
 }
