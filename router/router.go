@@ -44,6 +44,7 @@ type Router struct {
 	queues      *admission.Queues
 	tasks       *taskStore
 	errors      recentErrors
+	demand      Demand // nil: no scaling or on-demand loading
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -209,6 +210,7 @@ func (rt *Router) Run(ctx context.Context) error {
 		rt.view.Store(s)
 		cur := rt.view.Current()
 		rt.state.prune(cur)
+		rt.drainWoken(cur)
 		if n := len(cur.Instances); n != last {
 			rt.log.Info("instance view changed", "instances", n, "index", cur.Index)
 			last = n
