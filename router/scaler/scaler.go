@@ -392,7 +392,7 @@ func (s *Scaler) tick(ctx context.Context) {
 		v := view{p: *p}
 		v.queued, v.ready, v.slots = s.cfg.Load.ModelLoad(p.model)
 		if u := s.use[p.model]; u != nil {
-			v.inFlight, v.last = u.inFlight, u.last
+			v.inFlight, v.last = max(0, u.inFlight-v.queued), u.last // Begin counts queued requests too
 		}
 		views = append(views, v)
 	}
