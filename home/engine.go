@@ -20,20 +20,68 @@ import (
 	"github.com/llorch/llorch/registry"
 )
 
+// startPools runs every pool's engine (or, with on_demand, the loader)
+// under wg, and closes h.ready once the engines it waits for are ready.
+func (h *Home) startPools(ctx context.Context, wg *sync.WaitGroup, addr string) {
+	ready := func() {
+		h.log.Info("home profile ready", "addr", addr, "pools", len(h.pools), "on_demand", h.loader != nil)
+		close(h.ready)
+	}
+	if h.loader != nil {
+		h.loader.attach(ctx, wg)
+		wg.Add(1)
+		go func() { defer wg.Done(); h.loader.run(ready) }()
+		return
+	}
+	readyEach := make([]chan struct{}, len(h.pools))
+	for i := range h.pools {
+		readyEach[i] = make(chan struct{})
+		var once sync.Once
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.runPool(ctx, &h.pools[i], poolHooks{ready: func() { once.Do(func() { close(readyEach[i]) }) }})
+		}()
+	}
+	go func() {
+		for _, c := range readyEach {
+			select {
+			case <-c:
+			case <-ctx.Done():
+				return
+			}
+		}
+		ready()
+	}()
+}
+
+// poolHooks tell runPool's owner about the engine: ready each time it
+// turns ready, exited each time it ends before ctx does.
+type poolHooks struct {
+	ready, exited func()
+}
+
 // runPool keeps one pool's engine running: adopt or start, supervise,
 // restart with back-off when it dies, stop it when ctx ends.
-func (h *Home) runPool(ctx context.Context, p *poolPlan, ready chan struct{}) {
+func (h *Home) runPool(ctx context.Context, p *poolPlan, hooks poolHooks) {
 	log := h.log.With("pool", p.Name)
 	backoff := time.Second
-	readyOnce := sync.Once{}
-	onReady := func() { readyOnce.Do(func() { close(ready) }) }
+	onReady := func() {
+		if hooks.ready != nil {
+			hooks.ready()
+		}
+	}
 	adopt := p.adopt
+	p.adopt = nil // taken over once; a later start of this pool starts anew
 	for ctx.Err() == nil {
 		started := time.Now()
 		err := h.runEngineOnce(ctx, p, adopt, log, onReady)
 		adopt = nil
 		if ctx.Err() != nil {
 			return
+		}
+		if hooks.exited != nil {
+			hooks.exited()
 		}
 		if time.Since(started) > time.Minute {
 			backoff = time.Second // it ran a while: not a crash loop

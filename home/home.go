@@ -34,6 +34,7 @@ type Home struct {
 	node        string
 	engineToken string
 	pools       []poolPlan
+	loader      *loader // on_demand: starts and stops pools; nil = all run
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -108,6 +109,12 @@ func New(cfg Config, log hclog.Logger) (*Home, error) {
 		plans[i].fp = fingerprint(plans[i].Pool, plans[i].bin, h.engineToken)
 	}
 	h.pools = plans
+	if cfg.OnDemand {
+		if h.loader, err = newLoader(h); err != nil {
+			st.close()
+			return nil, err
+		}
+	}
 	h.reconcile()
 	return h, nil
 }
@@ -123,7 +130,8 @@ func (h *Home) spec(p *poolPlan, port int) engine.Spec {
 
 func (h *Home) engineTokenFile() string { return filepath.Join(h.cfg.StateDir, "engine.token") }
 
-// Ready is closed once every pool's engine is ready and announced.
+// Ready is closed once every pool's engine is ready and announced (with
+// on_demand: once the router listens and the pinned pools are ready).
 func (h *Home) Ready() <-chan struct{} { return h.ready }
 
 // Addr is the router's listening address once Run has bound it.
@@ -143,11 +151,15 @@ func (h *Home) Run(ctx context.Context) error {
 	rcfg.Addr = h.cfg.Addr
 	rcfg.APITokenFile = h.cfg.APITokenFile
 	rcfg.EngineTokenFile = h.engineTokenFile()
+	rcfg.QueueTimeout, rcfg.QueueCapacity = h.cfg.QueueTimeout, h.cfg.QueueCapacity
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rt, err := router.New(rcfg, h.reg, nil, h.log.Named("router"), promReg)
 	if err != nil {
 		return err
+	}
+	if h.loader != nil {
+		rt.SetDemand(h.loader) // models start on their first request
 	}
 	ln, err := net.Listen("tcp", h.cfg.Addr)
 	if err != nil {
@@ -162,7 +174,7 @@ func (h *Home) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(2 + len(h.pools))
+	wg.Add(2)
 	go func() { defer wg.Done(); _ = rt.Run(runCtx) }()
 	go func() {
 		defer wg.Done()
@@ -171,22 +183,7 @@ func (h *Home) Run(ctx context.Context) error {
 			cancel()
 		}
 	}()
-	readyEach := make([]chan struct{}, len(h.pools))
-	for i := range h.pools {
-		readyEach[i] = make(chan struct{})
-		go func() { defer wg.Done(); h.runPool(runCtx, &h.pools[i], readyEach[i]) }()
-	}
-	go func() {
-		for _, c := range readyEach {
-			select {
-			case <-c:
-			case <-runCtx.Done():
-				return
-			}
-		}
-		h.log.Info("home profile ready", "addr", ln.Addr().String(), "pools", len(h.pools))
-		close(h.ready)
-	}()
+	h.startPools(runCtx, &wg, ln.Addr().String())
 	h.log.Info("router listening", "addr", ln.Addr().String(), "api_token_file", h.cfg.APITokenFile)
 
 	<-runCtx.Done()
