@@ -435,3 +435,36 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// docs/monitoring.md lists exactly the scaler's series.
+func TestMonitoringDocListsPoolMetrics(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/monitoring.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, l := range strings.Split(string(doc), "\n") {
+		if strings.HasPrefix(l, "| `llorch_pool_") {
+			listed[strings.Split(l, "`")[1]] = true
+		}
+	}
+	reg := prometheus.NewRegistry()
+	sc, err := scaler.New(scaler.Config{Nomad: nomadfake.Start(t).Client(t, "", "default"), Load: noLoad{}, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = sc
+	for _, n := range scaler.MetricNames {
+		if !listed[n] {
+			t.Errorf("%s is exported but not in docs/monitoring.md", n)
+		}
+		delete(listed, n)
+	}
+	for n := range listed {
+		t.Errorf("docs/monitoring.md lists %s, which the scaler does not export", n)
+	}
+}
+
+type noLoad struct{}
+
+func (noLoad) ModelLoad(string) (int, int, int) { return 0, 0, 0 }
