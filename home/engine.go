@@ -55,6 +55,9 @@ func (h *Home) startPools(ctx context.Context, wg *sync.WaitGroup, addr string) 
 	}()
 }
 
+// instanceID is the pool's instance in the registry.
+func instanceID(p *poolPlan) string { return "home-" + p.Name }
+
 // poolHooks tell runPool's owner about the engine: ready each time it
 // turns ready, exited each time it ends before ctx does.
 type poolHooks struct {
@@ -186,7 +189,7 @@ func (h *Home) runEngineOnce(ctx context.Context, p *poolPlan, adopt *stateEntry
 	sup := supervise.New(supervise.Config{
 		Adapter: p.ad, Spec: spec, Registrar: h.reg, Logger: log.Named("supervise"),
 		Instance: registry.Instance{
-			ID: "home-" + p.Name, Service: registry.DefaultServiceName, Address: "127.0.0.1", Port: spec.Port,
+			ID: instanceID(p), Service: registry.DefaultServiceName, Address: "127.0.0.1", Port: spec.Port,
 			Model: p.ModelName, Engine: p.Engine, NodeID: h.node, NodeName: h.node, PoolID: p.Name,
 			Ctx: p.Ctx, Slots: p.Slots, APIs: p.ad.APIs(),
 		},

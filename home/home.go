@@ -160,6 +160,7 @@ func (h *Home) Run(ctx context.Context) error {
 	}
 	if h.loader != nil {
 		rt.SetDemand(h.loader) // models start on their first request
+		h.loader.inFlight = rt.InstanceInFlight
 	}
 	ln, err := net.Listen("tcp", h.cfg.Addr)
 	if err != nil {

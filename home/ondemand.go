@@ -33,6 +33,10 @@ type loader struct {
 	now   func() time.Time
 	pools []*managed
 
+	// inFlight is the router's requests in flight to an instance (set by
+	// Run once the router exists): a stop waits for them.
+	inFlight func(id string) int
+
 	mu     sync.Mutex
 	closed bool // run has returned: nothing starts any more
 }
@@ -312,6 +316,10 @@ func (l *loader) startLocked(m *managed, after []chan struct{}, why string) {
 	}()
 }
 
+// stopLocked drains the pool's instance (placement sends it nothing new;
+// a request that arrives meanwhile waits and restarts the pool once it has
+// stopped), lets the answers in flight finish (up to stopGrace), then
+// stops the engine.
 func (l *loader) stopLocked(m *managed, why string) {
 	if m.cancel == nil || (m.state != stateLoaded && m.state != stateLoading) {
 		return
@@ -319,8 +327,28 @@ func (l *loader) stopLocked(m *managed, why string) {
 	l.log.Info("stopping pool", "pool", m.plan.Name, "model", m.plan.ModelName, "reason", why)
 	m.state = stateStop
 	m.setAction(l.now(), "stopping ("+why+")")
-	m.cancel()
+	cancel, id := m.cancel, instanceID(m.plan)
+	if !l.h.reg.Drain(id) || l.inFlight == nil {
+		cancel() // not announced yet: nothing to drain
+		return
+	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		defer cancel()
+		// The router's view follows the registry within microseconds; the
+		// pause covers a placement made just before it did.
+		time.Sleep(drainSettle)
+		deadline := time.Now().Add(stopGrace)
+		for l.inFlight(id) > 0 && time.Now().Before(deadline) && l.ctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
 }
+
+// drainSettle is how long a stop waits after draining before it trusts
+// the router's in-flight count.
+const drainSettle = 20 * time.Millisecond
 
 func (m *managed) setAction(t time.Time, a string) { m.action, m.actionAt = a, t }
 
@@ -375,9 +403,6 @@ func (l *loader) Pools() []router.PoolState {
 	for _, m := range l.pools {
 		ps := router.PoolState{Pool: m.plan.Name, Model: m.plan.ModelName, State: m.state, Max: 1, Leader: true,
 			LastAction: m.action, MemoryMiB: m.needMiB, Pinned: m.plan.Pinned}
-		if m.state == stateStop {
-			ps.State = stateStopped
-		}
 		if m.state == stateLoaded || m.state == stateLoading {
 			ps.Desired = 1
 		}

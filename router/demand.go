@@ -72,6 +72,10 @@ func (rt *Router) ModelLoad(model string) (queued, ready, slots int) {
 	return i + b, ready, slots
 }
 
+// InstanceInFlight is the router's requests in flight to an instance
+// (attempts that have not ended), for an owner that drains it before a stop.
+func (rt *Router) InstanceInFlight(id string) int { return rt.state.InFlight(id) }
+
 func ready4(in registry.Instance) bool {
 	return !in.Draining && (in.Health == "" || in.Health == registry.HealthPassing)
 }
