@@ -245,3 +245,59 @@ func TestOnDemandBudgetEvictsAndIdleStops(t *testing.T) {
 		t.Fatalf("/v2/nodes pools: %d %s", status, body)
 	}
 }
+
+// An evicted model's answers in flight finish before its engine stops:
+// the instance is drained first (nothing new placed on it), then stopped
+// once the router has no request in flight to it.
+func TestOnDemandEvictionLetsAnswersFinish(t *testing.T) {
+	oa := ggufgen.DefaultOptions()
+	oa.StopAfter = 0 // generation runs to max_tokens: a long answer
+	ob := ggufgen.DefaultOptions()
+	ob.Name, ob.Seed = "llorch-tiny-b", 2
+	ma, mb := ggufgen.TestModel(t, oa), ggufgen.TestModel(t, ob)
+	bin := testenv.LlamaServer(t)
+	o := startOnDemand(t, home.Config{RAMBudgetMiB: max(estimate(t, ma), estimate(t, mb)) + 1, Pools: []home.Pool{
+		{Name: "a", Model: ma, ModelName: "alpha", Binary: bin, Ctx: 2048, Threads: 1},
+		{Name: "b", Model: mb, ModelName: "beta", Binary: bin, Ctx: 256},
+	}})
+	req, _ := http.NewRequest("POST", "http://"+o.h.Addr()+"/v1/chat/completions",
+		strings.NewReader(`{"model":"alpha","stream":true,"max_tokens":1500,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+o.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("long answer from alpha: %v %v", err, resp)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 1)
+	if _, err := resp.Body.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	// alpha is streaming: now beta needs its memory.
+	betaDone := make(chan string, 1)
+	go func() {
+		status, body := o.chat(t, "beta")
+		betaDone <- fmt.Sprint(status, " ", body)
+	}()
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("alpha's stream broke during the eviction: %v", err)
+	}
+	stream := string(buf) + string(rest)
+	if !strings.Contains(stream, `"finish_reason":"length"`) || !strings.Contains(stream, "[DONE]") {
+		t.Fatalf("alpha's answer was cut by the eviction:\n%s", stream[max(0, len(stream)-400):])
+	}
+	select {
+	case got := <-betaDone:
+		if !strings.HasPrefix(got, "200 ") {
+			t.Fatalf("beta: %s", got)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("beta not answered")
+	}
+	if left := pidsOf(o.state, "a"); len(left) != 0 {
+		t.Fatalf("alpha still runs: %v", left)
+	}
+	if !strings.Contains(o.log.String(), "evicted (least recently used) for b") {
+		t.Fatalf("no eviction in the log:\n%s", o.log)
+	}
+}
