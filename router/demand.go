@@ -100,24 +100,32 @@ func (rt *Router) wakeable(model string, err error) bool {
 	return errors.Is(err, ErrModelNotAvailable)
 }
 
-// drainWoken wakes the waiters of every model that has ready instances
-// in a new snapshot, so a queue that waited for a cold model drains as
-// soon as its engine is announced rather than at the next recheck.
+// drainWoken wakes the waiters of every model that had no ready instance
+// in the previous snapshot and has one now, so a queue that waited for a
+// cold model drains as soon as its engine is announced rather than at the
+// next recheck. (Models that stayed ready are left to the usual one
+// wake-up per finished request: waking a whole queue reorders it.) It runs
+// on the discovery goroutine only.
 func (rt *Router) drainWoken(snap *registry.Snapshot) {
 	if rt.demand == nil {
 		return
 	}
-	seen := map[string]bool{}
+	now := map[string]bool{}
 	for _, in := range snap.Instances {
-		if seen[in.Model] || !ready4(in) {
-			continue
-		}
-		seen[in.Model] = true
-		i, b := rt.queues.Depth(in.Model)
-		for n := 0; n < i+b; n++ {
-			rt.queues.Notify(in.Model)
+		if ready4(in) {
+			now[in.Model] = true
 		}
 	}
+	for m := range now {
+		if rt.readyBefore[m] {
+			continue
+		}
+		i, b := rt.queues.Depth(m)
+		for n := 0; n < i+b; n++ {
+			rt.queues.Notify(m)
+		}
+	}
+	rt.readyBefore = now
 }
 
 // demandModels merges Demand's models into the available list for

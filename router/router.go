@@ -45,7 +45,8 @@ type Router struct {
 	queues      *admission.Queues
 	tasks       *taskStore
 	errors      recentErrors
-	demand      Demand // nil: no scaling or on-demand loading
+	demand      Demand          // nil: no scaling or on-demand loading
+	readyBefore map[string]bool // models with a ready instance in the last snapshot (drainWoken)
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in

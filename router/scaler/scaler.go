@@ -470,7 +470,14 @@ func (s *Scaler) decide(p *pool, d demand, ready, slots int, now time.Time) (int
 	if l := d.last(); l.After(last) {
 		last = l
 	}
-	if p.desired > p.min && d.InFlight == 0 && d.Queued == 0 && now.Sub(last) >= p.idle && now.Sub(p.lastChange) >= s.cfg.DownCooldown {
+	// Other routers publish their demand once per tick: their last request
+	// may be up to a tick newer than what this one read, so idle counts
+	// two ticks more when demand is shared.
+	var slack time.Duration
+	if s.kv != nil {
+		slack = 2 * s.cfg.Interval
+	}
+	if p.desired > p.min && d.InFlight == 0 && d.Queued == 0 && now.Sub(last) >= p.idle+slack && now.Sub(p.lastChange) >= s.cfg.DownCooldown {
 		return p.min, "idle", fmt.Sprintf("no requests for %q for %s", p.model, p.idle)
 	}
 	return p.desired, "", ""
