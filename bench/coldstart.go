@@ -145,7 +145,9 @@ func waitStopped(hostport, token string, limit time.Duration) error {
 		req, _ := http.NewRequest("GET", "http://"+hostport+"/v2/nodes", nil)
 		req.Header.Set("Authorization", "Bearer "+token)
 		if resp, err := http.DefaultClient.Do(req); err == nil {
-			var list struct{ Pools []struct{ Pool, State string } }
+			var list struct {
+				Pools []struct{ Pool, State string }
+			}
 			_ = json.NewDecoder(resp.Body).Decode(&list)
 			resp.Body.Close()
 			for _, d := range list.Pools {
