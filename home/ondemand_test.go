@@ -301,3 +301,27 @@ func TestOnDemandEvictionLetsAnswersFinish(t *testing.T) {
 		t.Fatalf("no eviction in the log:\n%s", o.log)
 	}
 }
+
+// Budgets are checked at start-up, naming the field: a pool over its
+// budget, pinned pools over it together, and a pool with no estimate
+// (vLLM) under a budget without memory_mib.
+func TestOnDemandBudgetErrors(t *testing.T) {
+	m := ggufgen.TestModel(t, ggufgen.DefaultOptions())
+	need := estimate(t, m)
+	bin := testenv.LlamaServer(t)
+	for want, cfg := range map[string]home.Config{
+		"over the RAM budget": {RAMBudgetMiB: need - 1, Pools: []home.Pool{{Model: m, Binary: bin}}},
+		"pinned pools need":   {RAMBudgetMiB: need + 1, Pools: []home.Pool{{Name: "a", Model: m, Binary: bin, Pinned: true}, {Name: "b", Model: m, Binary: bin, Pinned: true}}},
+		"pools[0].memory_mib": {VRAMBudgetMiB: 1000, Pools: []home.Pool{{Engine: "vllm", Model: "org/model", Binary: "/bin/true"}}},
+	} {
+		cfg.OnDemand, cfg.StateDir = true, t.TempDir()
+		if _, err := home.New(cfg, nil); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want an error naming %q, got %v", want, err)
+		}
+	}
+	// A size given by hand replaces the estimate.
+	ok := home.Config{OnDemand: true, StateDir: t.TempDir(), RAMBudgetMiB: 100, Pools: []home.Pool{{Model: m, Binary: bin, MemoryMiB: 100}}}
+	if _, err := home.New(ok, nil); err != nil {
+		t.Errorf("memory_mib within the budget: %v", err)
+	}
+}
