@@ -29,8 +29,12 @@ type lockedLog struct {
 	b  strings.Builder
 }
 
-func (l *lockedLog) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *lockedLog) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedLog) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // `llorch router --nomad-addr … --nomad-token-file …` (the built binary)
 // wakes a pool at zero through the Nomad API with the shipped policy's
@@ -129,4 +133,3 @@ func TestRouterBinaryWakesPool(t *testing.T) {
 		t.Fatal("router did not exit on SIGTERM")
 	}
 }
-
