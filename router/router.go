@@ -44,6 +44,7 @@ type Router struct {
 	handler     http.Handler
 	queues      *admission.Queues
 	tasks       *taskStore
+	genTimeouts map[string]time.Duration
 	errors      recentErrors
 	demand      Demand          // nil: no scaling or on-demand loading
 	readyBefore map[string]bool // models with a ready instance in the last snapshot (drainWoken)
@@ -141,10 +142,14 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 			rt.metrics.candidates.Observe(float64(d.Considered))
 		})
 	}
-	rt.state = newLocalState(cfg.EjectAfter, cfg.EjectBackoff, cfg.EjectBackoffMax, func(id string, d time.Duration) {
+	rt.genTimeouts, _ = cfg.generationTimeouts() // Validate checked it
+	rt.state = newLocalState(outlierFromConfig(cfg), func(id string, d time.Duration) {
 		rt.metrics.ejections.Inc()
-		rt.log.Warn("instance ejected after consecutive faults", "instance_id", id, "for", d.String())
+		rt.log.Warn("instance ejected (outlier detection)", "instance_id", id, "for", d.String())
 	})
+	rt.state.onSkip = func(id string) {
+		rt.log.Info("outlier kept in: the model's max-ejection share is reached", "instance_id", id)
+	}
 	rt.transport = newTransport(cfg)
 	rt.handler = rt.buildHandler()
 	return rt, nil
@@ -160,15 +165,16 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 // non-idempotent requests, and every candidate can be stale at once.
 func newTransport(cfg Config) *http.Transport {
 	return &http.Transport{
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          0, // no global cap; the per-host cap bounds it
-		MaxIdleConnsPerHost:   cfg.MaxIdleConns,
-		IdleConnTimeout:       4 * time.Second, // under the engines' keep-alive: see above
-		ResponseHeaderTimeout: cfg.FirstByteTimeout,
-		DisableCompression:    true,
-		ForceAttemptHTTP2:     false,
-		Protocols:             http1Only(),
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        0, // no global cap; the per-host cap bounds it
+		MaxIdleConnsPerHost: cfg.MaxIdleConns,
+		IdleConnTimeout:     4 * time.Second, // under the engines' keep-alive: see above
+		// No ResponseHeaderTimeout: a non-streamed answer's headers come
+		// when the whole answer is done. attempt times each phase itself.
+		DisableCompression: true,
+		ForceAttemptHTTP2:  false,
+		Protocols:          http1Only(),
 		// Small buffers: a router holds one per open stream, and at 1,000
 		// streams 32 KiB ones were half its heap; requests and SSE events
 		// are far smaller, and longer lines still pass (bufio grows reads).
@@ -207,23 +213,41 @@ func (rt *Router) Run(ctx context.Context) error {
 			rt.tokens.Watch(ctx, rt.cfg.APITokenFile, rt.log)
 		}()
 	}
-	var last int = -1
-	err := rt.source.Watch(ctx, func(s registry.Snapshot) {
-		rt.view.Store(s)
-		cur := rt.view.Current()
-		rt.state.prune(cur)
-		rt.drainWoken(cur)
-		if n := len(cur.Instances); n != last {
-			rt.log.Info("instance view changed", "instances", n, "index", cur.Index)
-			last = n
-		}
-	})
+	last := -1
+	err := rt.source.Watch(ctx, rt.onSnapshot(&last))
 	wg.Wait()
 	rt.transport.CloseIdleConnections()
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return nil
 	}
 	return err
+}
+
+// indexPreparer is a placer that builds per-snapshot state ahead of use.
+type indexPreparer interface{ Prepare(registry.Snapshot) }
+
+// onSnapshot takes each delivery off the request path: a delivery with
+// Consul's index unchanged (a blocking query that timed out) only resets
+// the age; a new one is normalized, the placer's index is built for it,
+// and only then is it published, so requests always read a finished index.
+func (rt *Router) onSnapshot(last *int) func(registry.Snapshot) {
+	return func(s registry.Snapshot) {
+		if cur := rt.view.Current(); rt.view.Synced() && s.Index != 0 && s.Index == cur.Index && len(s.Instances) == len(cur.Instances) {
+			rt.view.Touch()
+			return
+		}
+		snap := discovery.Normalize(s)
+		if p, ok := rt.placer.(indexPreparer); ok {
+			p.Prepare(*snap)
+		}
+		rt.view.Publish(snap)
+		rt.state.sync(snap)
+		rt.drainWoken(snap)
+		if n := len(snap.Instances); n != *last {
+			rt.log.Info("instance view changed", "instances", n, "index", snap.Index)
+			*last = n
+		}
+	}
 }
 
 func (rt *Router) buildHandler() http.Handler {
