@@ -143,6 +143,12 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, APIError{Code: CodeInvalidParams, Param: "X-Priority", Message: perr2.Error()})
 		return
 	}
+	ku, ok := rt.admitKey(w, r, *req.Model, &prio)
+	if !ok {
+		return
+	}
+	ri.key = ku
+	defer func() { ku.end(r.Context().Err() != nil) }()
 	pr := PlaceRequest{Model: *req.Model, Path: r.URL.Path, Stream: req.Stream != nil && *req.Stream,
 		BodyBytes: len(body), Local: rt.state, Session: r.Header.Get("X-Session-Id"), Prefix: promptPrefix(body)}
 	if req.User != nil {
@@ -194,6 +200,8 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ri.model = pr.Model
+	ku.wasPlaced()
+	body = ku.upstreamBody(body, pr.Stream)
 	rt.metrics.inFlight.Inc()
 	defer rt.metrics.inFlight.Dec()
 	defer func() { rt.finished(pr.Model, time.Since(start)) }()
@@ -361,15 +369,16 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst registry.
 		h.Set("X-Accel-Buffering", "no") // tells nginx-style proxies in front not to buffer
 	}
 	w.WriteHeader(resp.StatusCode)
+	ri.key.answered(resp.StatusCode)
 	rc := http.NewResponseController(w)
 	rt.metrics.firstByte.WithLabelValues(pathLabel(r.URL.Path)).Observe(time.Since(start).Seconds())
 	timer.Reset(rt.cfg.IdleStreamTimeout)
 
 	var upErr error
 	if sse {
-		upErr = rt.relaySSE(w, rc, br, first, evBuf, timer)
+		upErr = rt.relaySSE(ri.key.writer(w, true), rc, br, first, evBuf, timer)
 	} else {
-		upErr = rt.relayBody(w, br, timer)
+		upErr = rt.relayBody(ri.key.writer(w, false), br, timer)
 	}
 	clientGone := r.Context().Err() != nil
 	switch {
@@ -383,6 +392,7 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst registry.
 		return outcome{kind: outcomeDone}
 	default:
 		rt.state.fault(inst.ID)
+		ri.key.broke()
 		_, reason := classify(upErr, context.Cause(ctx))
 		log().Warn("engine failed mid-answer", "model", pr.Model, "reason", reason)
 		if !sse {

@@ -23,6 +23,7 @@ import (
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/router/discovery"
+	"github.com/llorch/llorch/router/keys"
 	"github.com/llorch/llorch/scheduler"
 )
 
@@ -44,6 +45,8 @@ type Router struct {
 	queues      *admission.Queues
 	tasks       *taskStore
 	errors      recentErrors
+	keys        *keys.Gate // per-team keys; nil in single-token mode
+	keysIndex   uint64     // the Consul KV index the keys were read at
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -84,7 +87,12 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 	} else {
 		rt.tokens = authmin.NewTokenSet()
 	}
-	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil {
+	if rt.keys, err = newKeyGate(cfg, rt); err != nil {
+		return nil, fmt.Errorf("router: API keys: %w", err)
+	}
+	// With per-team keys every request needs a key (or the token): a
+	// non-loopback listener without the single token is then fine.
+	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil && !(rt.keys != nil && rt.tokens.Empty()) {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	rt.engineToken = cfg.EngineToken
@@ -204,6 +212,7 @@ func (rt *Router) Run(ctx context.Context) error {
 			rt.tokens.Watch(ctx, rt.cfg.APITokenFile, rt.log)
 		}()
 	}
+	rt.runKeys(ctx, func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() })
 	var last int = -1
 	err := rt.source.Watch(ctx, func(s registry.Snapshot) {
 		rt.view.Store(s)
@@ -240,6 +249,7 @@ func (rt *Router) buildHandler() http.Handler {
 	mux.HandleFunc("GET /v2/sd/prometheus", rt.servePrometheusSD)
 	mux.HandleFunc("GET /v2/ui/state", rt.serveUIState)
 	mux.HandleFunc("GET /ui", rt.serveUI)
+	mux.HandleFunc("GET /v2/usage", rt.serveUsage)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, APIError{Code: CodeNotFound, Message: "no endpoint " + r.Method + " " + r.URL.Path})
 	})
@@ -252,7 +262,8 @@ func (rt *Router) buildHandler() http.Handler {
 			return r.URL.Path == "/healthz" || r.URL.Path == "/ui" || (r.URL.Path == "/metrics" && !metricsAuth)
 		},
 		Logger: rt.log,
-	}, mux)
+		Keys:   rt.keyChecker(),
+	}, withIdentity(mux))
 	return rt.withRequestContext(authed)
 }
 
@@ -261,7 +272,7 @@ func (rt *Router) buildHandler() http.Handler {
 func Routes() [][2]string {
 	out := [][2]string{{"GET", "/healthz"}, {"GET", "/metrics"}, {"GET", "/v1/models"}, {"GET", "/v1/models/{model}"},
 		{"POST", "/v2/tasks"}, {"GET", "/v2/tasks/{id}/events"}, {"POST", "/v2/tasks/{id}/cancel"},
-		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}, {"GET", "/v2/ui/state"}, {"GET", "/ui"}}
+		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}, {"GET", "/v2/ui/state"}, {"GET", "/ui"}, {"GET", "/v2/usage"}}
 	for _, p := range proxiedPaths {
 		out = append(out, [2]string{"POST", p})
 	}

@@ -74,6 +74,7 @@ type task struct {
 	prio            admission.Priority
 	cancel          context.CancelFunc
 	created         time.Time
+	key             *keyUse // the API key's hold (nil: no key); only runTask touches it
 
 	mu       sync.Mutex
 	events   []taskEvent
@@ -194,6 +195,16 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, APIError{Code: admission.CodeDeadlineUnmet, Param: "deadline_ms", Message: "deadline_ms must be positive: the deadline has already passed"})
 		return
 	}
+	ku, ok := rt.admitKey(w, r, model, &prio)
+	if !ok {
+		return
+	}
+	started := false
+	defer func() {
+		if !started {
+			ku.end(false) // refused after admission: costs nothing
+		}
+	}()
 	if tr.TaskID == "" {
 		tr.TaskID = uuid.NewString()
 	}
@@ -258,6 +269,7 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 	if ticket != nil {
 		pos, predicted = ticket.Position(), ticket.PredictedStartMs()
 	}
+	t.key, started = ku, true
 	go rt.runTask(ctx, t, tr, pr, path, ticket, deadline, pos, predicted, ri.logger().With("task_id", t.id))
 	writeJSON(w, http.StatusAccepted, map[string]any{
 		"task_id": t.id, "queue_position": pos, "predicted_start_ms": predicted, "backoff_ms": 0,
@@ -283,12 +295,14 @@ func placementOf(p *TaskPlacement) scheduler.Placement {
 // endpoint, events.
 func (rt *Router) runTask(ctx context.Context, t *task, tr TaskRequest, pr PlaceRequest, path string, ticket *admission.Ticket, deadline time.Time, pos int, predicted int64, log hclog.Logger) {
 	defer t.cancel()
+	defer func() { t.key.end(ctx.Err() != nil) }()
 	start := time.Now()
 	cands, err := rt.placeWithTicket(ctx, pr, t.prio, deadline, ticket)
 	if err != nil {
 		t.emit("error", errorEvent(err))
 		return
 	}
+	t.key.wasPlaced()
 	defer func() { rt.finished(t.model, time.Since(start)) }()
 	t.emit("started", map[string]any{"queue_position": pos, "predicted_start_ms": predicted, "instance_id": cands[0].ID, "node_id": cands[0].NodeID})
 
@@ -303,6 +317,9 @@ func (rt *Router) runTask(ctx context.Context, t *task, tr TaskRequest, pr Place
 	}
 	if tr.Seed != nil {
 		reqBody["seed"] = *tr.Seed
+	}
+	if t.key != nil {
+		reqBody["stream_options"] = map[string]any{"include_usage": true} // the key is charged what it used
 	}
 	body, _ := json.Marshal(reqBody)
 	var failures []string
@@ -321,6 +338,7 @@ func (rt *Router) runTask(ctx context.Context, t *task, tr TaskRequest, pr Place
 			log.Warn("task: instance failed before answering", "instance_id", inst.ID, "error", err)
 			continue
 		}
+		t.key.answered(resp.StatusCode)
 		rt.relayTask(ctx, t, resp, inst, time.Now())
 		release()
 		return
@@ -390,6 +408,9 @@ func (rt *Router) relayTask(ctx context.Context, t *task, resp *http.Response, i
 		if string(data) == "[DONE]" {
 			break
 		}
+		if t.key != nil {
+			t.key.meter.ObserveData(data)
+		}
 		var chunk struct {
 			Choices []struct {
 				Text  string `json:"text"`
@@ -414,6 +435,7 @@ func (rt *Router) relayTask(ctx context.Context, t *task, resp *http.Response, i
 		t.emit("error", map[string]any{"code": codeCancelled, "message": "task cancelled", "retriable": false})
 	case sc.Err() != nil:
 		rt.state.fault(inst.ID)
+		t.key.broke()
 		t.emit("error", map[string]any{"code": CodeWorkerReset, "message": "the engine failed mid-answer: " + sc.Err().Error(), "engine": inst.Engine, "retriable": true})
 	default:
 		rt.state.success(inst.ID)
