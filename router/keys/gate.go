@@ -25,14 +25,25 @@ func NewGate(st *Store, l *Limits, u *Usage) *Gate {
 	return &Gate{Store: st, Limits: l, Usage: u, now: time.Now}
 }
 
-// CheckKey implements authmin.KeyChecker.
+// decoyKey stands in for the key a lookup did not find, so a miss does
+// the same work after the lookup as a hit.
+var decoyKey = &Key{Name: "decoy", identity: "key:decoy"}
+
+// CheckKey implements authmin.KeyChecker. A miss evaluates a decoy key
+// and then discards it: the work done does not depend on whether the
+// token was right (see TestKeyCheckIsConstantTime).
 func (g *Gate) CheckKey(token string) authmin.KeyVerdict {
+	now := g.now()
 	k, ok := g.Store.Current().Lookup(token)
 	if !ok {
-		return authmin.KeyVerdict{}
+		k = decoyKey
 	}
-	code, msg := k.Usable(g.now())
-	return authmin.KeyVerdict{Known: true, Identity: k.Identity(), DenyCode: code, DenyMessage: msg, Value: k}
+	code, msg := k.Usable(now)
+	v := authmin.KeyVerdict{Known: true, Identity: k.identity, DenyCode: code, DenyMessage: msg, Value: k}
+	if !ok {
+		v = authmin.KeyVerdict{}
+	}
+	return v
 }
 
 // From is the key a request was authenticated with (nil: the single API

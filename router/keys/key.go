@@ -44,8 +44,9 @@ type Key struct {
 	// Disabled keys are known but refused (401 KEY_DISABLED).
 	Disabled bool `json:"disabled,omitempty" yaml:"disabled,omitempty"`
 
-	digest [sha256.Size]byte
-	prio   admission.Priority
+	digest   [sha256.Size]byte
+	prio     admission.Priority
+	identity string
 }
 
 // File is the keys file's shape (YAML or JSON).
@@ -131,6 +132,7 @@ func (k *Key) validate() error {
 		return fmt.Errorf("key %s: %w", k.Name, err)
 	}
 	k.prio = p
+	k.identity = k.Identity()
 	if k.RPM < 0 || k.TPM < 0 || k.Concurrent < 0 {
 		return fmt.Errorf("key %s: limits must be 0 (none) or positive", k.Name)
 	}

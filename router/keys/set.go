@@ -12,7 +12,11 @@ import (
 // Set is an immutable key set, indexed by digest. Build one with NewSet;
 // replace it as a whole on reload.
 type Set struct {
-	byDigest map[[sha256.Size]byte]*Key
+	// byDigest also holds a decoy entry under present; absent is a digest
+	// it does not hold. Every lookup probes one of them as well (see
+	// Lookup).
+	present, absent [sha256.Size]byte
+	byDigest        map[[sha256.Size]byte]*Key
 	byName   map[string]*Key
 	names    []string // in the order given
 }
@@ -24,7 +28,7 @@ var decoy [sha256.Size]byte
 // NewSet validates keys and indexes them; names and digests must be
 // unique.
 func NewSet(keys []Key) (*Set, error) {
-	s := &Set{byDigest: make(map[[sha256.Size]byte]*Key, len(keys)), byName: make(map[string]*Key, len(keys))}
+	s := &Set{byDigest: make(map[[sha256.Size]byte]*Key, 8*len(keys)+8), byName: make(map[string]*Key, len(keys))}
 	for i := range keys {
 		k := keys[i]
 		if err := k.validate(); err != nil {
@@ -41,8 +45,23 @@ func NewSet(keys []Key) (*Set, error) {
 		s.byName[k.Name] = kp
 		s.names = append(s.names, k.Name)
 	}
+	for {
+		if _, err := rand.Read(s.present[:]); err != nil {
+			return nil, fmt.Errorf("key set: no randomness: %w", err)
+		}
+		if _, err := rand.Read(s.absent[:]); err != nil {
+			return nil, fmt.Errorf("key set: no randomness: %w", err)
+		}
+		_, p := s.byDigest[s.present]
+		_, a := s.byDigest[s.absent]
+		if !p && !a && s.present != s.absent {
+			break
+		}
+	}
+	s.byDigest[s.present] = decoyKey
 	return s, nil
 }
+
 
 // Len is the number of keys.
 func (s *Set) Len() int {
@@ -73,16 +92,26 @@ func (s *Set) Get(name string) *Key {
 // compares the found digest with the computed one in constant time; a miss
 // compares against a decoy, so hit and miss cost the same.
 func (s *Set) Lookup(token string) (*Key, bool) {
-	if s == nil {
+	if s == nil || s.byDigest == nil {
 		return nil, false
 	}
 	d := sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))
 	k := s.byDigest[d]
+	// A map hit costs more than a miss (it compares the whole key), so
+	// every lookup makes one of each: a hit probes the absent digest, a
+	// miss the decoy entry.
+	hit := 0
+	if k != nil && k != decoyKey {
+		hit = 1
+	}
+	probe := s.present
+	subtle.ConstantTimeCopy(hit, probe[:], s.absent[:])
+	balance := s.byDigest[probe] // the decoy after a miss, nil after a hit
 	ref := &decoy
-	if k != nil {
+	if hit == 1 {
 		ref = &k.digest
 	}
-	if subtle.ConstantTimeCompare(d[:], ref[:]) != 1 || k == nil {
+	if subtle.ConstantTimeCompare(d[:], ref[:]) != 1 || hit == 0 || (balance == nil) != (hit == 1) {
 		return nil, false
 	}
 	return k, true
