@@ -39,7 +39,7 @@ type MiddlewareConfig struct {
 	// Keys, when set, is asked about every well-formed token besides
 	// Tokens: per-team API keys (router/keys). Both are always checked, so
 	// the time an answer takes does not say which kind of token matched.
-	Keys KeyChecker
+	Keys   KeyChecker
 	Logger hclog.Logger
 }
 

@@ -17,8 +17,8 @@ type Set struct {
 	// Lookup).
 	present, absent [sha256.Size]byte
 	byDigest        map[[sha256.Size]byte]*Key
-	byName   map[string]*Key
-	names    []string // in the order given
+	byName          map[string]*Key
+	names           []string // in the order given
 }
 
 // decoy is what a lookup that found nothing compares against, so a miss
@@ -61,7 +61,6 @@ func NewSet(keys []Key) (*Set, error) {
 	s.byDigest[s.present] = decoyKey
 	return s, nil
 }
-
 
 // Len is the number of keys.
 func (s *Set) Len() int {
