@@ -46,6 +46,7 @@ type Config struct {
 	QueuePolicy       string
 	QueueTimeout      time.Duration
 	OTLPEndpoint      string
+	DrainTimeout      time.Duration
 	KeysFile          string
 	KeysConsulPrefix  string
 	RouterService     string
@@ -166,6 +167,7 @@ func Options() []Option {
 		intOpt("queue-capacity", "LLORCH_QUEUE_CAPACITY", "8", "requests that may wait per model while every instance is busy", 1, func(c *Config) *int { return &c.QueueCapacity }),
 		strOpt("queue-policy", "LLORCH_QUEUE_POLICY", "reject", "full queue: reject (429 ADMISSION_REJECT) or drop-lru (evict the oldest batch, then interactive, waiter)", func(c *Config) *string { return &c.QueuePolicy }),
 		durOpt("queue-timeout", "LLORCH_QUEUE_TIMEOUT", "30s", "longest wait in the queue before DEADLINE_UNMET", func(c *Config) *time.Duration { return &c.QueueTimeout }),
+		durOpt("drain-timeout", "LLORCH_DRAIN_TIMEOUT", "30s", "on shutdown, how long answers in flight may finish before they are cut", func(c *Config) *time.Duration { return &c.DrainTimeout }),
 		strOpt("otlp-endpoint", "LLORCH_OTLP_ENDPOINT", "", "OTLP/HTTP collector for traces (host:port or URL); empty = tracing off (traceparent is still passed on to engines)", func(c *Config) *string { return &c.OTLPEndpoint }),
 		strOpt("keys-file", "LLORCH_KEYS_FILE", "", "per-team API keys (YAML/JSON: name, digest, models, priority, rpm, tpm, concurrent, expires, disabled; `llorch key new` writes it); re-read on SIGHUP or change. The API token keeps working beside them", func(c *Config) *string { return &c.KeysFile }),
 		strOpt("keys-consul-prefix", "LLORCH_KEYS_CONSUL_PREFIX", "", "Consul KV prefix holding more API keys, one per entry (e.g. llorch/keys/); followed with blocking queries", func(c *Config) *string { return &c.KeysConsulPrefix }),
