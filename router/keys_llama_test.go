@@ -98,7 +98,9 @@ func TestKeysUsageMatchesRealLlamaServer(t *testing.T) {
 	h.src.Set(in)
 	waitFor(t, 5*time.Second, "the llama instance", func() bool { return len(h.rt.Snapshot().Instances) == 1 })
 
-	msg := func(i int) string { return `[{"role":"user","content":"count to ` + strings.Repeat("ten ", i+1) + `"}]` }
+	msg := func(i int) string {
+		return `[{"role":"user","content":"count to ` + strings.Repeat("ten ", i+1) + `"}]`
+	}
 	work := []struct{ path, body string }{}
 	for i := 0; i < 3; i++ {
 		work = append(work,
