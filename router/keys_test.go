@@ -313,3 +313,27 @@ func TestKeysReloadAddsAndRemoves(t *testing.T) {
 		t.Fatal("the broken file was not logged")
 	}
 }
+
+// /v2/tasks with a key: the same allow-list and limits, and the task's
+// tokens charged from the engine's streamed usage.
+func TestKeysApplyToTasks(t *testing.T) {
+	h := newKeyHarness(t, nil, threeKeys()...)
+	if st, _, b := h.as(secretB, "/v2/tasks", `{"model_ref":"tiny","prompt":"hi","max_tokens":8}`); st != http.StatusForbidden || errCode(t, b) != keys.CodeModelNotAllowed {
+		t.Fatalf("team-b task on tiny: %d %s", st, b)
+	}
+	st, _, b := h.as(secretB, "/v2/tasks", `{"task_id":"kt-1","model_ref":"other-1","prompt":"hi","max_tokens":8}`)
+	if st != http.StatusAccepted {
+		t.Fatalf("team-b task on other-1: %d %s", st, b)
+	}
+	evs := h.events(t, "kt-1")
+	if names(evs) == "" || !strings.Contains(names(evs), "end") {
+		t.Fatalf("task events: %s", names(evs))
+	}
+	waitFor(t, 5*time.Second, "the task's usage", func() bool {
+		r := h.rt.keys.Usage.Report("team-b", "other-1", 0)
+		return len(r) == 1 && r[0].Requests == 1 && r[0].PromptTokens == 1 && r[0].CompletionTokens == 8
+	})
+	if !h.fx["other-1"].Seen()[0].IncludeUsage {
+		t.Fatal("the task did not ask the engine for usage")
+	}
+}
