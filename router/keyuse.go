@@ -39,10 +39,13 @@ func newKeyGate(cfg Config, rt *Router) (*keys.Gate, error) {
 		idx, err := st.LoadConsul(ctx, cfg.Consul.KV(), cfg.KeysConsulPrefix)
 		cancel()
 		if err != nil {
-			return nil, err
+			// Like discovery, the router starts without Consul and catches
+			// up: the watch loads the keys once Consul answers.
+			rt.log.Warn("keys from Consul not loaded yet; following the prefix", "prefix", cfg.KeysConsulPrefix, "error", err)
+		} else {
+			rt.keysIndex = idx
+			rt.log.Info("keys loaded", "source", "consul:"+cfg.KeysConsulPrefix, "keys", st.Current().Len())
 		}
-		rt.keysIndex = idx
-		rt.log.Info("keys loaded", "source", "consul:"+cfg.KeysConsulPrefix, "keys", st.Current().Len())
 	}
 	u, err := keys.NewUsage(rt.promReg)
 	if err != nil {

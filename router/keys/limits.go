@@ -154,14 +154,3 @@ func (a *Admission) release(s *keyState) {
 		a.held = false
 	}
 }
-
-// Forget drops the counters of keys no longer in set.
-func (l *Limits) Forget(set *Set) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for name, s := range l.state {
-		if set.Get(name) == nil && s.inFlight == 0 {
-			delete(l.state, name)
-		}
-	}
-}
