@@ -3,12 +3,12 @@ package router
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
 	"github.com/llorch/llorch/authmin"
 	"github.com/llorch/llorch/internal/apierr"
+	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/router/keys"
 )
@@ -117,24 +117,41 @@ func (ku *keyUse) upstreamBody(body []byte, stream bool) []byte {
 	return out
 }
 
-// writer meters what is relayed to the client.
-func (ku *keyUse) writer(w io.Writer, sse bool) io.Writer {
+// sink meters the answer on its way to s: the engine's status, its usage,
+// and whether it broke off; the usage-only chunk the client did not ask
+// for is dropped.
+func (ku *keyUse) sink(s sink) sink {
 	if ku == nil {
-		return w
+		return s
 	}
-	return ku.meter.Writer(w, sse)
+	return &keySink{sink: s, ku: ku}
 }
 
-func (ku *keyUse) answered(status int) {
-	if ku != nil {
-		ku.status = status
-	}
+type keySink struct {
+	sink
+	ku *keyUse
 }
 
-func (ku *keyUse) broke() {
-	if ku != nil {
-		ku.broken = true
+func (k *keySink) commit(resp *http.Response, sse bool) error {
+	k.ku.status = resp.StatusCode
+	return k.sink.commit(resp, sse)
+}
+
+func (k *keySink) event(ev []byte, more bool) error {
+	if k.ku.meter.Event(ev) {
+		return k.sink.event(nil, more) // keeps the flush the relay asked for
 	}
+	return k.sink.event(ev, more)
+}
+
+func (k *keySink) chunk(p []byte) error {
+	k.ku.meter.Chunk(p)
+	return k.sink.chunk(p)
+}
+
+func (k *keySink) broken(inst registry.Instance, reason string, sse bool) outcomeKind {
+	k.ku.broken = true
+	return k.sink.broken(inst, reason, sse)
 }
 
 func (ku *keyUse) wasPlaced() {

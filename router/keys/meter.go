@@ -103,22 +103,27 @@ type sseMeter struct {
 var usageField = []byte(`"usage"`)
 
 func (s sseMeter) Write(ev []byte) (int, error) {
-	if !bytes.Contains(ev, usageField) {
-		return s.w.Write(ev)
+	if s.m.Event(ev) {
+		return len(ev), nil
 	}
-	data := sseData(ev)
+	return s.w.Write(ev)
+}
+
+// Event reads one whole SSE event; drop says it is the usage-only chunk
+// the client did not ask for (Hide), which must not be relayed.
+func (m *Meter) Event(ev []byte) (drop bool) {
+	if !bytes.Contains(ev, usageField) {
+		return false
+	}
 	var chunk struct {
 		Choices *[]json.RawMessage `json:"choices"`
 		Usage   *wireUsage         `json:"usage"`
 	}
-	if json.Unmarshal(data, &chunk) != nil || chunk.Usage == nil {
-		return s.w.Write(ev)
+	if json.Unmarshal(sseData(ev), &chunk) != nil || chunk.Usage == nil {
+		return false
 	}
-	s.m.prompt, s.m.completion, s.m.seen = chunk.Usage.PromptTokens, chunk.Usage.CompletionTokens, true
-	if s.m.Hide && chunk.Choices != nil && len(*chunk.Choices) == 0 {
-		return len(ev), nil // the usage-only chunk the client did not ask for
-	}
-	return s.w.Write(ev)
+	m.prompt, m.completion, m.seen = chunk.Usage.PromptTokens, chunk.Usage.CompletionTokens, true
+	return m.Hide && chunk.Choices != nil && len(*chunk.Choices) == 0
 }
 
 // sseData joins an event's data lines.
@@ -139,18 +144,25 @@ type bodyMeter struct {
 }
 
 func (b bodyMeter) Write(p []byte) (int, error) {
-	m := b.m
+	b.m.Chunk(p)
+	return b.w.Write(p)
+}
+
+// Chunk reads bytes of a JSON answer (its usage is parsed at the end).
+func (m *Meter) Chunk(p []byte) {
 	m.bodyTotal += int64(len(p))
 	if m.bodyTotal <= maxBuffered {
 		m.body.Write(p)
-	} else {
-		m.body.Reset()
-		m.tail = append(m.tail, p...)
-		if len(m.tail) > tailBytes {
-			m.tail = append(m.tail[:0], m.tail[len(m.tail)-tailBytes:]...)
-		}
+		return
 	}
-	return b.w.Write(p)
+	if m.body.Len() > 0 {
+		m.tail = append(m.tail, m.body.Bytes()...)
+		m.body.Reset()
+	}
+	m.tail = append(m.tail, p...)
+	if len(m.tail) > tailBytes {
+		m.tail = append(m.tail[:0], m.tail[len(m.tail)-tailBytes:]...)
+	}
 }
 
 // usageObject finds a "usage": {...} object in raw JSON; inside a JSON
