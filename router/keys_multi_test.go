@@ -147,6 +147,19 @@ func TestKeysTwoRoutersShareOneLimit(t *testing.T) {
 		t.Fatalf("%d admitted within one window, over the limit %d by more than 10%%", peak, limit)
 	}
 
+	// The KV prefix is followed: a key added appears, a key deleted goes.
+	doc, _ = yaml.Marshal(keys.Key{Digest: keys.DigestOf(secretB)})
+	if _, err := admin.KV().Put(&consulapi.KVPair{Key: "llorch/keys/team-b", Value: doc}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.KV().Delete("llorch/keys/team-a", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the KV change to reach the router", func() bool {
+		s := routers[0].keys.Store.Current()
+		return s.Get("team-b") != nil && s.Get("team-a") == nil
+	})
+
 	// A router leaves: the other takes the whole limit.
 	if err := admin.Agent().ServiceDeregister("router-1"); err != nil {
 		t.Fatal(err)
