@@ -20,10 +20,13 @@ import (
 
 // ParseFile reads a keys document: YAML, or JSON (which YAML reads too).
 // Unknown fields are errors, so a misspelt limit is not silently no limit.
+// An empty document is an error too: it is what a reader sees of a file
+// being rewritten in place, and must not revoke every key (`keys: []` is
+// the way to have none).
 func ParseFile(b []byte) (File, error) {
 	var f File
 	if len(bytes.TrimSpace(b)) == 0 {
-		return f, nil
+		return f, errors.New("keys file is empty (write `keys: []` for no keys)")
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)

@@ -71,6 +71,14 @@ func TestParseFileYAMLAndJSONStrict(t *testing.T) {
 	if _, err := ParseFile([]byte("keys:\n  - name: a\n    digest: " + d + "\n    rpn: 5\n")); err == nil {
 		t.Fatal("a misspelt limit was accepted")
 	}
+	// An empty file (one being rewritten in place) must not revoke every
+	// key; "keys: []" says "none" on purpose.
+	if _, err := ParseFile([]byte(" \n")); err == nil {
+		t.Fatal("an empty keys file was accepted")
+	}
+	if f, err := ParseFile([]byte("keys: []\n")); err != nil || len(f.Keys) != 0 {
+		t.Fatalf("keys: []: %+v %v", f, err)
+	}
 }
 
 func TestUsableSaysWhy(t *testing.T) {
