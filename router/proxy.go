@@ -76,18 +76,24 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, e)
 		return
 	}
+	ku, ok := rt.admitKey(w, r, *req.Model, &prio)
+	if !ok {
+		return
+	}
+	defer func() { ku.end(r.Context().Err() != nil) }()
 	pr := PlaceRequest{Model: *req.Model, Path: r.URL.Path, Stream: req.Stream != nil && *req.Stream,
 		BodyBytes: len(body), Local: rt.state, Session: r.Header.Get("X-Session-Id"), Prefix: promptPrefix(body)}
 	if req.User != nil {
 		pr.User = *req.User
 	}
-	call := &upstreamCall{model: pr.Model, path: r.URL.Path, body: body, stream: pr.Stream, header: r.Header, ri: ri, start: start}
+	call := &upstreamCall{model: pr.Model, path: r.URL.Path, body: ku.upstreamBody(body, pr.Stream), stream: pr.Stream, header: r.Header, ri: ri, start: start, key: ku}
 	queueDeadline := start.Add(rt.cfg.QueueTimeout)
 	for {
 		cands, e := rt.placeForProxy(w, r, pr, prio, queueDeadline)
 		if e != nil || cands == nil {
 			return // answered (or the client left)
 		}
+		ku.wasPlaced()
 		res := rt.relayToClient(w, r, call, cands)
 		if res.busyFor <= 0 {
 			return
