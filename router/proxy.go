@@ -203,6 +203,10 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	deadline := start.Add(rt.cfg.RetryBudget)
 	var failures []string
 	tried := 0
+	upBody, rs := rt.prepareResume(r.URL.Path, body, pr.Stream)
+	if rs != nil {
+		rs.cands, rs.tried = cands, map[string]bool{}
+	}
 	for _, inst := range cands {
 		if tried >= attempts {
 			break
@@ -218,7 +222,10 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		tried++
-		out := rt.attempt(w, r, inst, body, pr, ri, start)
+		if rs != nil {
+			rs.tried[inst.ID] = true
+		}
+		out := rt.attempt(w, r, inst, upBody, pr, ri, start, rs)
 		switch out.kind {
 		case outcomeDone:
 			return
@@ -272,7 +279,7 @@ var (
 
 // attempt sends the request to one instance and, once the instance has
 // produced its first byte of body, commits the response to the client.
-func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst registry.Instance, body []byte, pr PlaceRequest, ri *reqInfo, start time.Time) outcome {
+func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst registry.Instance, body []byte, pr PlaceRequest, ri *reqInfo, start time.Time, rs *resumable) outcome {
 	log := func() hclog.Logger { return ri.logger().With("instance_id", inst.ID) }
 	release := rt.state.acquire(inst.ID)
 	defer release()
@@ -368,7 +375,14 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst registry.
 
 	var upErr error
 	if sse {
-		upErr = rt.relaySSE(w, rc, br, first, evBuf, timer)
+		var filter func([]byte) []byte
+		if rs != nil {
+			filter = rs.stream.Filter
+		}
+		upErr = rt.relaySSE(w, rc, br, first, evBuf, timer, filter)
+		if upErr == nil && rs != nil && !rs.stream.Finished() {
+			upErr = errEndedEarly // EOF before the engine's final event
+		}
 	} else {
 		upErr = rt.relayBody(w, br, timer)
 	}
@@ -389,6 +403,14 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst registry.
 		if !sse {
 			return outcome{kind: outcomeAbort}
 		}
+		if rs != nil {
+			cancel(nil) // the broken upstream call frees its slot before the continuation takes one
+			if rt.resumeStream(w, r, rs, ri, pr.Model, reason) {
+				return outcome{kind: outcomeDone}
+			}
+		} else if rt.cfg.ResumeAttempts > 0 {
+			rt.metrics.resumes.WithLabelValues(pr.Model, resumeNotAllowed).Inc()
+		}
 		rt.metrics.streamErrs.WithLabelValues(CodeWorkerReset).Inc()
 		_, _ = w.Write(apierr.SSE(&apierr.Error{Status: http.StatusBadGateway, Code: CodeWorkerReset, Retriable: true,
 			Message: "the engine failed mid-stream (" + reason + "); the answer is incomplete"}))
@@ -397,6 +419,9 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst registry.
 	return outcome{kind: outcomeDone}
 }
 
+// errEndedEarly: the engine closed a stream before its final event.
+var errEndedEarly = errors.New("the engine ended the stream before its final event")
+
 // errClientWrite marks a failed write to the client (it went away).
 var errClientWrite = errors.New("writing to the client failed")
 
@@ -404,9 +429,12 @@ var errClientWrite = errors.New("writing to the client failed")
 // complete event is already buffered: every event reaches the client
 // without waiting, and a burst costs one flush. A partial event left by a
 // failing engine is dropped, so the error event that follows parses.
-func (rt *Router) relaySSE(w io.Writer, rc *http.ResponseController, br *bufio.Reader, first, buf []byte, timer *time.Timer) error {
+func (rt *Router) relaySSE(w io.Writer, rc *http.ResponseController, br *bufio.Reader, first, buf []byte, timer *time.Timer, filter func([]byte) []byte) error {
 	ev := first
 	for {
+		if len(ev) > 0 && filter != nil {
+			ev = filter(ev)
+		}
 		if len(ev) > 0 {
 			if _, err := w.Write(ev); err != nil {
 				return fmt.Errorf("%w: %v", errClientWrite, err)
@@ -421,6 +449,9 @@ func (rt *Router) relaySSE(w io.Writer, rc *http.ResponseController, br *bufio.R
 		ev, err = readEvent(br, buf[:0])
 		buf = ev
 		if err == io.EOF {
+			if len(ev) > 0 && filter != nil {
+				ev = filter(ev)
+			}
 			if len(ev) > 0 { // the engine closed cleanly without a final blank line
 				if _, err := w.Write(ev); err != nil {
 					return fmt.Errorf("%w: %v", errClientWrite, err)

@@ -30,21 +30,23 @@ import (
 // Router is one router process's state. Create it with New, serve Handler,
 // and run Run for discovery.
 type Router struct {
-	cfg         Config
-	source      registry.Source
-	placer      Placer
-	log         hclog.Logger
-	view        *discovery.View
-	state       *localState
-	metrics     *metrics
-	promReg     *prometheus.Registry
-	transport   *http.Transport
-	tokens      *authmin.TokenSet
-	engineToken string
-	handler     http.Handler
-	queues      *admission.Queues
-	tasks       *taskStore
-	errors      recentErrors
+	cfg       Config
+	source    registry.Source
+	placer    Placer
+	log       hclog.Logger
+	view      *discovery.View
+	state     *localState
+	metrics   *metrics
+	promReg   *prometheus.Registry
+	transport *http.Transport
+	// resumeClient continues broken streams over the same connections.
+	resumeClient *http.Client
+	tokens       *authmin.TokenSet
+	engineToken  string
+	handler      http.Handler
+	queues       *admission.Queues
+	tasks        *taskStore
+	errors       recentErrors
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -144,6 +146,7 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 		rt.log.Warn("instance ejected after consecutive faults", "instance_id", id, "for", d.String())
 	})
 	rt.transport = newTransport(cfg)
+	rt.resumeClient = &http.Client{Transport: rt.transport}
 	rt.handler = rt.buildHandler()
 	return rt, nil
 }
