@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,5 +260,78 @@ func readSSEFunc(t *testing.T, r io.Reader, fn func(data string)) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// A break inside a tool-call delta cannot be continued exactly: the client
+// gets what was sent, once, then the clean error event; no other instance
+// is asked to continue.
+func TestBreakInsideToolCallEndsCleanly(t *testing.T) {
+	dying := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		fl := w.(http.Flusher)
+		chunk := func(delta string) {
+			io.WriteString(w, `data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"tiny","choices":[{"index":0,"delta":`+delta+`,"finish_reason":null,"logprobs":{"content":[{"id":7,"token":"x","logprob":0}]}}]}`+"\n\n")
+			fl.Flush()
+		}
+		chunk(`{"role":"assistant","content":"Let me "}`)
+		chunk(`{"content":"check. "}`)
+		chunk(`{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"lookup","arguments":"{\"q\":"}}]}`)
+		panic(http.ErrAbortHandler)
+	})
+	var asked atomic.Int64
+	// b fails chat requests before the first byte (so whichever instance
+	// placement ranks first, the stream ends up on a) and counts
+	// continuation calls, which must never come.
+	other := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/chat/completions" {
+			asked.Add(1)
+		}
+		w.WriteHeader(http.StatusBadGateway)
+	})
+	a, b := httptest.NewServer(dying), httptest.NewServer(other)
+	defer a.Close()
+	defer b.Close()
+	ia, ib := inst(t, "a", "n1", testModel, a.URL), inst(t, "b", "n2", testModel, b.URL)
+	ia.Engine, ib.Engine = "llamacpp", "llamacpp"
+	h := newHarness(t, nil, ia, ib)
+	var content strings.Builder
+	var errEvents int
+	{
+		resp := h.doStream(t, "/v1/chat/completions", `{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":true}`)
+		readSSEFunc(t, resp.Body, func(data string) {
+			if strings.Contains(data, `"WORKER_RESET"`) {
+				errEvents++
+				return
+			}
+			var c struct {
+				Choices []struct {
+					Delta struct {
+						Content string `json:"content"`
+					} `json:"delta"`
+					Logprobs json.RawMessage `json:"logprobs"`
+				} `json:"choices"`
+			}
+			if err := json.Unmarshal([]byte(data), &c); err != nil {
+				t.Fatalf("bad event %q", data)
+			}
+			for _, ch := range c.Choices {
+				if len(ch.Logprobs) > 0 {
+					t.Fatalf("injected logprobs reached the client: %s", data)
+				}
+				content.WriteString(ch.Delta.Content)
+			}
+		})
+		resp.Body.Close()
+	}
+	if errEvents != 1 {
+		t.Fatalf("error events: %d", errEvents)
+	}
+	if content.String() != "Let me check. " {
+		t.Fatalf("client content %q", content.String())
+	}
+	if asked.Load() != 0 {
+		t.Fatalf("another instance was asked to continue a tool call (%d requests)", asked.Load())
 	}
 }
