@@ -14,9 +14,9 @@ import (
 // (reset, EOF before the final event, idle timeout, the instance leaving
 // the snapshot) is continued on another instance of the model: the
 // resumer asks it for the rest of the answer, given the prompt and the
-// tokens already sent, and the client's response goes on as if nothing
-// happened. Engines whose adapter has no resumer end with today's error
-// event.
+// tokens already sent, and the client's response (a /v1 stream or a /v2
+// task's token events) goes on as if nothing happened. Engines whose
+// adapter has no resumer end with the error event as before.
 
 // resumers maps an engine adapter name to how its streams are continued.
 var resumers = map[string]func(*Router) streamResumer{
@@ -28,48 +28,7 @@ type streamResumer interface {
 	Continue(ctx context.Context, c resume.Call, body []byte, s *resume.Stream, emit func([]byte) error) error
 }
 
-// resumable is what one request needs to be continued: the client's own
-// body (the continuation is computed from it, not from what the router
-// sent upstream) and the stream state the relay fills in.
-type resumable struct {
-	kind   resume.Kind
-	body   []byte
-	stream *resume.Stream
-	cands  []registry.Instance // the placement's ranking
-	tried  map[string]bool     // instance ids that already served or failed this request
-}
-
-// prepareResume returns the body to send upstream and the resume state,
-// or the client's body unchanged and nil when the request will not be
-// resumed (resume off, not a stream, or a request shape that cannot be
-// continued exactly).
-func (rt *Router) prepareResume(path string, body []byte, stream bool) ([]byte, *resumable) {
-	if rt.cfg.ResumeAttempts <= 0 || !stream {
-		return body, nil
-	}
-	kind, ok := resume.KindOf(path)
-	if !ok {
-		return body, nil
-	}
-	up, s, err := resume.Prepare(kind, body)
-	if err != nil {
-		return body, nil
-	}
-	return up, &resumable{kind: kind, body: body, stream: s}
-}
-
-// canResumeOn reports whether the instance's engine can continue the
-// request.
-func (rt *Router) canResumeOn(inst registry.Instance, rs *resumable) (streamResumer, bool) {
-	mk, ok := resumers[inst.Engine]
-	if !ok {
-		return nil, false
-	}
-	r := mk(rt)
-	return r, r.Check(rs.kind, rs.body) == nil
-}
-
-// resumeOutcome labels llorch_stream_resumes_total.
+// Outcomes of llorch_stream_resumes_total.
 const (
 	resumeOK         = "resumed"
 	resumeFailed     = "failed"
@@ -78,121 +37,206 @@ const (
 	resumeClientGone = "client_gone"
 )
 
-// resumeStream continues a stream that broke on failed. It writes the rest
-// of the answer to w and reports whether the client got a complete one;
-// false means the caller ends the stream with the error event. cands is
-// the placement's ranking in rs; instances already tried are skipped.
-func (rt *Router) resumeStream(w http.ResponseWriter, r *http.Request, rs *resumable, ri *reqInfo, model, reason string) bool {
-	log := ri.logger()
-	if ok, why := rs.stream.Resumable(); !ok {
+// errEndedEarly: the engine closed a stream before its final event.
+var errEndedEarly = errors.New("the engine ended the stream before its final event")
+
+// resumingSink wraps the sink of a resumable stream: events pass through
+// the stream's filter (which records text and token ids and strips the
+// logprobs the router asked for), an engine that ends the stream before its
+// final event counts as broken, and a break is continued on another
+// instance before the inner sink hears of it.
+type resumingSink struct {
+	sink
+	rt     *Router
+	ctx    context.Context
+	call   *upstreamCall
+	kind   resume.Kind
+	body   []byte // the client's own request: the continuation is computed from it
+	stream *resume.Stream
+	cands  []registry.Instance // the placement's ranking
+	tried  map[string]bool     // instances that served or failed this request
+	resp   *http.Response      // the committed engine answer, closed before a continuation
+}
+
+// withResume returns the call and sink relay uses: unchanged when resume is
+// off or the request is not a chat or completion stream; for streams that
+// cannot be continued exactly (several choices, client-chosen logprobs) a
+// sink that only counts their breaks; else the upstream body asking for
+// token ids and a resumingSink.
+func (rt *Router) withResume(ctx context.Context, call *upstreamCall, cands []registry.Instance, s sink) (*upstreamCall, sink) {
+	if rt.cfg.ResumeAttempts <= 0 || !call.stream {
+		return call, s
+	}
+	kind, ok := resume.KindOf(call.path)
+	if !ok {
+		return call, s
+	}
+	up, st, err := resume.Prepare(kind, call.body)
+	if err != nil {
+		return call, &unresumableSink{sink: s, rt: rt, model: call.model}
+	}
+	c := *call
+	c.body = up
+	return &c, &resumingSink{sink: s, rt: rt, ctx: ctx, call: &c, kind: kind, body: call.body, stream: st, cands: cands, tried: map[string]bool{}}
+}
+
+func (s *resumingSink) commit(resp *http.Response, sse bool) error {
+	s.resp = resp
+	return s.sink.commit(resp, sse)
+}
+
+func (s *resumingSink) event(ev []byte, more bool) error {
+	return s.sink.event(s.stream.Filter(ev), more)
+}
+
+func (s *resumingSink) end(inst registry.Instance) error {
+	if !s.stream.Finished() {
+		return errEndedEarly
+	}
+	return s.sink.end(inst)
+}
+
+func (s *resumingSink) broken(inst registry.Instance, reason string, sse bool) outcomeKind {
+	if !sse {
+		return s.sink.broken(inst, reason, sse)
+	}
+	s.tried[inst.ID] = true
+	if s.resp != nil {
+		s.resp.Body.Close() // the failed engine stops generating and frees its slot
+	}
+	if next, ok := s.rt.resumeStream(s, reason); ok {
+		_ = s.sink.end(next)
+		return outcomeDone
+	}
+	if s.ctx.Err() != nil {
+		return outcomeDone
+	}
+	return s.sink.broken(inst, reason, sse)
+}
+
+// unresumableSink counts breaks of streams resume could not take on.
+type unresumableSink struct {
+	sink
+	rt    *Router
+	model string
+}
+
+func (s *unresumableSink) broken(inst registry.Instance, reason string, sse bool) outcomeKind {
+	if sse {
+		s.rt.metrics.resumes.WithLabelValues(s.model, resumeNotAllowed).Inc()
+	}
+	return s.sink.broken(inst, reason, sse)
+}
+
+// resumeStream continues the broken stream of s on the next instance that
+// can, up to resume-attempts times, writing the continuation through the
+// inner sink. It returns the instance that finished the answer.
+func (rt *Router) resumeStream(s *resumingSink, reason string) (registry.Instance, bool) {
+	log, model := s.call.ri.logger(), s.call.model
+	if ok, why := s.stream.Resumable(); !ok {
 		rt.metrics.resumes.WithLabelValues(model, resumeNotAllowed).Inc()
 		log.Warn("stream broke and cannot be resumed", "model", model, "reason", reason, "why", why)
-		return false
+		return registry.Instance{}, false
 	}
-	rc := http.NewResponseController(w)
 	for n := 0; n < rt.cfg.ResumeAttempts; n++ {
-		inst, res, ok := rt.nextResumeInstance(rs)
+		inst, res, ok := rt.nextResumeInstance(s)
 		if !ok {
 			rt.metrics.resumes.WithLabelValues(model, resumeNoInstance).Inc()
 			log.Warn("stream broke; no other instance can continue it", "model", model, "reason", reason)
-			return false
+			return registry.Instance{}, false
 		}
-		rs.tried[inst.ID] = true
+		s.tried[inst.ID] = true
 		began := time.Now()
-		sent := len(rs.stream.Tokens)
-		err := rt.continueOn(r, inst, res, rs, func(ev []byte) error {
-			if _, err := w.Write(ev); err != nil {
-				return err
-			}
-			return rc.Flush()
-		}, ri)
+		sent := len(s.stream.Tokens)
+		err := rt.continueOn(s.ctx, s.call, inst, res, s.body, s.stream, func(ev []byte) error { return s.sink.event(ev, false) })
 		switch {
 		case err == nil:
 			rt.metrics.resumes.WithLabelValues(model, resumeOK).Inc()
 			log.Info("stream resumed on another instance", "model", model, "instance_id", inst.ID, "node_id", inst.NodeID,
-				"reason", reason, "tokens_before", sent, "tokens_after", len(rs.stream.Tokens)-sent,
+				"reason", reason, "tokens_before", sent, "tokens_after", len(s.stream.Tokens)-sent,
 				"resume_ms", time.Since(began).Milliseconds())
-			ri.instance, ri.node = inst.ID, inst.NodeID
-			return true
-		case resume.IsClient(err) || r.Context().Err() != nil:
+			s.call.ri.instance, s.call.ri.node = inst.ID, inst.NodeID
+			return inst, true
+		case resume.IsClient(err) || s.ctx.Err() != nil:
 			rt.metrics.resumes.WithLabelValues(model, resumeClientGone).Inc()
-			return true // nobody left to tell
+			return registry.Instance{}, false
 		default:
 			rt.metrics.resumes.WithLabelValues(model, resumeFailed).Inc()
 			log.Warn("resuming the stream failed", "model", model, "instance_id", inst.ID, "error", err)
 			reason = err.Error()
-			if ok, _ := rs.stream.Resumable(); !ok {
-				return false
+			if ok, _ := s.stream.Resumable(); !ok {
+				return registry.Instance{}, false
 			}
 		}
 	}
-	return false
+	return registry.Instance{}, false
 }
 
-// nextResumeInstance picks the best-ranked untried, non-ejected instance
-// whose engine can continue the request, from the placement's ranking and
-// then from the current snapshot (the ranking may be short or stale).
-func (rt *Router) nextResumeInstance(rs *resumable) (registry.Instance, streamResumer, bool) {
-	cands, tried := rs.cands, rs.tried
-	try := func(list []registry.Instance, model string) (registry.Instance, streamResumer, bool) {
+// nextResumeInstance picks the best-ranked untried instance that is not
+// ejected or busy and whose engine can continue the request, from the
+// placement's ranking and then from the current snapshot (the ranking may
+// be short or stale).
+func (rt *Router) nextResumeInstance(s *resumingSink) (registry.Instance, streamResumer, bool) {
+	try := func(list []registry.Instance) (registry.Instance, streamResumer, bool) {
 		for _, inst := range list {
-			if tried[inst.ID] || rt.state.EjectedFor(inst.ID) > 0 || (model != "" && inst.Model != model) {
+			if s.tried[inst.ID] || inst.Model != s.call.model || rt.state.EjectedFor(inst.ID) > 0 || rt.state.BusyFor(inst.ID) > 0 {
 				continue
 			}
 			if inst.Health != "" && inst.Health != registry.HealthPassing {
 				continue
 			}
-			if res, ok := rt.canResumeOn(inst, rs); ok {
+			mk, ok := resumers[inst.Engine]
+			if !ok {
+				continue
+			}
+			if res := mk(rt); res.Check(s.kind, s.body) == nil {
 				return inst, res, true
 			}
 		}
 		return registry.Instance{}, nil, false
 	}
-	if inst, res, ok := try(cands, ""); ok {
+	if inst, res, ok := try(s.cands); ok {
 		return inst, res, true
 	}
-	if len(cands) == 0 {
-		return registry.Instance{}, nil, false
-	}
 	if snap := rt.view.Current(); snap != nil {
-		return try(snap.Instances, cands[0].Model)
+		return try(snap.Instances)
 	}
 	return registry.Instance{}, nil, false
 }
 
 // continueOn runs one continuation on inst with the router's timeouts: the
-// first-byte clock until the first event, the idle clock after each, and
-// the instance leaving the snapshot cancels it.
-func (rt *Router) continueOn(r *http.Request, inst registry.Instance, res streamResumer, rs *resumable, emit func([]byte) error, ri *reqInfo) error {
+// first-byte clock until the first event, the idle clock after each; the
+// instance leaving the snapshot cancels it. Outlier accounting as for any
+// attempt: a gateway failure counts, the engine's own 4xx does not.
+func (rt *Router) continueOn(ctx context.Context, call *upstreamCall, inst registry.Instance, res streamResumer, body []byte, st *resume.Stream, emit func([]byte) error) error {
 	release := rt.state.acquire(inst.ID)
 	defer release()
-	ctx, cancel := context.WithCancelCause(r.Context())
+	cctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	unwatch := rt.state.watchGone(inst.ID, cancel)
 	defer unwatch()
-	timer := time.AfterFunc(rt.cfg.FirstByteTimeout, func() { cancel(errIdle) })
+	timer := time.AfterFunc(rt.cfg.FirstByteTimeout, func() { cancel(errFirstByte) })
 	defer timer.Stop()
 
 	hdr := http.Header{}
-	hdr.Set(CorrelationHeader, ri.id)
+	hdr.Set(CorrelationHeader, call.ri.id)
 	if rt.engineToken != "" {
 		hdr.Set("Authorization", "Bearer "+rt.engineToken)
 	}
-	err := res.Continue(ctx, resume.Call{Base: inst.URL(), Header: hdr}, rs.body, rs.stream, func(ev []byte) error {
+	err := res.Continue(cctx, resume.Call{Base: inst.URL(), Header: hdr}, body, st, func(ev []byte) error {
 		timer.Reset(rt.cfg.IdleStreamTimeout)
 		return emit(ev)
 	})
 	switch {
 	case err == nil:
 		rt.state.success(inst.ID)
-	case resume.IsClient(err) || r.Context().Err() != nil:
-	case errors.Is(err, resume.ErrNotResumable):
+	case resume.IsClient(err) || ctx.Err() != nil, errors.Is(err, resume.ErrNotResumable):
 	default:
 		var se *resume.StatusError
 		if !errors.As(err, &se) || se.Status >= 500 {
-			rt.state.fault(inst.ID)
+			rt.state.gatewayFailure(inst.ID)
 		}
-		if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		if c := context.Cause(cctx); c != nil && !errors.Is(c, context.Canceled) {
 			return errors.Join(err, c)
 		}
 	}
