@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"io"
@@ -50,21 +51,8 @@ func newResumeFleet(t *testing.T) *resumeFleet {
 func (f *resumeFleet) busy(t *testing.T) (string, *enginetest.Proc) {
 	t.Helper()
 	for id, p := range f.procs {
-		req, _ := http.NewRequest("GET", p.Base+"/slots", nil)
-		req.Header.Set("Authorization", "Bearer "+engineToken)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			continue
-		}
-		var slots []struct {
-			IsProcessing bool `json:"is_processing"`
-		}
-		_ = json.NewDecoder(resp.Body).Decode(&slots)
-		resp.Body.Close()
-		for _, s := range slots {
-			if s.IsProcessing {
-				return id, p
-			}
+		if processing(p) {
+			return id, p
 		}
 	}
 	t.Fatal("no engine is generating")
@@ -334,4 +322,156 @@ func TestBreakInsideToolCallEndsCleanly(t *testing.T) {
 	if asked.Load() != 0 {
 		t.Fatalf("another instance was asked to continue a tool call (%d requests)", asked.Load())
 	}
+}
+
+// A /v2 task's token events continue on another instance when its engine
+// dies: indexes go on without gap or repeat, the text is the unbroken
+// run's, and the task ends with "end", not "error".
+func TestTaskSurvivesItsEngine(t *testing.T) {
+	f := newResumeFleet(t)
+	body := `{"model_ref":"tiny","messages":[{"role":"user","content":"Tell me how llorch keeps a task alive."}],"max_tokens":160,"temperature":0}`
+	run := func(kill bool) (string, int, []string) {
+		st, _, sub, raw := f.h.submit(t, body)
+		if st != 202 {
+			t.Fatalf("submit: %d %s", st, raw)
+		}
+		resp, err := f.h.cl.Do(f.h.req("GET", "/v2/tasks/"+sub.TaskID+"/events", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var text strings.Builder
+		var kinds []string
+		next := 0
+		readSSEEvents(t, resp.Body, func(name, data string) {
+			if name != "token" {
+				kinds = append(kinds, name)
+				return
+			}
+			var tok struct {
+				T string `json:"t"`
+				I int    `json:"i"`
+			}
+			if err := json.Unmarshal([]byte(data), &tok); err != nil {
+				t.Fatalf("token event %q: %v", data, err)
+			}
+			if tok.I != next {
+				t.Fatalf("token index %d, want %d (gap or repeat)", tok.I, next)
+			}
+			next++
+			text.WriteString(tok.T)
+			if kill && next == 12 {
+				_, p := f.busy(t)
+				p.Kill()
+			}
+		})
+		return text.String(), next, kinds
+	}
+	want, n, kinds := run(false)
+	if n == 0 || kinds[len(kinds)-1] != "end" {
+		t.Fatalf("reference task: %d tokens, events %v", n, kinds)
+	}
+	got, m, kinds := run(true)
+	if kinds[len(kinds)-1] != "end" {
+		t.Fatalf("task after the engine died ended with %v", kinds)
+	}
+	if got != want || m != n {
+		t.Fatalf("task text after the engine died differs (%d vs %d tokens)\n got %q\nwant %q", m, n, got, want)
+	}
+}
+
+// readSSEEvents calls fn with each event's name and data as it arrives.
+func readSSEEvents(t *testing.T, r io.Reader, fn func(name, data string)) {
+	t.Helper()
+	br := bufio.NewReader(r)
+	name, data := "", ""
+	for {
+		line, err := br.ReadString('\n')
+		line = strings.TrimRight(line, "\r\n")
+		switch {
+		case line == "" && (name != "" || data != ""):
+			fn(name, data)
+			name, data = "", ""
+		case strings.HasPrefix(line, "event: "):
+			name = line[len("event: "):]
+		case strings.HasPrefix(line, "data: "):
+			data = line[len("data: "):]
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// A non-streamed answer whose engine dies mid-generation has sent the
+// client nothing: it is re-run on another instance, counted as a retry,
+// and the client gets the whole answer.
+func TestNonStreamedAnswerSurvivesItsEngine(t *testing.T) {
+	f := newResumeFleet(t)
+	body := `{"model":"tiny","messages":[{"role":"user","content":"Tell me a long story."}],"max_tokens":160,"temperature":0}`
+	var want string
+	for i, kill := range []bool{false, true} {
+		killed := make(chan bool, 1)
+		if kill {
+			go func() { // not the test goroutine: no t.Fatal here
+				for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+					for _, p := range f.procs {
+						if processing(p) {
+							time.Sleep(300 * time.Millisecond) // well inside a 160-token answer
+							p.Kill()
+							killed <- true
+							return
+						}
+					}
+				}
+				killed <- false
+			}()
+		} else {
+			killed <- true
+		}
+		st, _, raw := f.h.do("POST", "/v1/chat/completions", body)
+		if !<-killed {
+			t.Fatal("no engine was generating the answer")
+		}
+		var r struct {
+			Choices []struct {
+				Message struct {
+					Content string `json:"content"`
+				} `json:"message"`
+			} `json:"choices"`
+		}
+		if st != 200 || json.Unmarshal([]byte(raw), &r) != nil || len(r.Choices) != 1 {
+			t.Fatalf("run %d: %d %s", i, st, raw)
+		}
+		if !kill {
+			want = r.Choices[0].Message.Content
+			continue
+		}
+		if r.Choices[0].Message.Content != want {
+			t.Fatalf("answer after the engine died differs\n got %q\nwant %q", r.Choices[0].Message.Content, want)
+		}
+	}
+	if n := f.h.metricSum("llorch_router_retries_total"); n < 1 {
+		t.Fatalf("retries counted %v, want ≥ 1", n)
+	}
+}
+
+func processing(p *enginetest.Proc) bool {
+	req, _ := http.NewRequest("GET", p.Base+"/slots", nil)
+	req.Header.Set("Authorization", "Bearer "+engineToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var slots []struct {
+		IsProcessing bool `json:"is_processing"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&slots)
+	for _, s := range slots {
+		if s.IsProcessing {
+			return true
+		}
+	}
+	return false
 }
