@@ -220,6 +220,7 @@ func (rt *Router) continueOn(ctx context.Context, call *upstreamCall, inst regis
 
 	hdr := http.Header{}
 	hdr.Set(CorrelationHeader, call.ri.id)
+	markReplayable(hdr)
 	if rt.engineToken != "" {
 		hdr.Set("Authorization", "Bearer "+rt.engineToken)
 	}
