@@ -129,9 +129,6 @@ func resumeBench(e *env, quick bool) {
 			return
 		}
 		gap = append(gap, g)
-		if os.Getenv("LLORCH_BENCH_VERBOSE") != "" {
-			fmt.Printf("  run %d: ttft %v gap %v\n", i, t, g)
-		}
 		time.Sleep(50 * time.Millisecond) // ejection back-off ends
 	}
 	sort.Slice(ttft, func(i, j int) bool { return ttft[i] < ttft[j] })
