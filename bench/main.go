@@ -116,6 +116,10 @@ func main() {
 		fmt.Println("== cold start: request to a model not loaded → first token (home, real llama-server)")
 		coldStartBench(*quick)
 	}
+	if run("resume") {
+		fmt.Println("== mid-stream failover (real llama-server)")
+		resumeBench(env, *quick)
+	}
 	if run("driver") {
 		fmt.Println("== driver: StartTask → Consul passing (real llama-server)")
 		driverBench(env, *quick)
@@ -129,7 +133,7 @@ func main() {
 }
 
 // sectionNames are the parts -only can pick, in the order they run.
-var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "churn", "discovery", "failure", "coldstart", "driver"}
+var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "churn", "discovery", "failure", "coldstart", "resume", "driver"}
 
 func machine() string {
 	model := "unknown CPU"

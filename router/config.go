@@ -29,6 +29,7 @@ type Config struct {
 	MaxBodyBytes      int64
 	MetricsAuth       bool
 	Retries           int
+	ResumeAttempts    int
 	RetryBudget       time.Duration
 	ConnectTimeout    time.Duration
 	FirstByteTimeout  time.Duration
@@ -171,6 +172,7 @@ func Options() []Option {
 		bytesOpt("max-body-bytes", "LLORCH_MAX_BODY_BYTES", "4MiB", "largest request body accepted (bytes, or with KiB/MiB suffix); larger gets 413", func(c *Config) *int64 { return &c.MaxBodyBytes }),
 		boolOpt("metrics-auth", "LLORCH_METRICS_AUTH", "false", "require the API token on /metrics", func(c *Config) *bool { return &c.MetricsAuth }),
 		intOpt("retries", "LLORCH_RETRIES", "2", "further instances tried after a failure before the first byte (0 = no retry)", 0, func(c *Config) *int { return &c.Retries }),
+		intOpt("resume-attempts", "LLORCH_RESUME_ATTEMPTS", "2", "other instances tried to continue a stream whose engine failed after the first byte (0 = end it with an error event)", 0, func(c *Config) *int { return &c.ResumeAttempts }),
 		durOpt("retry-budget", "LLORCH_RETRY_BUDGET", "30s", "time after which no further instance is tried", func(c *Config) *time.Duration { return &c.RetryBudget }),
 		durOpt("connect-timeout", "LLORCH_CONNECT_TIMEOUT", "2s", "TCP connect timeout to an engine", func(c *Config) *time.Duration { return &c.ConnectTimeout }),
 		durOpt("first-byte-timeout", "LLORCH_FIRST_BYTE_TIMEOUT", "120s", "streams (stream:true): time an engine has to send the first event (prompt processing included); past it the attempt is a gateway failure and the next instance is tried", func(c *Config) *time.Duration { return &c.FirstByteTimeout }),

@@ -142,6 +142,9 @@ func TestServerErrorsEjectOnlyBySuccessRate(t *testing.T) {
 		c.EjectAfter = 3
 		c.EjectSuccessRateMinReqs = minReqs
 		c.SchedulerProfile = "least-in-flight"
+		// Long enough that the ejection is still on when it is checked,
+		// however slow a loaded machine is.
+		c.EjectBackoff, c.EjectBackoffMax = time.Minute, time.Minute
 	},
 		inst(t, "a", "n1", testModel, ub), inst(t, "b", "n2", testModel, ug))
 	for i := 0; i < minReqs-1; i++ {

@@ -31,26 +31,27 @@ import (
 // Router is one router process's state. Create it with New, serve Handler,
 // and run Run for discovery.
 type Router struct {
-	cfg         Config
-	source      registry.Source
-	placer      Placer
-	log         hclog.Logger
-	view        *discovery.View
-	state       *localState
-	metrics     *metrics
-	promReg     *prometheus.Registry
-	transport   *http.Transport
-	tokens      *authmin.TokenSet
-	engineToken string
-	handler     http.Handler
-	queues      *admission.Queues
-	tasks       *taskStore
-	genTimeouts map[string]time.Duration
-	errors      recentErrors
-	demand      Demand          // nil: no scaling or on-demand loading
-	readyBefore map[string]bool // models with a ready instance in the last snapshot (drainWoken)
-	keys        *keys.Gate      // per-team keys; nil in single-token mode
-	keysIndex   uint64          // the Consul KV index the keys were read at
+	cfg          Config
+	source       registry.Source
+	placer       Placer
+	log          hclog.Logger
+	view         *discovery.View
+	state        *localState
+	metrics      *metrics
+	promReg      *prometheus.Registry
+	transport    *http.Transport
+	resumeClient *http.Client // continues broken streams over the same connections
+	tokens       *authmin.TokenSet
+	engineToken  string
+	handler      http.Handler
+	queues       *admission.Queues
+	tasks        *taskStore
+	genTimeouts  map[string]time.Duration
+	errors       recentErrors
+	demand       Demand          // nil: no scaling or on-demand loading
+	readyBefore  map[string]bool // models with a ready instance in the last snapshot (drainWoken)
+	keys         *keys.Gate      // per-team keys; nil in single-token mode
+	keysIndex    uint64          // the Consul KV index the keys were read at
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -159,6 +160,7 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 		rt.log.Info("outlier kept in: the model's max-ejection share is reached", "instance_id", id)
 	}
 	rt.transport = newTransport(cfg)
+	rt.resumeClient = &http.Client{Transport: rt.transport}
 	rt.handler = rt.buildHandler()
 	return rt, nil
 }

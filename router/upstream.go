@@ -118,6 +118,7 @@ func (rt *Router) generationTimeout(model string) time.Duration {
 // answers.
 func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registry.Instance, s sink) relayResult {
 	s = call.key.sink(s)
+	call, s = rt.withResume(ctx, call, cands, s)
 	attempts := 1 + rt.cfg.Retries
 	deadline := call.start.Add(rt.cfg.RetryBudget)
 	var failures []string
