@@ -5,6 +5,7 @@ package driver
 import (
 	"time"
 
+	"github.com/llorch/llorch/driver/users"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -37,6 +38,13 @@ type PluginConfig struct {
 	AdvertiseAddress  string            `json:"advertise_address,omitempty"`
 	NodeID            string            `json:"node_id,omitempty"`
 	MetricsAddress    string            `json:"metrics_address,omitempty"`
+
+	// DefaultUser runs engines of tasks that set no user; empty: the
+	// plugin's own user. DeniedHostUIDs/GIDs refuse engines whose user is
+	// in those ranges (raw_exec's format, "0-999,65534").
+	DefaultUser    string       `json:"default_user,omitempty"`
+	DeniedHostUIDs users.Ranges `json:"denied_host_uids,omitempty"`
+	DeniedHostGIDs users.Ranges `json:"denied_host_gids,omitempty"`
 }
 
 // defaultPluginConfig is what a client with no config block runs with.

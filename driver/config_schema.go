@@ -57,6 +57,9 @@ func PluginConfigSpec() *hclspec.Spec {
 		"advertise_address":  sAttr("string", false),
 		"node_id":            sAttr("string", false),
 		"metrics_address":    sAttr("string", false),
+		"default_user":       sAttr("string", false),
+		"denied_host_uids":   sAttr("string", false),
+		"denied_host_gids":   sAttr("string", false),
 	})
 }
 

@@ -65,6 +65,10 @@ func (d *Driver) watch(h *taskHandle, supDone <-chan struct{}) {
 		msg += fmt.Sprintf(" (signal %s)", unix.SignalName(syscall.Signal(rec.Signal)))
 	}
 	d.events.emit(h, msg, nil)
+	if rec.OOMKilled {
+		d.log.Warn("engine OOM killed", "task_id", h.st.TaskID, "memory_max_mib", h.st.Isolation.Limits.MemoryMax>>20)
+		d.events.emit(h, oomMessage(h), map[string]string{"oom_killed": "true"})
+	}
 	d.announceExit(h)
 }
 
@@ -204,6 +208,7 @@ func (d *Driver) DestroyTask(ctx context.Context, req *drivers.DestroyTaskReques
 	h.cancel()
 	d.releaseGPUs(h.st.TaskID)
 	d.tasks.delete(h.st.TaskID)
+	d.teardownIsolation(h)
 	if err := os.RemoveAll(h.st.StateDir); err != nil {
 		d.log.Warn("destroy task: remove state dir", "task_id", h.st.TaskID, "error", err)
 	}

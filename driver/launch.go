@@ -48,8 +48,22 @@ func (d *Driver) launch(st taskState, apiKey string) (*taskHandle, error) {
 	if err := os.MkdirAll(st.Spec.StateDir, 0o700); err != nil {
 		return nil, recoverableError("create task state dir: %v", err)
 	}
-	cleanup := func() { _ = os.RemoveAll(st.StateDir) }
-	sspec := supervisorSpec{Path: cmd.Path, Args: cmd.Args, Dir: st.TaskDir}
+	if st.Isolation.Relay != nil {
+		st.Isolation.Relay.TokenFile = d.config().EngineTokenFile
+	}
+	warnings, err := d.setupIsolation(&st)
+	if err != nil {
+		_ = os.RemoveAll(st.StateDir)
+		return nil, err
+	}
+	cleanup := func() {
+		_ = os.RemoveAll(st.StateDir)
+		if g := st.Isolation.Cgroup; g != nil && len(g.Made) > 0 {
+			_ = g.KillAll()
+			_ = g.Remove(time.Second)
+		}
+	}
+	sspec := supervisorSpec{Path: cmd.Path, Args: cmd.Args, Dir: st.TaskDir, Isolation: st.Isolation}
 	for k, v := range env {
 		// The engine token goes to the engine through the supervisor,
 		// which reads it from the token file: never into the spec on disk.
@@ -136,6 +150,10 @@ func (d *Driver) launch(st taskState, apiKey string) (*taskHandle, error) {
 		<-supDone
 		cleanup()
 		return nil, permanentError(codes.AlreadyExists, "start task %s: already started", st.TaskID)
+	}
+	for _, w := range warnings {
+		d.log.Warn("task isolation", "task_id", st.TaskID, "warning", w)
+		d.events.emit(h, w, nil)
 	}
 	go d.watch(h, supDone)
 	return h, nil

@@ -157,6 +157,9 @@ func (d *Driver) prepare(tc *drivers.TaskConfig) (taskState, string, error) {
 		Ctx: tcfg.Ctx, Slots: tcfg.Slots, GPULayers: tcfg.GPULayers, Threads: tcfg.Threads,
 		ExtraArgs: tcfg.ExtraArgs, StateDir: filepath.Join(st.StateDir, "engine"),
 	}
+	if st.Isolation, err = d.isolationFor(tc, &st, adapter, apiKey); err != nil {
+		return taskState{}, "", err
+	}
 	return st, apiKey, nil
 }
 

@@ -62,6 +62,10 @@ type taskState struct {
 
 	// GPUReservation is gpu.go's opaque record of what the task holds.
 	GPUReservation []byte `json:"gpu_reservation,omitempty"`
+
+	// Isolation is the engine's user, cgroup, oom_score_adj and relay
+	// (isolation.go).
+	Isolation isolation `json:"isolation"`
 }
 
 // taskStore holds the handles by task id.

@@ -40,6 +40,8 @@ type supervisorSpec struct {
 	// file when it starts the engine, so the spec on disk never holds the
 	// engine token itself.
 	SecretEnv []secretEnv `json:"secret_env,omitempty"`
+	// Isolation is the engine's user, cgroup, oom_score_adj and relay.
+	Isolation isolation `json:"isolation"`
 }
 
 type secretEnv struct {
@@ -139,10 +141,20 @@ func RunSupervisor(args []string) int {
 	// Its own process group, so a stop can kill the engine and everything
 	// it spawned without touching the supervisor.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fail(fmt.Errorf("start engine %s: %w", spec.Path, err))
+	oomBase, err := startEngine(cmd, spec.Isolation, logLine)
+	if err != nil {
+		return fail(fmt.Errorf("start engine %s as %s: %w", spec.Path, spec.Isolation.User, err))
 	}
 	pid := cmd.Process.Pid
+	rl, err := startRelay(spec.Isolation, logLine)
+	if err != nil {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+		return fail(fmt.Errorf("engine token relay: %w", err))
+	}
+	if rl != nil {
+		defer rl.Close()
+	}
 	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		logLine("read engine start time: %v", err)
@@ -163,11 +175,12 @@ func RunSupervisor(args []string) int {
 	} else if werr != nil {
 		rec.ExitCode, rec.Err = 1, werr.Error()
 	}
+	rec.OOMKilled = engineOOMKilled(spec.Isolation, oomBase, syscall.Signal(rec.Signal))
 	// Whatever the engine left in its group goes with it: no orphans.
 	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		logLine("kill engine group %d: %v", pid, err)
 	}
-	logLine("engine exited: code %d signal %d", rec.ExitCode, rec.Signal)
+	logLine("engine exited: code %d signal %d oom_killed %v", rec.ExitCode, rec.Signal, rec.OOMKilled)
 	if err := writeJSONAtomic(filepath.Join(dir, exitFile), rec); err != nil {
 		logLine("write exit record: %v", err)
 		return 1

@@ -203,6 +203,9 @@ var pluginHelp = map[string]string{
 	"advertise_address":   "address registered in Consul for engines (default: the task's port mapping host IP, else the node's first non-loopback IPv4)",
 	"node_id":             "node id in registrations (default: Nomad's node id)",
 	"metrics_address":     "host:port for the driver's Prometheus /metrics (tasks, engines, GPUs by node_id); registered in Consul as `llorch-driver`; empty = off",
+	"default_user":        "user engines run as when the task sets no `user` (name or uid, `user:group` too); empty = the plugin's own user",
+	"denied_host_uids":    "uids an engine may not run as, like raw_exec's: `\"0-999,65534\"`; checked at StartTask against the task's user, else default_user, else the plugin's",
+	"denied_host_gids":    "gids (primary or supplementary) an engine's user may not have, same format",
 }
 
 var taskHelp = map[string]string{
