@@ -27,7 +27,8 @@ func execCommand(ctx context.Context, h *taskHandle, argv []string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = envMapToSlice(h.st.Env)
 	cmd.Dir = h.st.TaskDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// As the task's user, like the engine.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: credential(h.st.Isolation.User)}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 2 * time.Second
 	return cmd
@@ -111,15 +112,15 @@ func (d *Driver) ExecTaskStreaming(stream drivers.Driver_ExecTaskStreamingServer
 	if setup == nil {
 		return status.Error(codes.InvalidArgument, "exec: the first message must carry setup")
 	}
-	if setup.GetTty() {
-		return status.Error(codes.Unimplemented, "exec: the llorch driver does not allocate terminals; run with -t=false")
-	}
 	h, err := d.runningTask(setup.GetTaskId())
 	if err != nil {
 		return err
 	}
 	if len(setup.GetCommand()) == 0 || setup.GetCommand()[0] == "" {
 		return status.Error(codes.InvalidArgument, "exec: field \"command\": required")
+	}
+	if setup.GetTty() {
+		return d.execTTY(stream, h, setup.GetCommand()) // exec_tty.go
 	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()

@@ -74,6 +74,9 @@ func (d *Driver) launch(st taskState, apiKey string) (*taskHandle, error) {
 		sspec.Env = append(sspec.Env, k+"="+v)
 	}
 	sort.Strings(sspec.Env)
+	// What exec sees: the engine's env without the secrets, the same that
+	// RecoverTask reads back from the spec after a plugin restart.
+	st.Env = envSliceToMap(sspec.Env)
 	if err := writeJSONAtomic(filepath.Join(st.StateDir, specFile), sspec); err != nil {
 		cleanup()
 		return nil, recoverableError("write supervisor spec: %v", err)

@@ -20,6 +20,19 @@ type Alloc struct {
 	Env                    map[string]string // added to the agent's task env
 	Job, Group             string
 	NodeID, NodeName       string
+	// User is the task's `user` (TaskConfig.user).
+	User string
+	// MemoryMB and MemoryMaxMB are the task's resources memory and
+	// memory_max (default 256 and none, the agent's defaults for a
+	// task that sets 256); the agent sends max(memory, memory_max) as
+	// LinuxResources.memory_limit_bytes.
+	MemoryMB, MemoryMaxMB int64
+	// CpusetCgroup is LinuxResources.cpuset_cgroup: the cgroup the agent
+	// made for the task (see AgentCgroup); empty as from an agent before
+	// 1.7.
+	CpusetCgroup string
+	// OOMScoreAdj is LinuxResources.oom_score_adj (the agent leaves 0).
+	OOMScoreAdj int64
 }
 
 // TaskConfig is StartTask's TaskConfig for the alloc: attempt is the
@@ -46,6 +59,11 @@ func (a Alloc) TaskConfig(attempt string, msgpack []byte) *drivers.TaskConfig {
 	for k, v := range a.Env {
 		env[k] = v
 	}
+	memMB := a.MemoryMB
+	if memMB == 0 {
+		memMB = 256
+	}
+	limit := max(memMB, a.MemoryMaxMB) << 20
 	return &drivers.TaskConfig{
 		Id:                  a.ID + "/" + a.Task + "/" + attempt,
 		Name:                a.Task,
@@ -54,11 +72,13 @@ func (a Alloc) TaskConfig(attempt string, msgpack []byte) *drivers.TaskConfig {
 		Resources: &drivers.Resources{
 			AllocatedResources: &drivers.AllocatedTaskResources{
 				Cpu:    &drivers.AllocatedCpuResources{CpuShares: 500},
-				Memory: &drivers.AllocatedMemoryResources{MemoryMb: 256},
+				Memory: &drivers.AllocatedMemoryResources{MemoryMb: memMB, MemoryMaxMb: a.MemoryMaxMB},
 			},
-			LinuxResources: &drivers.LinuxResources{CpuShares: 500, MemoryLimitBytes: 256 << 20},
-			Ports:          []*drivers.PortMapping{{Label: "http", Value: int32(a.Port), To: int32(a.Port), HostIp: hostIP}},
+			LinuxResources: &drivers.LinuxResources{CpuShares: 500, MemoryLimitBytes: limit,
+				CpusetCgroup: a.CpusetCgroup, OomScoreAdj: a.OOMScoreAdj},
+			Ports: []*drivers.PortMapping{{Label: "http", Value: int32(a.Port), To: int32(a.Port), HostIp: hostIP}},
 		},
+		User:          a.User,
 		AllocDir:      a.Dir,
 		StdoutPath:    stdout,
 		StderrPath:    stderr,
