@@ -189,20 +189,22 @@ func code(s string) string {
 func esc(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
 
 var pluginHelp = map[string]string{
-	"consul.address":      "Consul HTTP address engines register with (else `CONSUL_HTTP_ADDR`); without either the driver only probes engines",
-	"consul.token_file":   "file holding the driver's Consul token (policy deploy/consul/driver-policy.hcl); else `CONSUL_HTTP_TOKEN`",
-	"consul.service_name": "Consul service engines register under",
-	"engines":             "engine name → binary path, e.g. `llamacpp = \"/usr/local/bin/llama-server\"`; the fingerprint lists the engines found",
-	"default_engine":      "engine of tasks that name none",
-	"fingerprint_period":  "how often GPUs and the model catalog are re-read (changes are sent at once)",
-	"require_gpu":         "report the driver unhealthy on a node without a usable NVIDIA GPU",
-	"gpu_sharing":         "let several engines share a GPU when its free VRAM allows",
-	"vram_headroom_mib":   "VRAM per GPU kept free when assigning GPUs",
-	"model_dir":           "the node's model directory: fingerprinted into `driver.llorch.models` (see docs/models.md); relative task model paths resolve here",
-	"engine_token_file":   "file holding the engine API key; engines that take one require it, and the router presents it",
-	"advertise_address":   "address registered in Consul for engines (default: the task's port mapping host IP, else the node's first non-loopback IPv4)",
-	"node_id":             "node id in registrations (default: Nomad's node id)",
-	"metrics_address":     "host:port for the driver's Prometheus /metrics (tasks, engines, GPUs by node_id); registered in Consul as `llorch-driver`; empty = off",
+	"consul.address":                 "Consul HTTP address engines register with (else `CONSUL_HTTP_ADDR`); without either the driver only probes engines",
+	"consul.token_file":              "file holding the driver's Consul token (policy deploy/consul/driver-policy.hcl); else `CONSUL_HTTP_TOKEN`",
+	"consul.service_name":            "Consul service engines register under",
+	"engines":                        "engine name → binary path, e.g. `llamacpp = \"/usr/local/bin/llama-server\"`; the fingerprint lists the engines found",
+	"default_engine":                 "engine of tasks that name none",
+	"fingerprint_period":             "how often GPUs and the model catalog are re-read (changes are sent at once)",
+	"require_gpu":                    "report the driver unhealthy on a node without a usable NVIDIA GPU",
+	"gpu_sharing":                    "let several engines share a GPU when its free VRAM allows",
+	"vram_headroom_mib":              "VRAM per GPU kept free when assigning GPUs",
+	"model_dir":                      "the node's model directory: fingerprinted into `driver.llorch.models` (see docs/models.md); relative task model paths resolve here",
+	"engine_token_file":              "file holding the engine API key; engines that take one require it, and the router presents it",
+	"advertise_address":              "address registered in Consul for engines (default: the task's port mapping host IP, else the node's first non-loopback IPv4)",
+	"node_id":                        "node id in registrations (default: Nomad's node id)",
+	"allowed_unsafe_options":         "engine flags and env vars that run code the job chooses (`--trust-remote-code`, `LD_PRELOAD`, … see docs/engines.md) that jobs on this node may set; default none",
+	"allow_models_outside_model_dir": "let tasks name model files outside model_dir (checked after resolving symlinks); default false",
+	"metrics_address":                "host:port for the driver's Prometheus /metrics (tasks, engines, GPUs by node_id); registered in Consul as `llorch-driver`; empty = off",
 }
 
 var taskHelp = map[string]string{
