@@ -40,6 +40,9 @@ func DecodePluginConfig(data []byte) (PluginConfig, error) {
 		NodeID:           f.str("node_id", ""),
 		MetricsAddress:   f.str("metrics_address", ""),
 		DefaultUser:      f.str("default_user", ""),
+
+		AllowedUnsafeOptions:       f.strList("allowed_unsafe_options"),
+		AllowModelsOutsideModelDir: f.boolean("allow_models_outside_model_dir", false),
 	}
 	period := f.str("fingerprint_period", d.FingerprintPeriod.String())
 	if c.err != nil {

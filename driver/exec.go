@@ -25,13 +25,27 @@ const maxExecOutput = 1 << 20
 // kills all of it.
 func execCommand(ctx context.Context, h *taskHandle, argv []string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = envMapToSlice(h.st.Env)
+	cmd.Env = envMapToSlice(execEnv(h))
 	cmd.Dir = h.st.TaskDir
 	// As the task's user, like the engine.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: credential(h.st.Isolation.User)}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 2 * time.Second
 	return cmd
+}
+
+// execEnv is the engine's environment without the engine token: the same
+// before and after a plugin restart (RecoverTask reads it back from the
+// engine), and a shell in the task has no use for the token.
+func execEnv(h *taskHandle) map[string]string {
+	out := make(map[string]string, len(h.st.Env))
+	for k, v := range h.st.Env {
+		if h.apiKey != "" && v == h.apiKey {
+			continue
+		}
+		out[k] = v
+	}
+	return out
 }
 
 func exitResultOf(cmd *exec.Cmd, err error) (*drivers.ExitResult, error) {

@@ -141,7 +141,7 @@ func (r *fifoReader) String() string {
 
 func newAlloc(t *testing.T) *alloc {
 	a := &alloc{id: uuid.NewString(), dir: t.TempDir(), task: "engine", port: testenv.FreePort(t), marker: uuid.NewString()}
-	for _, d := range []string{"alloc/logs", a.task + "/local", a.task + "/secrets", a.task + "/tmp"} {
+	for _, d := range []string{"alloc/logs", a.task + "/local", a.task + "/secrets", a.task + "/private", a.task + "/tmp"} {
 		if err := os.MkdirAll(filepath.Join(a.dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}

@@ -205,7 +205,7 @@ func TestEngineRunsAsTaskUserInAgentCgroup(t *testing.T) {
 		}
 	}
 	tc := a.agentTaskConfig(t, p, engineConfig(model, nil), func(na *nomadclient.Alloc) {
-		na.User, na.CpusetCgroup, na.OOMScoreAdj = "nobody", cg, 300
+		na.User, na.CpusetCgroup, na.OomScoreAdj = "nobody", cg, 300
 	})
 	start(t, p, tc)
 	eventually(t, 5*time.Second, "engine running", func() bool { return strings.Contains(a.stdout.String(), "fake engine started") })

@@ -34,14 +34,30 @@ const (
 type supervisorSpec struct {
 	Path string   `json:"path"`
 	Args []string `json:"args"`
-	Env  []string `json:"env"`
-	Dir  string   `json:"dir"`
+	// Env is the engine's environment in specs written before
+	// EnvFromProcess: the engine now gets the supervisor's own.
+	Env            []string `json:"env,omitempty"`
+	EnvFromProcess bool     `json:"env_from_process,omitempty"`
+	Dir            string   `json:"dir"`
+	// Engine is the adapter name, for redacting the command line it logs.
+	Engine string `json:"engine,omitempty"`
+	// SecretArgs are arguments (Args[Index], a placeholder on disk) whose
+	// value the supervisor reads from a file, like SecretEnv.
+	SecretArgs []secretArg `json:"secret_args,omitempty"`
 	// SecretEnv names variables whose values the supervisor reads from a
 	// file when it starts the engine, so the spec on disk never holds the
 	// engine token itself.
 	SecretEnv []secretEnv `json:"secret_env,omitempty"`
 	// Isolation is the engine's user, cgroup, oom_score_adj and relay.
 	Isolation isolation `json:"isolation"`
+}
+
+// secretArgPlaceholder stands for a secret argument in the spec on disk.
+const secretArgPlaceholder = "<secret from file>"
+
+type secretArg struct {
+	Index int    `json:"index"`
+	File  string `json:"file"`
 }
 
 type secretEnv struct {
@@ -127,8 +143,23 @@ func RunSupervisor(args []string) int {
 	if err := readJSON(filepath.Join(dir, specFile), &spec); err != nil {
 		return fail(fmt.Errorf("read spec: %w", err))
 	}
-	cmd := exec.Command(spec.Path, spec.Args...)
+	logArgs := redactArgs(spec.Engine, spec.Args)
+	engineArgs := append([]string(nil), spec.Args...)
+	for _, sa := range spec.SecretArgs {
+		if sa.Index < 0 || sa.Index >= len(engineArgs) {
+			return fail(fmt.Errorf("spec: secret argument %d out of range", sa.Index))
+		}
+		b, err := os.ReadFile(sa.File)
+		if err != nil {
+			return fail(fmt.Errorf("read %s for argument %d: %w", sa.File, sa.Index, err))
+		}
+		engineArgs[sa.Index] = strings.TrimSpace(string(b))
+	}
+	cmd := exec.Command(spec.Path, engineArgs...)
 	cmd.Env = spec.Env
+	if spec.EnvFromProcess {
+		cmd.Env = os.Environ()
+	}
 	for _, se := range spec.SecretEnv {
 		b, err := os.ReadFile(se.File)
 		if err != nil {
@@ -162,7 +193,7 @@ func RunSupervisor(args []string) int {
 	if err := writeJSONAtomic(filepath.Join(dir, engineFile), engineRecord{PID: pid, StartTime: st.StartTime}); err != nil {
 		logLine("write engine record: %v", err)
 	}
-	logLine("engine started: pid %d: %s %s", pid, spec.Path, strings.Join(spec.Args, " "))
+	logLine("engine started: pid %d: %s %s", pid, spec.Path, strings.Join(logArgs, " "))
 
 	werr := cmd.Wait()
 	rec := exitRecord{CompletedAt: time.Now()}
@@ -186,19 +217,6 @@ func RunSupervisor(args []string) int {
 		return 1
 	}
 	return 0
-}
-
-// supervisorEnv is the plugin's environment without what would make the
-// re-executed binary think a Nomad agent started it.
-func supervisorEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "NOMAD_PLUGIN_MAGIC_COOKIE=") || strings.HasPrefix(kv, "PLUGIN_") {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
 }
 
 // openLogSink opens a task log path for writing. The agent's paths are
