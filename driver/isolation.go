@@ -168,7 +168,7 @@ func (d *Driver) setupIsolation(st *taskState) (warnings []string, err error) {
 	if !iso.User.IsCurrent() {
 		// The supervisor's files stay root's (0600); the user may pass
 		// through the state dir to its own engine dir, and nothing else.
-		for dir := st.StateDir; dir != st.TaskDir && strings.HasPrefix(dir, st.TaskDir) && dir != "/"; dir = filepath.Dir(dir) {
+		for dir := filepath.Dir(st.Spec.StateDir); dir != st.TaskDir && strings.HasPrefix(dir, st.TaskDir+"/"); dir = filepath.Dir(dir) {
 			if err := os.Chmod(dir, 0o711); err != nil {
 				return warnings, recoverableError("task state dir: %v", err)
 			}
