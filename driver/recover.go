@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/llorch/llorch/driver/cgroup"
 	"github.com/llorch/llorch/internal/nomadpb/drivers"
 	"github.com/llorch/llorch/internal/procfs"
 )
@@ -97,6 +98,7 @@ func (d *Driver) RecoverTask(_ context.Context, req *drivers.RecoverTaskRequest)
 type abandoned struct {
 	supervisor, engine engineRecord
 	stateDirs          []string
+	cgroup             *cgroup.Group // isolation.go; removed when driver-made
 }
 
 // abandonedTasks is the Driver's table of them, by task id.
@@ -117,9 +119,13 @@ func recordedProcesses(id string, hp *drivers.TaskHandle) abandoned {
 		Spec       struct{ StateDir string } `json:"spec"`
 		Supervisor engineRecord              `json:"supervisor"`
 		EnginePID  engineRecord              `json:"engine_pid"`
+		Isolation  struct {
+			Cgroup *cgroup.Group `json:"cgroup"`
+		} `json:"isolation"`
 	}
 	if json.Unmarshal(hp.GetDriverState(), &loose) == nil && (loose.TaskID == "" || loose.TaskID == id) {
 		a.supervisor, a.engine = loose.Supervisor, loose.EnginePID
+		a.cgroup = loose.Isolation.Cgroup
 		if loose.StateDir != "" {
 			a.stateDirs = append(a.stateDirs, loose.StateDir)
 		}
@@ -195,6 +201,12 @@ func (d *Driver) destroyAbandoned(id string) bool {
 		return false
 	}
 	d.killAbandoned(id, a)
+	if g := a.cgroup; g != nil && len(g.Made) > 0 {
+		_ = g.KillAll()
+		if err := g.Remove(5 * time.Second); err != nil {
+			d.log.Warn("destroy task: remove cgroup", "task_id", id, "error", err)
+		}
+	}
 	for _, dir := range a.stateDirs {
 		if err := os.RemoveAll(dir); err != nil {
 			d.log.Warn("destroy task: remove state dir", "task_id", id, "error", err)
