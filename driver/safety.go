@@ -46,7 +46,7 @@ func checkJobOptions(engName string, tcfg TaskConfig, taskEnv map[string]string,
 		if !found {
 			continue
 		}
-		field := fmt.Sprintf("env[%q]", k)
+		field := "env"
 		if code {
 			if allow[k] {
 				continue

@@ -143,7 +143,6 @@ func RunSupervisor(args []string) int {
 	if err := readJSON(filepath.Join(dir, specFile), &spec); err != nil {
 		return fail(fmt.Errorf("read spec: %w", err))
 	}
-	logArgs := redactArgs(spec.Engine, spec.Args)
 	engineArgs := append([]string(nil), spec.Args...)
 	for _, sa := range spec.SecretArgs {
 		if sa.Index < 0 || sa.Index >= len(engineArgs) {
@@ -155,6 +154,8 @@ func RunSupervisor(args []string) int {
 		}
 		engineArgs[sa.Index] = strings.TrimSpace(string(b))
 	}
+	// The log names secrets by fingerprint (token:9f86d0), never by value.
+	logArgs := redactArgs(spec.Engine, engineArgs)
 	cmd := exec.Command(spec.Path, engineArgs...)
 	cmd.Env = spec.Env
 	if spec.EnvFromProcess {
