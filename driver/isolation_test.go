@@ -259,16 +259,6 @@ func containsField(s, f string) bool {
 	return false
 }
 
-func stopAndDestroy(t *testing.T, p *nomadclient.Plugin, id string) {
-	t.Helper()
-	if _, err := p.Driver.StopTask(ctxT(t, 20*time.Second), &drivers.StopTaskRequest{TaskId: id}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Driver.DestroyTask(ctxT(t, 20*time.Second), &drivers.DestroyTaskRequest{TaskId: id, Force: true}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // An engine that allocates past memory_max is OOM-killed by the kernel,
 // and the driver says so: WaitTask's oom_killed, and an "OOM Killed" task
 // event. Run in the agent's cgroup and in a driver-made one (an agent
