@@ -157,10 +157,15 @@ func (d *Driver) setupIsolation(st *taskState) (warnings []string, err error) {
 		if err := iso.Cgroup.Create(iso.Limits); err != nil {
 			var ne *cgroup.NotEnforcedError
 			if !errors.As(err, &ne) {
+				// Like the agent's own executor: a plugin without the
+				// rights (not root) or a host without usable cgroups
+				// still runs the task, and says what it lacks.
 				_ = iso.Cgroup.Remove(time.Second)
-				return nil, recoverableError("task cgroup: %v", err)
+				iso.Cgroup = nil
+				warnings = append(warnings, fmt.Sprintf("Engine runs without a cgroup (memory limit of %d MiB not enforced, OOM kills not detected): %v", iso.Limits.MemoryMax>>20, err))
+			} else {
+				warnings = append(warnings, fmt.Sprintf("Memory limit of %d MiB not enforced: %v", iso.Limits.MemoryMax>>20, err))
 			}
-			warnings = append(warnings, fmt.Sprintf("Memory limit of %d MiB not enforced: %v", iso.Limits.MemoryMax>>20, err))
 		}
 	} else if iso.Limits.MemoryMax > 0 {
 		warnings = append(warnings, fmt.Sprintf("Memory limit of %d MiB not enforced: no usable cgroup on this node", iso.Limits.MemoryMax>>20))

@@ -183,6 +183,24 @@ func TestDeniedUserRefused(t *testing.T) {
 	}
 }
 
+// A model the task's user cannot read is refused at StartTask, naming the
+// user, instead of an engine that fails to open it later.
+func TestModelUnreadableByTaskUserRefused(t *testing.T) {
+	needRoot(t)
+	p := launch(t)
+	a := newAlloc(t)
+	model := writeModel(t)
+	openForUser(t, a.dir, filepath.Dir(model))
+	if err := os.Chmod(model, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tc := a.agentTaskConfig(t, p, engineConfig(model, nil), func(na *nomadclient.Alloc) { na.User = "nobody" })
+	_, err := p.Driver.StartTask(ctxT(t, 10*time.Second), &drivers.StartTaskRequest{Task: tc})
+	if err == nil || !strings.Contains(err.Error(), "not readable by user nobody") || status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("StartTask with a model only root can read: %v", err)
+	}
+}
+
 // An engine started for a task with user = "nobody" runs as nobody (real,
 // effective, saved and fs ids), in the cgroup the agent made for the task,
 // with the task's oom_score_adj rather than the plugin's; exec runs as the

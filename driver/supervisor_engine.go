@@ -39,7 +39,12 @@ func startEngine(cmd *exec.Cmd, iso isolation, logLine func(string, ...interface
 
 	restoreScore, err := setOwnOOMScoreAdj(iso.OOMScoreAdj)
 	if err != nil {
-		return base, err
+		if os.Geteuid() == 0 {
+			return base, err
+		}
+		// Unprivileged, a score below the inherited one cannot be set:
+		// the engine keeps the plugin's, as any child would.
+		logLine("%v (unprivileged; the engine keeps the inherited score)", err)
 	}
 	defer restoreScore()
 
