@@ -15,15 +15,19 @@ import (
 func TestRelayDemandsTokenAndStreams(t *testing.T) {
 	const token = "relay-test-token-0123456789abcdef"
 	sawAuth := make(chan string, 4)
+	clientGotFirst := make(chan struct{})
 	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sawAuth <- r.Header.Get("Authorization")
-		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("Content-Type", "application/json") // not an event stream: the relay must flush anyway
 		fl := w.(http.Flusher)
 		io.WriteString(w, "data: first\n\n")
 		fl.Flush()
 		// The second chunk comes only after the client saw the first: a
-		// relay that buffers would deadlock this test.
-		time.Sleep(200 * time.Millisecond)
+		// relay that buffers would hold the first until the timeout.
+		select {
+		case <-clientGotFirst:
+		case <-time.After(10 * time.Second):
+		}
 		io.WriteString(w, "data: second\n\n")
 	}))
 	defer engine.Close()
@@ -61,7 +65,7 @@ func TestRelayDemandsTokenAndStreams(t *testing.T) {
 	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader("{}"))
 	req.Header.Set("Authorization", "Bearer "+token)
 	start := time.Now()
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +77,8 @@ func TestRelayDemandsTokenAndStreams(t *testing.T) {
 	if err != nil || line != "data: first\n" {
 		t.Fatalf("first line %q, %v", line, err)
 	}
-	if waited := time.Since(start); waited >= 200*time.Millisecond {
+	close(clientGotFirst)
+	if waited := time.Since(start); waited >= 10*time.Second {
 		t.Errorf("the first chunk arrived after %s, only with the second: the relay buffers", waited)
 	}
 	if a := <-sawAuth; a != "" {
