@@ -7,6 +7,7 @@ package driver_test
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -135,13 +136,34 @@ func TestHostileJobsRefused(t *testing.T) {
 // A flag that runs code starts once the plugin config allows it by name.
 func TestUnsafeOptionAllowlist(t *testing.T) {
 	p := nomadclient.Launch(t, nomadclient.Binary(t))
-	setConfig(t, p, allEnginesFake(t, map[string]interface{}{"allowed_unsafe_options": []string{"--trust-remote-code"}}))
+	setConfig(t, p, allEnginesFake(t, map[string]interface{}{"allowed_unsafe_options": []string{"--trust-remote-code", "LD_LIBRARY_PATH"}}))
 	a := newAlloc(t)
-	tc := a.taskConfig(t, p, engineConfig("org/model", map[string]interface{}{"engine": "vllm", "extra_args": []string{"--trust-remote-code"}}))
+	tc := a.taskConfig(t, p, engineConfig("org/model", map[string]interface{}{"engine": "vllm", "extra_args": []string{"--trust-remote-code"},
+		"env": map[string]interface{}{"LD_LIBRARY_PATH": "/nonexistent-llorch-lib"}}))
 	start(t, p, tc)
 	eventually(t, 10*time.Second, "engine running with the flag", func() bool {
 		return strings.Contains(a.stdout.String(), "--trust-remote-code")
 	})
+	// The loader variable reaches the engine, never the supervisor (root,
+	// the llorch binary).
+	if got := engineEnv(t, a)["LD_LIBRARY_PATH"]; got != "/nonexistent-llorch-lib" {
+		t.Errorf("engine LD_LIBRARY_PATH = %q", got)
+	}
+	sawSupervisor := false
+	for _, pid := range markedPIDs(a.marker, a.dir) {
+		cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if !strings.Contains(string(cmd), "task-supervisor") {
+			continue
+		}
+		sawSupervisor = true
+		env, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		if strings.Contains(string(env), "LD_LIBRARY_PATH=/nonexistent-llorch-lib") {
+			t.Errorf("the supervisor (pid %d) runs with the job's LD_LIBRARY_PATH", pid)
+		}
+	}
+	if !sawSupervisor {
+		t.Error("no supervisor process found")
+	}
 	stopAndDestroy(t, p, tc.GetId())
 	a.requireNoProcesses(t)
 }

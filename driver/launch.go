@@ -81,9 +81,17 @@ func (d *Driver) launch(st taskState, apiKey string) (*taskHandle, error) {
 			sspec.SecretEnv = append(sspec.SecretEnv, secretEnv{Name: k, File: tokenFile})
 			continue
 		}
+		if strings.HasPrefix(k, "LD_") {
+			// The dynamic loader's variables must not reach the supervisor
+			// (root, the llorch binary): the supervisor adds them for the
+			// engine alone. They name files, not secrets.
+			sspec.Env = append(sspec.Env, k+"="+v)
+			continue
+		}
 		supEnv = append(supEnv, k+"="+v)
 	}
 	sort.Strings(supEnv)
+	sort.Strings(sspec.Env)
 	for i, a := range sspec.Args {
 		if apiKey != "" && a == apiKey && tokenFile != "" {
 			sspec.Args[i] = secretArgPlaceholder

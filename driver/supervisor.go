@@ -34,8 +34,10 @@ const (
 type supervisorSpec struct {
 	Path string   `json:"path"`
 	Args []string `json:"args"`
-	// Env is the engine's environment in specs written before
-	// EnvFromProcess: the engine now gets the supervisor's own.
+	// Env is the engine's whole environment in specs written before
+	// EnvFromProcess. With EnvFromProcess the engine gets the supervisor's
+	// own environment plus Env, which then holds only the dynamic loader's
+	// variables (LD_*), kept out of the supervisor itself.
 	Env            []string `json:"env,omitempty"`
 	EnvFromProcess bool     `json:"env_from_process,omitempty"`
 	Dir            string   `json:"dir"`
@@ -159,7 +161,7 @@ func RunSupervisor(args []string) int {
 	cmd := exec.Command(spec.Path, engineArgs...)
 	cmd.Env = spec.Env
 	if spec.EnvFromProcess {
-		cmd.Env = os.Environ()
+		cmd.Env = append(os.Environ(), spec.Env...)
 	}
 	for _, se := range spec.SecretEnv {
 		b, err := os.ReadFile(se.File)
