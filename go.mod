@@ -4,6 +4,7 @@ go 1.26.7
 
 require (
 	github.com/NVIDIA/go-nvml v0.13.4-1
+	github.com/creack/pty v1.1.24
 	github.com/google/uuid v1.6.0
 	github.com/gpustack/gguf-parser-go v0.28.1
 	github.com/hashicorp/consul/api v1.34.5

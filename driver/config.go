@@ -5,6 +5,7 @@ package driver
 import (
 	"time"
 
+	"github.com/llorch/llorch/driver/users"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -37,6 +38,20 @@ type PluginConfig struct {
 	AdvertiseAddress  string            `json:"advertise_address,omitempty"`
 	NodeID            string            `json:"node_id,omitempty"`
 	MetricsAddress    string            `json:"metrics_address,omitempty"`
+	// AllowedUnsafeOptions are the flags and env vars that make an engine
+	// run code the job chooses (engine.Rules.Code) which jobs on this node
+	// may set anyway, e.g. "--trust-remote-code".
+	AllowedUnsafeOptions []string `json:"allowed_unsafe_options,omitempty"`
+	// AllowModelsOutsideModelDir lets a task name a model file outside
+	// model_dir (after resolving symlinks); off by default.
+	AllowModelsOutsideModelDir bool `json:"allow_models_outside_model_dir"`
+
+	// DefaultUser runs engines of tasks that set no user; empty: the
+	// plugin's own user. DeniedHostUIDs/GIDs refuse engines whose user is
+	// in those ranges (raw_exec's format, "0-999,65534").
+	DefaultUser    string       `json:"default_user,omitempty"`
+	DeniedHostUIDs users.Ranges `json:"denied_host_uids,omitempty"`
+	DeniedHostGIDs users.Ranges `json:"denied_host_gids,omitempty"`
 }
 
 // defaultPluginConfig is what a client with no config block runs with.

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/zclconf/go-cty/cty"
+
+	"github.com/llorch/llorch/driver/users"
 )
 
 // DecodePluginConfig decodes and validates SetConfig's msgpack_config.
@@ -37,10 +39,27 @@ func DecodePluginConfig(data []byte) (PluginConfig, error) {
 		AdvertiseAddress: f.str("advertise_address", ""),
 		NodeID:           f.str("node_id", ""),
 		MetricsAddress:   f.str("metrics_address", ""),
+		DefaultUser:      f.str("default_user", ""),
+
+		AllowedUnsafeOptions:       f.strList("allowed_unsafe_options"),
+		AllowModelsOutsideModelDir: f.boolean("allow_models_outside_model_dir", false),
 	}
 	period := f.str("fingerprint_period", d.FingerprintPeriod.String())
 	if c.err != nil {
 		return PluginConfig{}, fmt.Errorf("plugin config: %w", c.err)
+	}
+	if f.err != nil {
+		return PluginConfig{}, fmt.Errorf("plugin config: %w", f.err)
+	}
+	for _, r := range []struct {
+		field string
+		into  *users.Ranges
+	}{{"denied_host_uids", &cfg.DeniedHostUIDs}, {"denied_host_gids", &cfg.DeniedHostGIDs}} {
+		ranges, err := users.ParseRanges(f.str(r.field, ""))
+		if err != nil {
+			return PluginConfig{}, fmt.Errorf("plugin config: field %q: %v (want ids and ranges like \"0-999,65534\")", r.field, err)
+		}
+		*r.into = ranges
 	}
 	if f.err != nil {
 		return PluginConfig{}, fmt.Errorf("plugin config: %w", f.err)

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -65,6 +64,10 @@ func (d *Driver) watch(h *taskHandle, supDone <-chan struct{}) {
 		msg += fmt.Sprintf(" (signal %s)", unix.SignalName(syscall.Signal(rec.Signal)))
 	}
 	d.events.emit(h, msg, nil)
+	if rec.OOMKilled {
+		d.log.Warn("engine OOM killed", "task_id", h.st.TaskID, "memory_max_mib", h.st.Isolation.Limits.MemoryMax>>20)
+		d.events.emit(h, oomMessage(h), map[string]string{"oom_killed": "true"})
+	}
 	d.announceExit(h)
 }
 
@@ -75,12 +78,29 @@ func (d *Driver) killGroup(h *taskHandle, sig syscall.Signal) {
 	if e.PID <= 0 {
 		return
 	}
-	if !procfs.Alive(e.PID, e.StartTime) && len(procfs.GroupMembers(e.PID)) == 0 {
+	if !groupIsOurs(e) {
 		return
 	}
 	if err := syscall.Kill(-e.PID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		d.log.Warn("signal engine group", "task_id", h.st.TaskID, "pgid", e.PID, "signal", sig.String(), "error", err)
 	}
+}
+
+// groupIsOurs reports whether process group e.PID is still the engine's
+// and has someone in it: the leader is the recorded process (pid and start
+// time), or the leader is gone and no other process holds its pid (a new
+// group with that id needs a live process with that pid to make it).
+func groupIsOurs(e engineRecord) bool {
+	if e.PID <= 0 {
+		return false
+	}
+	if procfs.Alive(e.PID, e.StartTime) {
+		return true
+	}
+	if st, err := procfs.ReadStat(e.PID); err == nil && st.StartTime != e.StartTime {
+		return false // the pid was reused
+	}
+	return len(procfs.GroupMembers(e.PID)) > 0
 }
 
 func (d *Driver) WaitTask(ctx context.Context, req *drivers.WaitTaskRequest) (*drivers.WaitTaskResponse, error) {
@@ -182,6 +202,7 @@ func (d *Driver) waitExited(ctx context.Context, h *taskHandle, limit time.Durat
 func (d *Driver) DestroyTask(ctx context.Context, req *drivers.DestroyTaskRequest) (*drivers.DestroyTaskResponse, error) {
 	h := d.tasks.get(req.GetTaskId())
 	if h == nil {
+		d.destroyAbandoned(req.GetTaskId())
 		return &drivers.DestroyTaskResponse{}, nil
 	}
 	if !h.isExited() {
@@ -204,7 +225,8 @@ func (d *Driver) DestroyTask(ctx context.Context, req *drivers.DestroyTaskReques
 	h.cancel()
 	d.releaseGPUs(h.st.TaskID)
 	d.tasks.delete(h.st.TaskID)
-	if err := os.RemoveAll(h.st.StateDir); err != nil {
+	d.teardownIsolation(h)
+	if err := removeStateDirs(h.st); err != nil {
 		d.log.Warn("destroy task: remove state dir", "task_id", h.st.TaskID, "error", err)
 	}
 	d.log.Debug("task destroyed", "task_id", h.st.TaskID)

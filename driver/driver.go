@@ -60,7 +60,9 @@ type Driver struct {
 	catalog catalogState  // model_dir fingerprint (catalog.go); zero value ready
 	metrics driverMetrics // /metrics listener (metrics.go); zero value ready
 
-	announcements sync.Map // *taskHandle → *announcement (announce.go)
+	announcements sync.Map       // *taskHandle → *announcement (announce.go)
+	abandoned     abandonedTasks // tasks RecoverTask gave up on (recover.go)
+	published     publishedAttrs // attribute keys sent, for tombstones (fingerprint.go)
 }
 
 // New makes a driver; nothing is started and nothing on the node is

@@ -25,12 +25,27 @@ const maxExecOutput = 1 << 20
 // kills all of it.
 func execCommand(ctx context.Context, h *taskHandle, argv []string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = envMapToSlice(h.st.Env)
+	cmd.Env = envMapToSlice(execEnv(h))
 	cmd.Dir = h.st.TaskDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// As the task's user, like the engine.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: credential(h.st.Isolation.User)}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 2 * time.Second
 	return cmd
+}
+
+// execEnv is the engine's environment without the engine token: the same
+// before and after a plugin restart (RecoverTask reads it back from the
+// engine), and a shell in the task has no use for the token.
+func execEnv(h *taskHandle) map[string]string {
+	out := make(map[string]string, len(h.st.Env))
+	for k, v := range h.st.Env {
+		if h.apiKey != "" && v == h.apiKey {
+			continue
+		}
+		out[k] = v
+	}
+	return out
 }
 
 func exitResultOf(cmd *exec.Cmd, err error) (*drivers.ExitResult, error) {
@@ -111,15 +126,15 @@ func (d *Driver) ExecTaskStreaming(stream drivers.Driver_ExecTaskStreamingServer
 	if setup == nil {
 		return status.Error(codes.InvalidArgument, "exec: the first message must carry setup")
 	}
-	if setup.GetTty() {
-		return status.Error(codes.Unimplemented, "exec: the llorch driver does not allocate terminals; run with -t=false")
-	}
 	h, err := d.runningTask(setup.GetTaskId())
 	if err != nil {
 		return err
 	}
 	if len(setup.GetCommand()) == 0 || setup.GetCommand()[0] == "" {
 		return status.Error(codes.InvalidArgument, "exec: field \"command\": required")
+	}
+	if setup.GetTty() {
+		return d.execTTY(stream, h, setup.GetCommand()) // exec_tty.go
 	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()

@@ -3,6 +3,7 @@ package driver
 import (
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -40,6 +41,32 @@ func foundEngines(cfg PluginConfig) []string {
 	return out
 }
 
+// publishedAttrs remembers every attribute key this plugin process has
+// sent, so one that disappears (a model deleted, an engine binary gone, a
+// GPU lost) is sent as "" — how the agent deletes a node attribute — in
+// the same fingerprint that no longer has it, and in every later one
+// (the agent keeps attributes it is not told to delete).
+type publishedAttrs struct {
+	mu   sync.Mutex
+	keys map[string]bool
+}
+
+func (p *publishedAttrs) tombstone(attrs map[string]*structs.Attribute) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.keys == nil {
+		p.keys = map[string]bool{}
+	}
+	for k := range p.keys {
+		if _, ok := attrs[k]; !ok {
+			attrs[k] = strAttr("")
+		}
+	}
+	for k := range attrs {
+		p.keys[k] = true
+	}
+}
+
 // fingerprint builds one response. Attribute keys are copied verbatim into
 // the node's attributes, hence the driver.llorch. prefix.
 func (d *Driver) fingerprint() *drivers.FingerprintResponse {
@@ -58,6 +85,7 @@ func (d *Driver) fingerprint() *drivers.FingerprintResponse {
 	for k, v := range d.catalogAttributes() {
 		attrs[k] = v
 	}
+	d.published.tombstone(attrs)
 	resp := &drivers.FingerprintResponse{Attributes: attrs, Health: drivers.FingerprintResponse_HEALTHY, HealthDescription: "healthy"}
 	switch {
 	case len(found) == 0:

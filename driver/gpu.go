@@ -3,6 +3,8 @@ package driver
 import (
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -250,4 +252,43 @@ func (d *Driver) gpuTaskMemoryBytes(h *taskHandle) (bytes uint64, ok bool) {
 		pids = append(pids, p.PID)
 	}
 	return fingerprint.Snapshot{Processes: procs}.TaskMemoryBytes(pids), true
+}
+
+// nvidiaVisibleDevices is what Nomad's nvidia device plugin sets in a
+// task's device env for the GPUs it reserved (`device "nvidia/gpu"`).
+const nvidiaVisibleDevices = "NVIDIA_VISIBLE_DEVICES"
+
+// deviceGPUEnv pins the engine of a task that got its GPUs from Nomad's
+// device plugin to those GPUs. The agent's device env is left as it is:
+// only CUDA_VISIBLE_DEVICES is added when the agent did not set it (a
+// process outside a container runtime reads that, not
+// NVIDIA_VISIBLE_DEVICES), with indices for engines that need them.
+func (d *Driver) deviceGPUEnv(st taskState) map[string]string {
+	if _, set := st.Env["CUDA_VISIBLE_DEVICES"]; set {
+		return nil
+	}
+	ids := strings.Split(st.DeviceGPUs, ",")
+	switch strings.TrimSpace(strings.ToLower(st.DeviceGPUs)) {
+	case "all":
+		return nil
+	case "none", "void":
+		return map[string]string{"CUDA_VISIBLE_DEVICES": ""}
+	}
+	if numericDevices[st.Engine] {
+		index := map[string]int{}
+		for _, g := range d.gpuInit().refresh().GPUs {
+			index[g.UUID] = g.Index
+		}
+		var out []string
+		for _, id := range ids {
+			i, ok := index[strings.TrimSpace(id)]
+			if !ok {
+				d.log.Warn("device GPU not fingerprinted; passing its UUID", "task_id", st.TaskID, "gpu", id)
+				return map[string]string{"CUDA_VISIBLE_DEVICES": st.DeviceGPUs}
+			}
+			out = append(out, strconv.Itoa(i))
+		}
+		return map[string]string{"CUDA_VISIBLE_DEVICES": strings.Join(out, ",")}
+	}
+	return map[string]string{"CUDA_VISIBLE_DEVICES": st.DeviceGPUs}
 }

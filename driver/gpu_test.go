@@ -230,3 +230,38 @@ func TestGPUSharingAndExhaustedVRAM(t *testing.T) {
 		destroy(t, p, id)
 	}
 }
+
+// A task that got GPUs from Nomad's own device plugin (`device
+// "nvidia/gpu"`: the agent's device env) keeps them: the driver neither
+// hides the node's GPUs from it nor touches the agent's variables, only
+// adds CUDA_VISIBLE_DEVICES for them (indices for vLLM). A task asking
+// `gpus` on top of that is refused.
+func TestNomadDeviceEnvRespected(t *testing.T) {
+	fake := fakeEngine(t)
+	p := launchGPU(t, "dgxh100:2", map[string]interface{}{"engines": map[string]interface{}{"llamacpp": fake, "vllm": fake}})
+	model := writeModel(t)
+	device := map[string]string{"NVIDIA_VISIBLE_DEVICES": mockUUID(1)}
+	for _, c := range []struct{ engine, wantCUDA string }{{"llamacpp", mockUUID(1)}, {"vllm", "1"}} {
+		a := newAlloc(t)
+		tc := nomadclient.Alloc{ID: a.id, Task: a.task, Dir: a.dir, Port: a.port, Env: map[string]string{"LLORCH_MARKER": a.marker},
+			DeviceEnv: device, Job: "chat", Group: "inference", NodeID: "node-id-1", NodeName: "node-1"}.
+			TaskConfig("0000000"+c.engine[:1], a.encode(t, p, engineConfig(model, map[string]interface{}{"engine": c.engine})))
+		start(t, p, tc)
+		env := engineEnv(t, a)
+		if env["NVIDIA_VISIBLE_DEVICES"] != mockUUID(1) || env["CUDA_VISIBLE_DEVICES"] != c.wantCUDA {
+			t.Errorf("%s: NVIDIA_VISIBLE_DEVICES=%q CUDA_VISIBLE_DEVICES=%q, want %q and %q", c.engine,
+				env["NVIDIA_VISIBLE_DEVICES"], env["CUDA_VISIBLE_DEVICES"], mockUUID(1), c.wantCUDA)
+		}
+		stopAndDestroy(t, p, tc.GetId())
+		a.requireNoProcesses(t)
+	}
+
+	a := newAlloc(t)
+	tc := nomadclient.Alloc{ID: a.id, Task: a.task, Dir: a.dir, Port: a.port, Env: map[string]string{"LLORCH_MARKER": a.marker},
+		DeviceEnv: device}.TaskConfig("00000002", a.encode(t, p, engineConfig(model, map[string]interface{}{"gpus": 1})))
+	_, err := p.Driver.StartTask(ctxT(t, 20*time.Second), &drivers.StartTaskRequest{Task: tc})
+	if err == nil || !strings.Contains(err.Error(), `field "gpus"`) || !strings.Contains(err.Error(), "device block") {
+		t.Fatalf("a task with device GPUs and gpus: %v", err)
+	}
+	a.requireNoProcesses(t)
+}

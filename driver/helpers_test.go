@@ -141,7 +141,7 @@ func (r *fifoReader) String() string {
 
 func newAlloc(t *testing.T) *alloc {
 	a := &alloc{id: uuid.NewString(), dir: t.TempDir(), task: "engine", port: testenv.FreePort(t), marker: uuid.NewString()}
-	for _, d := range []string{"alloc/logs", a.task + "/local", a.task + "/secrets", a.task + "/tmp"} {
+	for _, d := range []string{"alloc/logs", a.task + "/local", a.task + "/secrets", a.task + "/private", a.task + "/tmp"} {
 		if err := os.MkdirAll(filepath.Join(a.dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -163,12 +163,18 @@ func writeModel(t *testing.T) string {
 // taskConfig is StartTask's TaskConfig the way the agent fills it.
 func (a *alloc) taskConfig(t *testing.T, p *nomadclient.Plugin, cfg map[string]interface{}) *drivers.TaskConfig {
 	t.Helper()
+	return a.rawTaskConfig(a.encode(t, p, cfg))
+}
+
+// encode is the task config's msgpack as the agent encodes it.
+func (a *alloc) encode(t *testing.T, p *nomadclient.Plugin, cfg map[string]interface{}) []byte {
+	t.Helper()
 	_, ts := schema(t, p)
 	b, err := nomadclient.EncodeConfig(ts, cfg)
 	if err != nil {
 		t.Fatalf("encode task config: %v", err)
 	}
-	return a.rawTaskConfig(b)
+	return b
 }
 
 func (a *alloc) rawTaskConfig(msgpack []byte) *drivers.TaskConfig {

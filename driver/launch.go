@@ -29,8 +29,11 @@ func (d *Driver) launch(st taskState, apiKey string) (*taskHandle, error) {
 	if err != nil {
 		return nil, permanentError(codes.InvalidArgument, "task config: field %q: %v", "engine", err)
 	}
-	gpuEnv, reservation, err := d.assignGPUs(st.TaskID, st.Config)
-	if err != nil {
+	var gpuEnv map[string]string
+	var reservation []byte
+	if st.DeviceGPUs != "" {
+		gpuEnv = d.deviceGPUEnv(st)
+	} else if gpuEnv, reservation, err = d.assignGPUs(st.TaskID, st.Config); err != nil {
 		return nil, recoverableError("%v", err)
 	}
 	st.GPUReservation = reservation
@@ -45,21 +48,58 @@ func (d *Driver) launch(st taskState, apiKey string) (*taskHandle, error) {
 	// not override.
 	env := mergeEnv(st.Env, envSliceToMap(cmd.Env), st.Config.Env, gpuEnv)
 	st.Env = env
-	if err := os.MkdirAll(st.Spec.StateDir, 0o700); err != nil {
-		return nil, recoverableError("create task state dir: %v", err)
+	for _, dir := range []string{st.StateDir, st.Spec.StateDir} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, recoverableError("create task state dir: %v", err)
+		}
 	}
-	cleanup := func() { _ = os.RemoveAll(st.StateDir) }
-	sspec := supervisorSpec{Path: cmd.Path, Args: cmd.Args, Dir: st.TaskDir}
+	if st.Isolation.Relay != nil {
+		st.Isolation.Relay.TokenFile = d.config().EngineTokenFile
+	}
+	warnings, err := d.setupIsolation(&st)
+	if err != nil {
+		removeStateDirs(st)
+		return nil, err
+	}
+	cleanup := func() {
+		removeStateDirs(st)
+		if g := st.Isolation.Cgroup; g != nil && len(g.Made) > 0 {
+			_ = g.KillAll()
+			_ = g.Remove(time.Second)
+		}
+	}
+	// The spec on disk holds no env and no secret: the env travels in the
+	// supervisor's own environment (read back from /proc on recovery), and
+	// the engine token, in env or argv, is read by the supervisor from the
+	// token file.
+	sspec := supervisorSpec{Path: cmd.Path, Args: append([]string(nil), cmd.Args...), Dir: st.TaskDir, Engine: st.Engine, EnvFromProcess: true,
+		Isolation: st.Isolation}
+	tokenFile := d.config().EngineTokenFile
+	var supEnv []string
 	for k, v := range env {
-		// The engine token goes to the engine through the supervisor,
-		// which reads it from the token file: never into the spec on disk.
-		if apiKey != "" && v == apiKey && d.config().EngineTokenFile != "" {
-			sspec.SecretEnv = append(sspec.SecretEnv, secretEnv{Name: k, File: d.config().EngineTokenFile})
+		if apiKey != "" && v == apiKey && tokenFile != "" {
+			sspec.SecretEnv = append(sspec.SecretEnv, secretEnv{Name: k, File: tokenFile})
 			continue
 		}
-		sspec.Env = append(sspec.Env, k+"="+v)
+		if strings.HasPrefix(k, "LD_") {
+			// The dynamic loader's variables must not reach the supervisor
+			// (root, the llorch binary): the supervisor adds them for the
+			// engine alone. They name files, not secrets.
+			sspec.Env = append(sspec.Env, k+"="+v)
+			continue
+		}
+		supEnv = append(supEnv, k+"="+v)
 	}
+	sort.Strings(supEnv)
 	sort.Strings(sspec.Env)
+	for i, a := range sspec.Args {
+		if apiKey != "" && a == apiKey && tokenFile != "" {
+			sspec.Args[i] = secretArgPlaceholder
+			sspec.SecretArgs = append(sspec.SecretArgs, secretArg{Index: i, File: tokenFile})
+		}
+	}
+	d.log.Debug("engine command", "task_id", st.TaskID, "path", cmd.Path,
+		"args", redactArgs(st.Engine, cmd.Args), "env", redactEnv(st.Engine, supEnv))
 	if err := writeJSONAtomic(filepath.Join(st.StateDir, specFile), sspec); err != nil {
 		cleanup()
 		return nil, recoverableError("write supervisor spec: %v", err)
@@ -76,7 +116,7 @@ func (d *Driver) launch(st taskState, apiKey string) (*taskHandle, error) {
 		return nil, recoverableError("%v", err)
 	}
 	sup := exec.Command(d.selfExe, SupervisorCommand, st.StateDir)
-	sup.Env = supervisorEnv()
+	sup.Env = supEnv
 	sup.Dir = st.StateDir
 	sup.Stdout, sup.Stderr = stdout, stderr
 	// A session of its own and no parent-death signal: the task must
@@ -136,6 +176,10 @@ func (d *Driver) launch(st taskState, apiKey string) (*taskHandle, error) {
 		<-supDone
 		cleanup()
 		return nil, permanentError(codes.AlreadyExists, "start task %s: already started", st.TaskID)
+	}
+	for _, w := range warnings {
+		d.log.Warn("task isolation", "task_id", st.TaskID, "warning", w)
+		d.events.emit(h, w, nil)
 	}
 	go d.watch(h, supDone)
 	return h, nil

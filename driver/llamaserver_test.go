@@ -3,6 +3,8 @@ package driver_test
 import (
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,8 +24,13 @@ import (
 func TestRealLlamaServer(t *testing.T) {
 	bin := testenv.LlamaServer(t)
 	model := ggufgen.TestModel(t, ggufgen.DefaultOptions())
+	const token = "llamaserver-test-token-0123456789"
+	tokenFile := filepath.Join(t.TempDir(), "engine.token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	p := nomadclient.Launch(t, nomadclient.Binary(t))
-	setConfig(t, p, map[string]interface{}{"engines": map[string]interface{}{"llamacpp": bin}})
+	setConfig(t, p, map[string]interface{}{"engines": map[string]interface{}{"llamacpp": bin}, "engine_token_file": tokenFile})
 	a := newAlloc(t)
 	tc := a.taskConfig(t, p, map[string]interface{}{
 		"engine": "llamacpp", "model": model, "model_name": "tiny", "port": "http", "slots": 1, "threads": 2, "ctx": 512,
@@ -40,8 +47,18 @@ func TestRealLlamaServer(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+	// Without the engine token: refused. With it: the task's model.
+	resp, err := client.Get(base + "/v1/models")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("/v1/models without the engine token: status %d, want 401", resp.StatusCode)
+	}
 	req, _ := http.NewRequest(http.MethodGet, base+"/v1/models", nil)
-	resp, err := client.Do(req)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err = client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,9 +69,7 @@ func TestRealLlamaServer(t *testing.T) {
 	}
 	err = json.NewDecoder(resp.Body).Decode(&models)
 	resp.Body.Close()
-	if resp.StatusCode == http.StatusUnauthorized {
-		t.Logf("/v1/models needs the engine key; skipping the model check")
-	} else if err != nil || len(models.Data) == 0 || !strings.Contains(models.Data[0].ID, "tiny") {
+	if resp.StatusCode != http.StatusOK || err != nil || len(models.Data) == 0 || !strings.Contains(models.Data[0].ID, "tiny") {
 		t.Fatalf("/v1/models: status %d, %+v, %v", resp.StatusCode, models, err)
 	}
 	if a.stderr.String()+a.stdout.String() == "" {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/llorch/llorch/driver/nomadclient"
@@ -202,4 +204,54 @@ func TestAgentStartupLaunches(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.requireNoProcesses(t)
+}
+
+// A RecoverTask that cannot rebuild the handle (a handle version this
+// plugin does not read, driver state it cannot decode) fails and leaves no
+// process of the task behind: the engine's group and its supervisor are
+// killed by recorded pid and start time. The DestroyTask the agent sends
+// next, for an id the plugin does not track, succeeds and removes the
+// task's state.
+func TestFailedRecoverLeavesNothing(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		edit func(h *drivers.TaskHandle)
+		code codes.Code
+	}{
+		{"handle version bumped", func(h *drivers.TaskHandle) { h.Version++ }, codes.FailedPrecondition},
+		{"corrupt driver state", func(h *drivers.TaskHandle) { h.DriverState = []byte("{\"version\": 1, \"task_id\": ") }, codes.InvalidArgument},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p1 := launch(t)
+			a := newAlloc(t)
+			tc := a.taskConfig(t, p1, engineConfig(writeModel(t), nil))
+			h := start(t, p1, tc)
+			eventually(t, 5*time.Second, "engine running", func() bool { return strings.Contains(a.stdout.String(), "fake engine started") })
+			if len(markedPIDs(a.marker, a.dir)) < 2 {
+				t.Fatalf("want the engine and its supervisor running, have %v", markedPIDs(a.marker, a.dir))
+			}
+			p1.Crash(t)
+			eventually(t, 5*time.Second, "plugin gone", p1.Exited)
+
+			p2 := launch(t)
+			persisted := &drivers.TaskHandle{
+				Version:     h.GetVersion(),
+				Config:      &drivers.TaskConfig{Id: tc.GetId(), Name: tc.GetName(), AllocId: tc.GetAllocId(), AllocDir: tc.GetAllocDir()},
+				State:       drivers.TaskState_UNKNOWN,
+				DriverState: h.GetDriverState(),
+			}
+			c.edit(persisted)
+			_, err := p2.Driver.RecoverTask(ctxT(t, 20*time.Second), &drivers.RecoverTaskRequest{Handle: persisted})
+			if status.Code(err) != c.code {
+				t.Fatalf("RecoverTask: %v, want code %v", err, c.code)
+			}
+			a.requireNoProcesses(t)
+			if _, err := p2.Driver.DestroyTask(ctxT(t, 20*time.Second), &drivers.DestroyTaskRequest{TaskId: tc.GetId(), Force: true}); err != nil {
+				t.Fatalf("DestroyTask of the unrecovered task: %v", err)
+			}
+			if m, _ := filepath.Glob(filepath.Join(a.dir, a.task, "private", ".llorch", "*")); len(m) != 0 {
+				t.Errorf("state left after DestroyTask: %v", m)
+			}
+		})
+	}
 }

@@ -6,7 +6,6 @@ package driver
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -89,7 +88,16 @@ func (d *Driver) prepare(tc *drivers.TaskConfig) (taskState, string, error) {
 			"engine %q: binary %q not found on this node (set engines { %s = \"/path\" } in the plugin config): %v",
 			engName, binCfg, engName, err)
 	}
-	model, err := resolveModel(cfg.ModelDir, tcfg.Model, engName)
+	if err := checkJobOptions(engName, tcfg, tc.GetEnv(), cfg.AllowedUnsafeOptions); err != nil {
+		return taskState{}, "", permanentError(codes.InvalidArgument, "%v", err)
+	}
+	devGPUs := tc.GetDeviceEnv()[nvidiaVisibleDevices]
+	if devGPUs != "" && tcfg.WantsGPUs() {
+		return taskState{}, "", permanentError(codes.InvalidArgument,
+			"task config: field %q: the task already has GPUs from Nomad's device block (%s=%s); ask for GPUs one way, not both",
+			"gpus", nvidiaVisibleDevices, devGPUs)
+	}
+	model, err := resolveModel(cfg.ModelDir, tcfg.Model, engName, cfg.AllowModelsOutsideModelDir)
 	if err != nil {
 		return taskState{}, "", permanentError(codes.InvalidArgument, "task config: field %q: %v", "model", err)
 	}
@@ -148,30 +156,69 @@ func (d *Driver) prepare(tc *drivers.TaskConfig) (taskState, string, error) {
 		PoolID: pool, ServiceName: service,
 		InstanceID: instanceID(tc.GetAllocId(), tc.GetName()),
 		TaskDir:    taskDir,
-		Env:        mergeEnv(tc.GetEnv(), tc.GetDeviceEnv()),
+		Env:        neutralTaskEnv(engName, tc.GetEnv(), tc.GetDeviceEnv()),
+		DeviceGPUs: devGPUs,
 		StdoutPath: tc.GetStdoutPath(), StderrPath: tc.GetStderrPath(),
 	}
 	st.StateDir = stateDirFor(tc)
 	st.Spec = engine.Spec{
 		Model: model, ModelName: modelName, Host: bindHost, Port: port,
 		Ctx: tcfg.Ctx, Slots: tcfg.Slots, GPULayers: tcfg.GPULayers, Threads: tcfg.Threads,
-		ExtraArgs: tcfg.ExtraArgs, StateDir: filepath.Join(st.StateDir, "engine"),
+		ExtraArgs: tcfg.ExtraArgs, StateDir: engineDirFor(tc, st.StateDir),
+	}
+	if st.Isolation, err = d.isolationFor(tc, &st, adapter, apiKey); err != nil {
+		return taskState{}, "", err
 	}
 	return st, apiKey, nil
 }
 
 var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
 
-// stateDirFor is where a task attempt's supervisor files live: inside the
-// task's own directory, so the agent's alloc GC removes it, and apart per
-// attempt because each start has a new id.
+// stateDirFor is where a task attempt's supervisor files live: in the
+// task's private dir, which `nomad alloc fs` does not serve (private/,
+// else secrets/; created 0700 when the agent made neither), so the agent's
+// alloc GC removes it; apart per attempt because each start has a new id.
 func stateDirFor(tc *drivers.TaskConfig) string {
 	parts := strings.Split(tc.GetId(), "/")
 	attempt := unsafeName.ReplaceAllString(parts[len(parts)-1], "_")
 	if tc.GetAllocDir() != "" {
-		return filepath.Join(tc.GetAllocDir(), unsafeName.ReplaceAllString(tc.GetName(), "_"), ".llorch", attempt)
+		return filepath.Join(privateDirOf(tc), ".llorch", attempt)
 	}
 	return filepath.Join(os.TempDir(), "llorch-tasks", unsafeName.ReplaceAllString(tc.GetId(), "_"))
+}
+
+// privateDirOf is the task's directory hidden from `nomad alloc fs`.
+func privateDirOf(tc *drivers.TaskConfig) string {
+	td := filepath.Join(tc.GetAllocDir(), unsafeName.ReplaceAllString(tc.GetName(), "_"))
+	for _, sub := range []string{"private", "secrets"} {
+		if isDir(filepath.Join(td, sub)) {
+			return filepath.Join(td, sub)
+		}
+	}
+	return filepath.Join(td, "private")
+}
+
+// engineDirFor is the engine's own writable dir (Ollama's model store and
+// HOME). It holds model copies, so it must not be a small tmpfs: under
+// private/ where the agent made one, else beside the task's files.
+func engineDirFor(tc *drivers.TaskConfig, stateDir string) string {
+	if tc.GetAllocDir() == "" || filepath.Base(privateDirOf(tc)) == "private" {
+		return filepath.Join(stateDir, "engine")
+	}
+	parts := strings.Split(tc.GetId(), "/")
+	attempt := unsafeName.ReplaceAllString(parts[len(parts)-1], "_")
+	return filepath.Join(tc.GetAllocDir(), unsafeName.ReplaceAllString(tc.GetName(), "_"), ".llorch", attempt, "engine")
+}
+
+// removeStateDirs removes a task attempt's state and engine dirs.
+func removeStateDirs(st taskState) error {
+	err := os.RemoveAll(st.StateDir)
+	if d := st.Spec.StateDir; d != "" && !strings.HasPrefix(d, st.StateDir+string(filepath.Separator)) {
+		if rerr := os.RemoveAll(filepath.Dir(d)); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	return err
 }
 
 // instanceID is the registry id: stable across plugin restarts and task
@@ -183,32 +230,6 @@ func instanceID(allocID, task string) string {
 func isDir(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.IsDir()
-}
-
-// resolveModel finds the model: a relative path is looked up in the node's
-// model_dir. GGUF engines need a file; the others may take a model name.
-func resolveModel(modelDir, model, engName string) (string, error) {
-	p := model
-	if !filepath.IsAbs(p) && modelDir != "" {
-		p = filepath.Join(modelDir, p)
-	}
-	needsFile := filepath.IsAbs(model) || strings.HasSuffix(model, ".gguf") || engName == "llamacpp" || engName == "ollama"
-	fi, err := os.Stat(p)
-	switch {
-	case err == nil && fi.IsDir() && (engName == "llamacpp" || engName == "ollama"):
-		return "", fmt.Errorf("model %s is a directory, not a GGUF file", p)
-	case err == nil:
-		if abs, aerr := filepath.Abs(p); aerr == nil {
-			p = abs
-		}
-		return p, nil
-	case needsFile && errors.Is(err, os.ErrNotExist):
-		return "", fmt.Errorf("model file %s not found on this node", p)
-	case needsFile:
-		return "", fmt.Errorf("model file %s: %v", p, err)
-	default:
-		return model, nil // a model name the engine resolves itself
-	}
 }
 
 // resolvePort turns the port setting into a host port: a number, or a

@@ -60,8 +60,17 @@ type taskState struct {
 	EnginePID  engineRecord `json:"engine_pid"`
 	StartedAt  time.Time    `json:"started_at"`
 
+	// DeviceGPUs is the agent's NVIDIA_VISIBLE_DEVICES for a task with
+	// Nomad's `device "nvidia/gpu"`: those GPUs are the task's, and the
+	// driver assigns none of its own.
+	DeviceGPUs string `json:"device_gpus,omitempty"`
+
 	// GPUReservation is gpu.go's opaque record of what the task holds.
 	GPUReservation []byte `json:"gpu_reservation,omitempty"`
+
+	// Isolation is the engine's user, cgroup, oom_score_adj and relay
+	// (isolation.go).
+	Isolation isolation `json:"isolation"`
 }
 
 // taskStore holds the handles by task id.

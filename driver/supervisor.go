@@ -34,12 +34,32 @@ const (
 type supervisorSpec struct {
 	Path string   `json:"path"`
 	Args []string `json:"args"`
-	Env  []string `json:"env"`
-	Dir  string   `json:"dir"`
+	// Env is the engine's whole environment in specs written before
+	// EnvFromProcess. With EnvFromProcess the engine gets the supervisor's
+	// own environment plus Env, which then holds only the dynamic loader's
+	// variables (LD_*), kept out of the supervisor itself.
+	Env            []string `json:"env,omitempty"`
+	EnvFromProcess bool     `json:"env_from_process,omitempty"`
+	Dir            string   `json:"dir"`
+	// Engine is the adapter name, for redacting the command line it logs.
+	Engine string `json:"engine,omitempty"`
+	// SecretArgs are arguments (Args[Index], a placeholder on disk) whose
+	// value the supervisor reads from a file, like SecretEnv.
+	SecretArgs []secretArg `json:"secret_args,omitempty"`
 	// SecretEnv names variables whose values the supervisor reads from a
 	// file when it starts the engine, so the spec on disk never holds the
 	// engine token itself.
 	SecretEnv []secretEnv `json:"secret_env,omitempty"`
+	// Isolation is the engine's user, cgroup, oom_score_adj and relay.
+	Isolation isolation `json:"isolation"`
+}
+
+// secretArgPlaceholder stands for a secret argument in the spec on disk.
+const secretArgPlaceholder = "<secret from file>"
+
+type secretArg struct {
+	Index int    `json:"index"`
+	File  string `json:"file"`
 }
 
 type secretEnv struct {
@@ -125,8 +145,24 @@ func RunSupervisor(args []string) int {
 	if err := readJSON(filepath.Join(dir, specFile), &spec); err != nil {
 		return fail(fmt.Errorf("read spec: %w", err))
 	}
-	cmd := exec.Command(spec.Path, spec.Args...)
+	engineArgs := append([]string(nil), spec.Args...)
+	for _, sa := range spec.SecretArgs {
+		if sa.Index < 0 || sa.Index >= len(engineArgs) {
+			return fail(fmt.Errorf("spec: secret argument %d out of range", sa.Index))
+		}
+		b, err := os.ReadFile(sa.File)
+		if err != nil {
+			return fail(fmt.Errorf("read %s for argument %d: %w", sa.File, sa.Index, err))
+		}
+		engineArgs[sa.Index] = strings.TrimSpace(string(b))
+	}
+	// The log names secrets by fingerprint (token:9f86d0), never by value.
+	logArgs := redactArgs(spec.Engine, engineArgs)
+	cmd := exec.Command(spec.Path, engineArgs...)
 	cmd.Env = spec.Env
+	if spec.EnvFromProcess {
+		cmd.Env = append(os.Environ(), spec.Env...)
+	}
 	for _, se := range spec.SecretEnv {
 		b, err := os.ReadFile(se.File)
 		if err != nil {
@@ -139,10 +175,20 @@ func RunSupervisor(args []string) int {
 	// Its own process group, so a stop can kill the engine and everything
 	// it spawned without touching the supervisor.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fail(fmt.Errorf("start engine %s: %w", spec.Path, err))
+	oomBase, err := startEngine(cmd, spec.Isolation, logLine)
+	if err != nil {
+		return fail(fmt.Errorf("start engine %s as %s: %w", spec.Path, spec.Isolation.User, err))
 	}
 	pid := cmd.Process.Pid
+	rl, err := startRelay(spec.Isolation, logLine)
+	if err != nil {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+		return fail(fmt.Errorf("engine token relay: %w", err))
+	}
+	if rl != nil {
+		defer rl.Close()
+	}
 	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		logLine("read engine start time: %v", err)
@@ -150,7 +196,7 @@ func RunSupervisor(args []string) int {
 	if err := writeJSONAtomic(filepath.Join(dir, engineFile), engineRecord{PID: pid, StartTime: st.StartTime}); err != nil {
 		logLine("write engine record: %v", err)
 	}
-	logLine("engine started: pid %d: %s %s", pid, spec.Path, strings.Join(spec.Args, " "))
+	logLine("engine started: pid %d: %s %s", pid, spec.Path, strings.Join(logArgs, " "))
 
 	werr := cmd.Wait()
 	rec := exitRecord{CompletedAt: time.Now()}
@@ -163,29 +209,17 @@ func RunSupervisor(args []string) int {
 	} else if werr != nil {
 		rec.ExitCode, rec.Err = 1, werr.Error()
 	}
+	rec.OOMKilled = engineOOMKilled(spec.Isolation, oomBase, syscall.Signal(rec.Signal))
 	// Whatever the engine left in its group goes with it: no orphans.
 	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		logLine("kill engine group %d: %v", pid, err)
 	}
-	logLine("engine exited: code %d signal %d", rec.ExitCode, rec.Signal)
+	logLine("engine exited: code %d signal %d oom_killed %v", rec.ExitCode, rec.Signal, rec.OOMKilled)
 	if err := writeJSONAtomic(filepath.Join(dir, exitFile), rec); err != nil {
 		logLine("write exit record: %v", err)
 		return 1
 	}
 	return 0
-}
-
-// supervisorEnv is the plugin's environment without what would make the
-// re-executed binary think a Nomad agent started it.
-func supervisorEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "NOMAD_PLUGIN_MAGIC_COOKIE=") || strings.HasPrefix(kv, "PLUGIN_") {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
 }
 
 // openLogSink opens a task log path for writing. The agent's paths are

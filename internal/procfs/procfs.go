@@ -152,3 +152,26 @@ func CPUMHz() float64 {
 	}
 	return 0
 }
+
+// Environ is the environment pid started with, if pid is still the process
+// that started at start (checked after reading, so a reused pid is never
+// read as ours). Reading another user's needs root.
+func Environ(pid int, start uint64) ([]string, error) {
+	if !Alive(pid, start) {
+		return nil, fmt.Errorf("process %d is gone", pid)
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return nil, err
+	}
+	if !Alive(pid, start) {
+		return nil, fmt.Errorf("process %d is gone", pid)
+	}
+	var out []string
+	for _, kv := range bytes.Split(b, []byte{0}) {
+		if len(kv) > 0 {
+			out = append(out, string(kv))
+		}
+	}
+	return out, nil
+}
