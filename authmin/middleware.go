@@ -78,7 +78,7 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 			return
 		}
 		peer := clientAddr(r, cfg.TrustForwardedFor)
-		tok, err := ParseBearer(r.Header.Get("Authorization"))
+		tok, err := Credential(r.Header)
 		if errors.Is(err, ErrMissing) && cfg.AuthOptional && IsLoopback(peer) {
 			log.Debug("auth ok", "identity", IdentityLocalhost, "path", r.URL.Path)
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, IdentityLocalhost)))
@@ -87,13 +87,13 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 		switch {
 		case errors.Is(err, ErrMissing):
 			log.Info("auth denied", "code", CodeMissingToken, "peer", peer, "path", r.URL.Path)
-			deny(w, CodeMissingToken, NumericMissingToken, "missing bearer token", "send Authorization: Bearer <token>")
+			deny(w, CodeMissingToken, NumericMissingToken, "missing bearer token", "send Authorization: Bearer <token> (or x-api-key: <token>)")
 			return
 		case err != nil:
 			// The credential is malformed; fingerprint what was sent so an
 			// operator can match it, never the value itself.
 			log.Info("auth denied", "code", CodeBadToken, "peer", peer, "path", r.URL.Path, "reason", err.Error(),
-				"identity", Identity(presented(r.Header.Get("Authorization"))))
+				"identity", Identity(presented(presentedHeader(r.Header))))
 			deny(w, CodeBadToken, NumericBadToken, "malformed bearer token: "+err.Error(), "send Authorization: Bearer <token>")
 			return
 		case !cfg.Tokens.Check(tok):
@@ -105,6 +105,27 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 		log.Debug("auth ok", "identity", id, "path", r.URL.Path)
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
 	})
+}
+
+// Credential is the token a request presents: "Authorization: Bearer",
+// or, without an Authorization header, Anthropic's "x-api-key" (what the
+// Anthropic SDKs and Claude Code send). Both are checked the same way.
+func Credential(h http.Header) (string, error) {
+	if h.Get("Authorization") == "" {
+		if k := h.Get("X-Api-Key"); k != "" {
+			return ParseBearer("Bearer " + k)
+		}
+	}
+	return ParseBearer(h.Get("Authorization"))
+}
+
+// presentedHeader is the header value a credential came in, in the
+// "Bearer <token>" form presented reads.
+func presentedHeader(h http.Header) string {
+	if h.Get("Authorization") == "" && h.Get("X-Api-Key") != "" {
+		return "Bearer " + h.Get("X-Api-Key")
+	}
+	return h.Get("Authorization")
 }
 
 // presented is what a malformed Authorization header offered as its

@@ -65,8 +65,11 @@ func (rt *Router) serveModels(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, APIError{Code: CodeMethodNotAllowed, Message: "use GET on /v1/models"})
 		return
 	}
+	if rt.serveModelsAnthropic(w, r) {
+		return
+	}
 	list := modelList{Object: "list", Data: []modelObject{}}
-	for _, m := range availableModels(rt.view.Current()) {
+	for _, m := range rt.listedModels() {
 		list.Data = append(list.Data, modelObject{ID: m, Object: "model", OwnedBy: "llorch"})
 	}
 	writeJSON(w, http.StatusOK, list)
@@ -78,8 +81,11 @@ func (rt *Router) serveModel(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, APIError{Code: CodeMethodNotAllowed, Message: "use GET on /v1/models/{model}"})
 		return
 	}
+	if rt.serveModelsAnthropic(w, r) {
+		return
+	}
 	name := r.PathValue("model")
-	for _, m := range availableModels(rt.view.Current()) {
+	for _, m := range rt.listedModels() {
 		if m == name {
 			infoFrom(r.Context()).model = m
 			writeJSON(w, http.StatusOK, modelObject{ID: m, Object: "model", OwnedBy: "llorch"})

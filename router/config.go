@@ -44,6 +44,8 @@ type Config struct {
 	QueuePolicy       string
 	QueueTimeout      time.Duration
 	OTLPEndpoint      string
+	ModelAliases      string
+	ModelFallbacks    string
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -155,6 +157,8 @@ func Options() []Option {
 		strOpt("queue-policy", "LLORCH_QUEUE_POLICY", "reject", "full queue: reject (429 ADMISSION_REJECT) or drop-lru (evict the oldest batch, then interactive, waiter)", func(c *Config) *string { return &c.QueuePolicy }),
 		durOpt("queue-timeout", "LLORCH_QUEUE_TIMEOUT", "30s", "longest wait in the queue before DEADLINE_UNMET", func(c *Config) *time.Duration { return &c.QueueTimeout }),
 		strOpt("otlp-endpoint", "LLORCH_OTLP_ENDPOINT", "", "OTLP/HTTP collector for traces (host:port or URL); empty = tracing off (traceparent is still passed on to engines)", func(c *Config) *string { return &c.OTLPEndpoint }),
+		strOpt("model-aliases", "LLORCH_MODEL_ALIASES", "", "other names for served models, alias=model[,alias=model...] (e.g. gpt-4o-mini=llama-3.1-8b); /v1/models lists them", func(c *Config) *string { return &c.ModelAliases }),
+		strOpt("model-fallbacks", "LLORCH_MODEL_FALLBACKS", "", "models tried in order when a model has no instance, none able to take requests, or a full queue: model=fallback[|fallback...][,model=...]; X-Llorch-Fallback-From marks such answers", func(c *Config) *string { return &c.ModelFallbacks }),
 		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight", func(c *Config) *string { return &c.SchedulerProfile }),
 	}
 }
@@ -229,6 +233,9 @@ func (c *Config) Validate() error {
 	}
 	if c.QueuePolicy != string(admission.Reject) && c.QueuePolicy != string(admission.DropLRU) {
 		bad = append(bad, fmt.Sprintf("queue-policy: %q is not reject or drop-lru", c.QueuePolicy))
+	}
+	if _, err := newModelRoutes(c.ModelAliases, c.ModelFallbacks); err != nil {
+		bad = append(bad, err.Error())
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("router config: %s", strings.Join(bad, "; "))

@@ -60,9 +60,12 @@ type openAIRequest struct {
 
 // requiredField is the field each endpoint cannot do without.
 var requiredField = map[string]string{
-	"/v1/chat/completions": "messages",
-	"/v1/completions":      "prompt",
-	"/v1/embeddings":       "input",
+	"/v1/chat/completions":  "messages",
+	"/v1/completions":       "prompt",
+	"/v1/embeddings":        "input",
+	pathMessages:            "messages",
+	pathMessagesCountTokens: "messages",
+	pathResponses:           "input",
 }
 
 // parseRequest validates the body and names the offending field on error.
@@ -149,7 +152,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		pr.User = *req.User
 	}
 	pctx, pspan := tracer.Start(r.Context(), "llorch.placement", trace.WithAttributes(attribute.String("llorch.model", pr.Model)))
-	cands, err := rt.placeAdmitted(pctx, pr, prio, start.Add(rt.cfg.QueueTimeout))
+	cands, err := rt.placeRouted(pctx, w, &pr, &body, prio, start.Add(rt.cfg.QueueTimeout))
 	if err != nil {
 		pspan.SetStatus(codes.Error, err.Error())
 	} else if len(cands) > 0 {

@@ -44,6 +44,7 @@ type Router struct {
 	queues      *admission.Queues
 	tasks       *taskStore
 	errors      recentErrors
+	routes      modelRoutes // aliases and fallbacks (aliases.go)
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -85,6 +86,9 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 		rt.tokens = authmin.NewTokenSet()
 	}
 	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	if rt.routes, err = newModelRoutes(cfg.ModelAliases, cfg.ModelFallbacks); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	rt.engineToken = cfg.EngineToken
@@ -229,6 +233,10 @@ func (rt *Router) buildHandler() http.Handler {
 	for _, p := range proxiedPaths {
 		mux.HandleFunc(p, rt.serveProxy)
 	}
+	mux.HandleFunc(pathMessages, rt.serveMessages)
+	mux.HandleFunc(pathMessagesCountTokens, rt.serveMessages)
+	mux.HandleFunc(pathResponses, rt.serveResponses)
+	mux.HandleFunc(pathResponsesInputToks, rt.serveResponses)
 	mux.HandleFunc("/v1/models", rt.serveModels)
 	mux.HandleFunc("/v1/models/{model...}", rt.serveModel)
 	mux.HandleFunc("POST /v2/tasks", rt.serveTaskSubmit)
@@ -253,7 +261,7 @@ func (rt *Router) buildHandler() http.Handler {
 		},
 		Logger: rt.log,
 	}, mux)
-	return rt.withRequestContext(authed)
+	return rt.withRequestContext(withAnthropicErrors(authed))
 }
 
 // Routes lists the method and path of every endpoint the router serves
@@ -262,7 +270,7 @@ func Routes() [][2]string {
 	out := [][2]string{{"GET", "/healthz"}, {"GET", "/metrics"}, {"GET", "/v1/models"}, {"GET", "/v1/models/{model}"},
 		{"POST", "/v2/tasks"}, {"GET", "/v2/tasks/{id}/events"}, {"POST", "/v2/tasks/{id}/cancel"},
 		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}, {"GET", "/v2/ui/state"}, {"GET", "/ui"}}
-	for _, p := range proxiedPaths {
+	for _, p := range append(proxiedPaths, agentPaths...) {
 		out = append(out, [2]string{"POST", p})
 	}
 	return out

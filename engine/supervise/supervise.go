@@ -327,7 +327,7 @@ func (s *Supervisor) instance(h registry.Health) registry.Instance {
 		inst.Engine = s.cfg.Adapter.Name()
 	}
 	if len(inst.APIs) == 0 {
-		inst.APIs = s.cfg.Adapter.APIs()
+		inst.APIs = engine.APIsOf(s.cfg.Adapter, inst.EngineVersion)
 	}
 	return inst
 }
