@@ -221,3 +221,91 @@ func TestAliasConfigRejected(t *testing.T) {
 		t.Fatalf("%+v %v", r, err)
 	}
 }
+
+// With every slot of the primary busy and its queue full, the fallback
+// answers (and says so) instead of a 429.
+func TestFallbackOnFullQueue(t *testing.T) {
+	big, bu := openaifixture.Start(t, "big")
+	big.SetBehavior(openaifixture.Behavior{Tokens: 200, TokenDelay: 20 * time.Millisecond})
+	_, su := startFixture(t)
+	bi := inst(t, "big-1", "n1", "big", bu.URL)
+	bi.Slots = 1
+	h := newHarness(t, func(c *Config) { c.QueueCapacity = 1; c.ModelFallbacks = "big=" + testModel },
+		bi, inst(t, "small-1", "n2", testModel, su))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	busy := func() {
+		resp, err := h.cl.Do(h.req("POST", "/v1/chat/completions", chatBody("big", true)).WithContext(ctx))
+		if err == nil {
+			resp.Body.Close()
+		}
+	}
+	go busy()
+	waitFor(t, 5*time.Second, "the slot taken", func() bool { return h.rt.state.InFlight("big-1") == 1 })
+	go busy()
+	waitFor(t, 5*time.Second, "one request queued", func() bool { i, _ := h.rt.queues.Depth("big"); return i == 1 })
+	code, hdr, body := h.do("POST", "/v1/chat/completions", chatBody("big", false))
+	if code != 200 || hdr.Get(FallbackHeader) != "big" || hdr.Get(ModelHeader) != testModel || !strings.Contains(body, openaifixture.Text(8)) {
+		t.Fatalf("queue full: %d %v %s, want the fallback's answer", code, hdr, body)
+	}
+}
+
+// A translated stream the engine breaks ends, for the Anthropic SDK, in a
+// stream error carrying Anthropic's envelope and WORKER_RESET.
+func TestMessagesTranslatedStreamBroken(t *testing.T) {
+	fx, u := startFixture(t)
+	fx.SetBehavior(openaifixture.Behavior{Tokens: 10, Fault: openaifixture.FaultDieMidStream, DieAfter: 2})
+	in := inst(t, "a", "n1", testModel, u)
+	in.APIs = []string{"/v1/chat/completions"}
+	h := newHarness(t, nil, in)
+	cl := anthropicClient(h.srv.URL, aoption.WithAPIKey(clientToken))
+	stream := cl.Messages.NewStreaming(context.Background(), hiMessage(testModel, 64))
+	var acc anthropic.Message
+	for stream.Next() {
+		_ = acc.Accumulate(stream.Current())
+	}
+	err := stream.Err()
+	if err == nil || !strings.Contains(err.Error(), CodeWorkerReset) || !strings.Contains(err.Error(), `"type":"error"`) ||
+		len(acc.Content) != 1 || acc.Content[0].Text != openaifixture.Text(2) {
+		t.Fatalf("err %v after %+v, want an Anthropic error event with %s after 2 tokens", err, acc.Content, CodeWorkerReset)
+	}
+}
+
+// Streamed tool calls become tool_use blocks the SDK accumulates into the
+// same input the chat answer carried.
+func TestMessagesStreamToolCalls(t *testing.T) {
+	var s msgStream
+	s.open = -1
+	s.model = "m"
+	var out []byte
+	for _, c := range []string{
+		`{"id":"chatcmpl-1","choices":[{"delta":{"content":"let me look"}}]}`,
+		`{"id":"chatcmpl-1","choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_1","function":{"name":"get","arguments":""}}]}}]}`,
+		`{"id":"chatcmpl-1","choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"k\":"}}]}}]}`,
+		`{"id":"chatcmpl-1","choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"7}"}}]}}]}`,
+		`{"id":"chatcmpl-1","choices":[{"delta":{},"finish_reason":"tool_calls"}]}`,
+		`{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":6}}`,
+	} {
+		out = s.chunk(out, []byte(c))
+	}
+	out = s.end(out)
+	var acc anthropic.Message
+	for _, ev := range strings.Split(strings.TrimSpace(string(out)), "\n\n") {
+		_, data, ok := strings.Cut(ev, "\ndata: ")
+		if !ok {
+			t.Fatalf("event without data: %q", ev)
+		}
+		var u anthropic.MessageStreamEventUnion
+		if err := json.Unmarshal([]byte(data), &u); err != nil {
+			t.Fatal(err)
+		}
+		if err := acc.Accumulate(u); err != nil {
+			t.Fatalf("accumulate %s: %v", data, err)
+		}
+	}
+	if len(acc.Content) != 2 || acc.Content[0].Text != "let me look" || acc.Content[1].Type != "tool_use" ||
+		acc.Content[1].ID != "call_1" || acc.Content[1].Name != "get" || string(acc.Content[1].Input) != `{"k":7}` ||
+		acc.StopReason != anthropic.StopReasonToolUse || acc.Usage.OutputTokens != 6 || acc.ID != "msg_1" {
+		t.Fatalf("accumulated %+v\nfrom %s", acc, out)
+	}
+}
