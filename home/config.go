@@ -20,6 +20,7 @@ import (
 
 	"github.com/llorch/llorch/engine"
 	"github.com/llorch/llorch/models/catalog"
+	"github.com/llorch/llorch/router"
 )
 
 // Config is the home profile's configuration (YAML keys in tags).
@@ -33,6 +34,11 @@ type Config struct {
 	// created on first start.
 	APITokenFile string `yaml:"api_token_file"`
 	Pools        []Pool `yaml:"pools"`
+	// Aliases and Fallbacks are the router's model aliases
+	// ({gpt-4o-mini: llama-3.1-8b}) and fallbacks
+	// ({llama-3.1-70b: [llama-3.1-8b]}); see docs/api.md.
+	Aliases   map[string]string   `yaml:"aliases"`
+	Fallbacks map[string][]string `yaml:"fallbacks"`
 }
 
 // Pool is one model served by one engine process.
@@ -90,6 +96,9 @@ func (c *Config) Normalize() error {
 	}
 	if len(c.Pools) == 0 {
 		return errors.New("home config: pools: at least one pool is required (or use --model)")
+	}
+	if _, _, err := router.FormatModelRoutes(c.Aliases, c.Fallbacks); err != nil {
+		return fmt.Errorf("home config: aliases/fallbacks: %w", err)
 	}
 	seen := map[string]bool{}
 	for i := range c.Pools {

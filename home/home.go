@@ -220,6 +220,10 @@ func (h *Home) Run(ctx context.Context) error {
 	rcfg.Addr = h.cfg.Addr
 	rcfg.APITokenFile = h.cfg.APITokenFile
 	rcfg.EngineTokenFile = h.engineTokenFile()
+	var err error
+	if rcfg.ModelAliases, rcfg.ModelFallbacks, err = router.FormatModelRoutes(h.cfg.Aliases, h.cfg.Fallbacks); err != nil {
+		return err
+	}
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rt, err := router.New(rcfg, h.reg, nil, h.log.Named("router"), promReg)

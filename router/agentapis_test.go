@@ -309,3 +309,13 @@ func TestMessagesStreamToolCalls(t *testing.T) {
 		t.Fatalf("accumulated %+v\nfrom %s", acc, out)
 	}
 }
+
+func TestFormatModelRoutes(t *testing.T) {
+	a, f, err := FormatModelRoutes(map[string]string{"z": "m", "a": "m"}, map[string][]string{"big": {"m", "n"}})
+	if err != nil || a != "a=m,z=m" || f != "big=m|n" {
+		t.Fatalf("%q %q %v", a, f, err)
+	}
+	if _, _, err := FormatModelRoutes(map[string]string{"a,b": "m"}, nil); err == nil {
+		t.Fatal("a name with a separator was accepted")
+	}
+}

@@ -94,6 +94,44 @@ func splitEntries(s string) []string {
 	return out
 }
 
+// FormatModelRoutes writes alias and fallback maps (a YAML config's form)
+// as the model-aliases and model-fallbacks option values, sorted, and
+// checks them as the router will.
+func FormatModelRoutes(aliases map[string]string, fallbacks map[string][]string) (string, string, error) {
+	var a, f []string
+	for k, v := range aliases {
+		a = append(a, k+"="+v)
+	}
+	for k, v := range fallbacks {
+		f = append(f, k+"="+strings.Join(v, "|"))
+	}
+	sort.Strings(a)
+	sort.Strings(f)
+	as, fs := strings.Join(a, ","), strings.Join(f, ",")
+	for _, s := range slicesOf(aliases, fallbacks) {
+		if strings.ContainsAny(s, ",|=") {
+			return "", "", fmt.Errorf("model names may not contain ',', '|' or '=': %q", s)
+		}
+	}
+	if _, err := newModelRoutes(as, fs); err != nil {
+		return "", "", err
+	}
+	return as, fs, nil
+}
+
+// slicesOf lists every model name in the maps.
+func slicesOf(aliases map[string]string, fallbacks map[string][]string) []string {
+	var out []string
+	for k, v := range aliases {
+		out = append(out, k, v)
+	}
+	for k, v := range fallbacks {
+		out = append(out, k)
+		out = append(out, v...)
+	}
+	return out
+}
+
 func newModelRoutes(aliases, fallbacks string) (modelRoutes, error) {
 	a, err := parseAliases(aliases)
 	if err != nil {

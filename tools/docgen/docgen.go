@@ -237,6 +237,8 @@ var homeHelp = map[string]string{
 	"pools[].threads":    "CPU threads",
 	"pools[].gpu_layers": "layers to offload to the GPU",
 	"pools[].extra_args": "more engine arguments",
+	"aliases":            "model aliases, `{alias: model}` (e.g. `{gpt-4o-mini: tiny}`); as the router's `--model-aliases`",
+	"fallbacks":          "model fallbacks, `{model: [fallback, ...]}`, tried when the model has no free instance or a full queue; as the router's `--model-fallbacks`",
 }
 
 var otherEnv = [][3]string{
