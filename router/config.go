@@ -31,22 +31,32 @@ type Config struct {
 	ConnectTimeout    time.Duration
 	FirstByteTimeout  time.Duration
 	IdleStreamTimeout time.Duration
-	EjectAfter        int
-	EjectBackoff      time.Duration
-	EjectBackoffMax   time.Duration
-	DegradedAfter     time.Duration
-	MaxIdleConns      int
-	TokenGrace        time.Duration
-	LogLevel          string
-	LogJSON           bool
-	SchedulerProfile  string
-	QueueCapacity     int
-	QueuePolicy       string
-	QueueTimeout      time.Duration
-	OTLPEndpoint      string
-	DrainTimeout      time.Duration
-	ModelAliases      string
-	ModelFallbacks    string
+	// GenerationTimeout bounds a non-streamed answer (headers come only
+	// when it is done); GenerationTimeoutPerModel overrides it per model
+	// ("model=duration,…").
+	GenerationTimeout         time.Duration
+	GenerationTimeoutPerModel string
+	ClientWriteTimeout        time.Duration
+	EjectAfter                int
+	EjectMaxPercent           int
+	EjectSuccessRatePercent   int
+	EjectSuccessRateMinReqs   int
+	SlowStart                 time.Duration
+	EjectBackoff              time.Duration
+	EjectBackoffMax           time.Duration
+	DegradedAfter             time.Duration
+	MaxIdleConns              int
+	TokenGrace                time.Duration
+	LogLevel                  string
+	LogJSON                   bool
+	SchedulerProfile          string
+	QueueCapacity             int
+	QueuePolicy               string
+	QueueTimeout              time.Duration
+	OTLPEndpoint              string
+	DrainTimeout              time.Duration
+	ModelAliases              string
+	ModelFallbacks            string
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -144,9 +154,16 @@ func Options() []Option {
 		intOpt("retries", "LLORCH_RETRIES", "2", "further instances tried after a failure before the first byte (0 = no retry)", 0, func(c *Config) *int { return &c.Retries }),
 		durOpt("retry-budget", "LLORCH_RETRY_BUDGET", "30s", "time after which no further instance is tried", func(c *Config) *time.Duration { return &c.RetryBudget }),
 		durOpt("connect-timeout", "LLORCH_CONNECT_TIMEOUT", "2s", "TCP connect timeout to an engine", func(c *Config) *time.Duration { return &c.ConnectTimeout }),
-		durOpt("first-byte-timeout", "LLORCH_FIRST_BYTE_TIMEOUT", "120s", "time an engine has to start answering (prompt processing included)", func(c *Config) *time.Duration { return &c.FirstByteTimeout }),
-		durOpt("idle-stream-timeout", "LLORCH_IDLE_STREAM_TIMEOUT", "60s", "longest silence allowed inside an answer before it is cut", func(c *Config) *time.Duration { return &c.IdleStreamTimeout }),
-		intOpt("eject-after", "LLORCH_EJECT_AFTER", "3", "consecutive faults (connect errors, resets, 5xx, timeouts; never 4xx) that eject an instance", 1, func(c *Config) *int { return &c.EjectAfter }),
+		durOpt("first-byte-timeout", "LLORCH_FIRST_BYTE_TIMEOUT", "120s", "streams (stream:true): time an engine has to send the first event (prompt processing included); past it the attempt is a gateway failure and the next instance is tried", func(c *Config) *time.Duration { return &c.FirstByteTimeout }),
+		durOpt("generation-timeout", "LLORCH_GENERATION_TIMEOUT", "30m", "non-streamed answers: time an engine has to produce the whole answer (it sends nothing before); past it the client gets 504 GENERATION_TIMEOUT, the instance is not blamed and the request is never re-run elsewhere", func(c *Config) *time.Duration { return &c.GenerationTimeout }),
+		strOpt("generation-timeout-per-model", "LLORCH_GENERATION_TIMEOUT_PER_MODEL", "", "generation-timeout per model, e.g. \"llama-70b=2h,tiny=5m\"", func(c *Config) *string { return &c.GenerationTimeoutPerModel }),
+		durOpt("idle-stream-timeout", "LLORCH_IDLE_STREAM_TIMEOUT", "60s", "longest silence allowed inside an answer (between events, or between body bytes) before it is cut", func(c *Config) *time.Duration { return &c.IdleStreamTimeout }),
+		durOpt("client-write-timeout", "LLORCH_CLIENT_WRITE_TIMEOUT", "30s", "longest a single write to a client may block; a client that stops reading is cut and its slot freed (0 = no limit)", func(c *Config) *time.Duration { return &c.ClientWriteTimeout }),
+		intOpt("eject-after", "LLORCH_EJECT_AFTER", "3", "consecutive gateway failures (connect errors, resets, timeouts, 502, 504, 503 without Retry-After) that eject an instance", 1, func(c *Config) *int { return &c.EjectAfter }),
+		intOpt("eject-max-percent", "LLORCH_EJECT_MAX_PERCENT", "50", "most of a model's instances (percent, rounded down) ejected at once; a model with one instance is never emptied", 0, func(c *Config) *int { return &c.EjectMaxPercent }),
+		intOpt("eject-success-rate-percent", "LLORCH_EJECT_SUCCESS_RATE_PERCENT", "50", "an instance whose recent answers (the last 64) succeed less often than this percent is ejected: the only way 500s eject (0 = never)", 0, func(c *Config) *int { return &c.EjectSuccessRatePercent }),
+		intOpt("eject-success-rate-min-requests", "LLORCH_EJECT_SUCCESS_RATE_MIN_REQUESTS", "20", "answers an instance must have given (at most 64) before the success-rate rule judges it", 1, func(c *Config) *int { return &c.EjectSuccessRateMinReqs }),
+		durOpt("slow-start", "LLORCH_SLOW_START", "30s", "after an ejection the instance looks busier to placement, the extra falling to nothing over this time", func(c *Config) *time.Duration { return &c.SlowStart }),
 		durOpt("eject-backoff", "LLORCH_EJECT_BACKOFF", "5s", "first ejection period; doubles while the instance keeps failing", func(c *Config) *time.Duration { return &c.EjectBackoff }),
 		durOpt("eject-backoff-max", "LLORCH_EJECT_BACKOFF_MAX", "2m", "cap on the ejection period", func(c *Config) *time.Duration { return &c.EjectBackoffMax }),
 		durOpt("degraded-after", "LLORCH_DEGRADED_AFTER", "90s", "snapshot age after which /healthz reports degraded", func(c *Config) *time.Duration { return &c.DegradedAfter }),
@@ -233,6 +250,15 @@ func (c *Config) Validate() error {
 	if c.ServiceName == "" {
 		bad = append(bad, "service-name: must not be empty")
 	}
+	if _, err := c.generationTimeouts(); err != nil {
+		bad = append(bad, "generation-timeout-per-model: "+err.Error())
+	}
+	if c.EjectMaxPercent > 100 || c.EjectSuccessRatePercent > 100 {
+		bad = append(bad, "eject-max-percent and eject-success-rate-percent: at most 100")
+	}
+	if c.EjectSuccessRateMinReqs > srWindowLen {
+		bad = append(bad, fmt.Sprintf("eject-success-rate-min-requests: at most %d", srWindowLen))
+	}
 	if c.QueuePolicy != string(admission.Reject) && c.QueuePolicy != string(admission.DropLRU) {
 		bad = append(bad, fmt.Sprintf("queue-policy: %q is not reject or drop-lru", c.QueuePolicy))
 	}
@@ -243,6 +269,23 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("router config: %s", strings.Join(bad, "; "))
 	}
 	return nil
+}
+
+// generationTimeouts parses GenerationTimeoutPerModel.
+func (c *Config) generationTimeouts() (map[string]time.Duration, error) {
+	out := map[string]time.Duration{}
+	for _, kv := range strings.Split(c.GenerationTimeoutPerModel, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		model, dur, ok := strings.Cut(kv, "=")
+		d, err := time.ParseDuration(strings.TrimSpace(dur))
+		if !ok || strings.TrimSpace(model) == "" || err != nil || d <= 0 {
+			return nil, fmt.Errorf("want model=duration pairs such as llama-70b=2h, got %q", kv)
+		}
+		out[strings.TrimSpace(model)] = d
+	}
+	return out, nil
 }
 
 func parseBytes(v string) (int64, error) {

@@ -60,8 +60,10 @@ func infoFrom(ctx context.Context) *reqInfo {
 	return &reqInfo{base: hclog.NewNullLogger()}
 }
 
-// statusWriter remembers the status for metrics; Unwrap lets
-// http.ResponseController reach the connection's Flush.
+// statusWriter remembers the status for metrics. FlushError passes the
+// connection's flush error on (a plain Flush would swallow it, and
+// http.ResponseController prefers FlushError); Unwrap lets the controller
+// reach the connection's other methods (SetWriteDeadline).
 type statusWriter struct {
 	http.ResponseWriter
 	status int
@@ -81,10 +83,14 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
-func (w *statusWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
+// Flush is for http.Flusher users; errors are only seen through FlushError.
+func (w *statusWriter) Flush() { _ = w.FlushError() }
+
+func (w *statusWriter) FlushError() error {
+	if w.status == 0 {
+		w.status = http.StatusOK
 	}
+	return http.NewResponseController(w.ResponseWriter).Flush()
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -44,6 +44,7 @@ type Router struct {
 	handler     http.Handler
 	queues      *admission.Queues
 	tasks       *taskStore
+	genTimeouts map[string]time.Duration
 	errors      recentErrors
 	routes      modelRoutes // aliases and fallbacks (aliases.go)
 }
@@ -143,10 +144,14 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 			rt.metrics.candidates.Observe(float64(d.Considered))
 		})
 	}
-	rt.state = newLocalState(cfg.EjectAfter, cfg.EjectBackoff, cfg.EjectBackoffMax, func(id string, d time.Duration) {
+	rt.genTimeouts, _ = cfg.generationTimeouts() // Validate checked it
+	rt.state = newLocalState(outlierFromConfig(cfg), func(id string, d time.Duration) {
 		rt.metrics.ejections.Inc()
-		rt.log.Warn("instance ejected after consecutive faults", "instance_id", id, "for", d.String())
+		rt.log.Warn("instance ejected (outlier detection)", "instance_id", id, "for", d.String())
 	})
+	rt.state.onSkip = func(id string) {
+		rt.log.Info("outlier kept in: the model's max-ejection share is reached", "instance_id", id)
+	}
 	rt.transport = newTransport(cfg)
 	rt.handler = rt.buildHandler()
 	return rt, nil
@@ -162,15 +167,16 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 // non-idempotent requests, and every candidate can be stale at once.
 func newTransport(cfg Config) *http.Transport {
 	return &http.Transport{
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          0, // no global cap; the per-host cap bounds it
-		MaxIdleConnsPerHost:   cfg.MaxIdleConns,
-		IdleConnTimeout:       4 * time.Second, // under the engines' keep-alive: see above
-		ResponseHeaderTimeout: cfg.FirstByteTimeout,
-		DisableCompression:    true,
-		ForceAttemptHTTP2:     false,
-		Protocols:             http1Only(),
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        0, // no global cap; the per-host cap bounds it
+		MaxIdleConnsPerHost: cfg.MaxIdleConns,
+		IdleConnTimeout:     4 * time.Second, // under the engines' keep-alive: see above
+		// No ResponseHeaderTimeout: a non-streamed answer's headers come
+		// when the whole answer is done. attempt times each phase itself.
+		DisableCompression: true,
+		ForceAttemptHTTP2:  false,
+		Protocols:          http1Only(),
 		// Small buffers: a router holds one per open stream, and at 1,000
 		// streams 32 KiB ones were half its heap; requests and SSE events
 		// are far smaller, and longer lines still pass (bufio grows reads).
@@ -213,7 +219,7 @@ func (rt *Router) Run(ctx context.Context) error {
 	err := rt.source.Watch(ctx, func(s registry.Snapshot) {
 		rt.view.Store(s)
 		cur := rt.view.Current()
-		rt.state.prune(cur)
+		rt.state.sync(cur)
 		if n := len(cur.Instances); n != last {
 			rt.log.Info("instance view changed", "instances", n, "index", cur.Index)
 			last = n

@@ -77,7 +77,16 @@ func (v localLoad) Load(id string) scheduler.Load {
 	if v.l == nil {
 		return scheduler.Load{}
 	}
-	return scheduler.Load{InFlight: v.l.InFlight(id), Ejected: v.l.EjectedFor(id) > 0}
+	ld := scheduler.Load{InFlight: v.l.InFlight(id), Ejected: v.l.EjectedFor(id) > 0}
+	if ls, ok := v.l.(*localState); ok {
+		if ls.BusyFor(id) > 0 {
+			// The engine said "not now" (429, 503 + Retry-After): full
+			// until then, so the request goes elsewhere or queues.
+			ld.SlotsBusy = 1 << 20
+		}
+		ld.InFlight += ls.slowStartExtra(id)
+	}
+	return ld
 }
 
 // Place implements Placer.

@@ -111,8 +111,12 @@ func (t *chatToMessagesWriter) event(out, ev []byte) []byte {
 	return out
 }
 
+// Flush passes on, except while a JSON answer is held back: flushing
+// would commit the engine's headers (and length) before the translation.
 func (t *chatToMessagesWriter) Flush() {
-	_ = http.NewResponseController(t.w).Flush()
+	if t.mode == modeSSE || t.mode == modePass {
+		_ = http.NewResponseController(t.w).Flush()
+	}
 }
 
 func (t *chatToMessagesWriter) Unwrap() http.ResponseWriter { return t.w }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -44,6 +45,11 @@ type Behavior struct {
 	DieAfter       int // for FaultDieMidStream
 	// FaultTimes limits the fault to the next n requests; 0 = every request.
 	FaultTimes int
+	// FaultMatch, when set, limits the fault to requests whose body
+	// contains it (a "poison prompt").
+	FaultMatch string
+	// RetryAfter, when set, is sent as Retry-After with FaultStatus.
+	RetryAfter string
 	// RequireToken, when set, answers 401 to requests without
 	// "Authorization: Bearer <RequireToken>".
 	RequireToken string
@@ -127,7 +133,7 @@ func (s *Server) Reset() {
 
 // behaviorFor returns the script for one request, consuming a fault when
 // the fault is limited to a number of requests.
-func (s *Server) behaviorFor(seen Seen) Behavior {
+func (s *Server) behaviorFor(seen Seen, body []byte) Behavior {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.seen) >= maxSeen {
@@ -135,6 +141,9 @@ func (s *Server) behaviorFor(seen Seen) Behavior {
 	}
 	s.seen = append(s.seen, seen)
 	b := s.b
+	if b.FaultMatch != "" && !strings.Contains(string(body), b.FaultMatch) {
+		b.Fault = FaultNone
+	}
 	if b.Fault != FaultNone && b.FaultTimes > 0 {
 		if s.faultsN >= b.FaultTimes {
 			b.Fault = FaultNone
@@ -162,8 +171,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.inFlight.Add(1)
 	defer s.inFlight.Add(-1)
 	var req request
+	var body []byte
 	if r.Method == http.MethodPost {
-		body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+		var err error
+		body, err = io.ReadAll(io.LimitReader(r.Body, 16<<20))
 		if err != nil {
 			return
 		}
@@ -177,7 +188,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Authorization: r.Header.Get("Authorization"),
 		CorrelationID: r.Header.Get("X-Correlation-Id"),
 		Traceparent:   r.Header.Get("Traceparent"),
-	})
+	}, body)
 	if b.RequireToken != "" && r.Header.Get("Authorization") != "Bearer "+b.RequireToken {
 		writeError(w, http.StatusUnauthorized, "invalid api key", "authentication_error")
 		return
@@ -196,6 +207,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		panic(http.ErrAbortHandler)
 	case FaultStatus:
+		if b.RetryAfter != "" {
+			w.Header().Set("Retry-After", b.RetryAfter)
+		}
 		writeError(w, b.Status, "injected failure "+strconv.Itoa(b.Status), "server_error")
 		return
 	}
