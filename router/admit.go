@@ -22,12 +22,19 @@ func (rt *Router) placeAdmitted(ctx context.Context, pr PlaceRequest, prio admis
 
 // placeWithTicket is placeAdmitted for a request that may already hold a
 // queue ticket (a /v2 task queued when it was submitted).
-func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time, t *admission.Ticket) ([]registry.Instance, error) {
+func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time, t *admission.Ticket) (cands []registry.Instance, err error) {
+	if rt.demand != nil {
+		rt.demand.Begin(pr.Model)
+		defer func() {
+			if err != nil {
+				rt.demand.End(pr.Model) // a placed request ends in finished
+			}
+		}()
+	}
 	if t == nil && rt.queues.Waiting(pr.Model, prio) {
 		// Strict priority, then FIFO: a new request never overtakes a
 		// waiting one of the same or higher priority, even when a slot
 		// looks free to it (it is the head's).
-		var err error
 		if t, err = rt.queues.Enqueue(pr.Model, prio); err != nil {
 			return nil, err
 		}
@@ -38,7 +45,7 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 		}
 	}
 	for {
-		cands, err := rt.placer.Place(pr, *rt.view.Current())
+		cands, err = rt.placer.Place(pr, *rt.view.Current())
 		if err == nil {
 			// Instances whose engine said "not now" (429, 503 +
 			// Retry-After) are full until then: if that is all of them,
@@ -48,7 +55,10 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 			}
 		}
 		var nc *NoCapacityError
-		if !errors.As(err, &nc) || !nc.Saturated {
+		// No ready instance but Demand is bringing one (a pool at zero, a
+		// model not loaded): wait in the queue as if every slot were busy.
+		waking := rt.wakeable(pr.Model, err) && rt.demand.Wake(pr.Model)
+		if !waking && (!errors.As(err, &nc) || !nc.Saturated) {
 			if t != nil {
 				t.Leave("admitted")
 			}
@@ -86,6 +96,9 @@ func (rt *Router) notBusy(cands []registry.Instance) []registry.Instance {
 
 // finished tells the model's queue a slot may be free.
 func (rt *Router) finished(model string, took time.Duration) {
+	if rt.demand != nil {
+		rt.demand.End(model)
+	}
 	rt.queues.Observe(took)
 	rt.queues.Notify(model)
 }

@@ -55,6 +55,9 @@ type modelObject struct {
 	Object  string `json:"object"`
 	Created int64  `json:"created"`
 	OwnedBy string `json:"owned_by"`
+	// State is set when the router scales or loads models on demand:
+	// loaded, loading or stopped.
+	State string `json:"state,omitempty"`
 }
 
 type modelList struct {
@@ -88,8 +91,14 @@ func (rt *Router) serveModels(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	list := modelList{Object: "list", Data: []modelObject{}}
-	for _, m := range rt.listedModels() {
-		list.Data = append(list.Data, modelObject{ID: m, Object: "model", OwnedBy: "llorch"})
+	names := rt.listedModels() // aliases included
+	if rt.demand != nil {
+		list.Data = rt.demandModels(names)
+	}
+	for _, m := range names {
+		if rt.demand == nil {
+			list.Data = append(list.Data, modelObject{ID: m, Object: "model", OwnedBy: "llorch"})
+		}
 	}
 	writeJSON(w, http.StatusOK, list)
 }

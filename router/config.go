@@ -57,6 +57,15 @@ type Config struct {
 	DrainTimeout              time.Duration
 	ModelAliases              string
 	ModelFallbacks            string
+	// Pools that follow demand (router/scaler); NomadAddr "" = off.
+	NomadAddr         string
+	NomadTokenFile    string
+	NomadNamespace    string
+	ScaleInterval     time.Duration
+	ScaleSustain      time.Duration
+	ScaleUpCooldown   time.Duration
+	ScaleDownCooldown time.Duration
+	ScaleBusyPercent  int
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -179,6 +188,14 @@ func Options() []Option {
 		strOpt("model-aliases", "LLORCH_MODEL_ALIASES", "", "other names for served models, alias=model[,alias=model...] (e.g. gpt-4o-mini=llama-3.1-8b); /v1/models lists them", func(c *Config) *string { return &c.ModelAliases }),
 		strOpt("model-fallbacks", "LLORCH_MODEL_FALLBACKS", "", "models tried in order when a model has no instance, none able to take requests, or a full queue: model=fallback[|fallback...][,model=...]; X-Llorch-Fallback-From marks such answers", func(c *Config) *string { return &c.ModelFallbacks }),
 		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight", func(c *Config) *string { return &c.SchedulerProfile }),
+		strOpt("nomad-addr", "LLORCH_NOMAD_ADDR", "", "Nomad HTTP API address for pools that follow demand (jobs run with -max); empty = the router scales nothing", func(c *Config) *string { return &c.NomadAddr }),
+		strOpt("nomad-token-file", "LLORCH_NOMAD_TOKEN_FILE", "", "file holding the Nomad ACL token (deploy/nomad/router-scaler-policy.hcl: list-jobs, read-job, scale-job; NOMAD_TOKEN is used when no file is set)", func(c *Config) *string { return &c.NomadTokenFile }),
+		strOpt("nomad-namespace", "LLORCH_NOMAD_NAMESPACE", "default", "Nomad namespace whose pools the router scales", func(c *Config) *string { return &c.NomadNamespace }),
+		durOpt("scale-interval", "LLORCH_SCALE_INTERVAL", "2s", "how often the router reads pool counts and decides", func(c *Config) *time.Duration { return &c.ScaleInterval }),
+		durOpt("scale-sustain", "LLORCH_SCALE_SUSTAIN", "10s", "how long queueing or busy slots must last before a pool scales up", func(c *Config) *time.Duration { return &c.ScaleSustain }),
+		durOpt("scale-up-cooldown", "LLORCH_SCALE_UP_COOLDOWN", "30s", "least time between two scale-ups of a pool", func(c *Config) *time.Duration { return &c.ScaleUpCooldown }),
+		durOpt("scale-down-cooldown", "LLORCH_SCALE_DOWN_COOLDOWN", "1m", "least time after any change of a pool's count before it scales down", func(c *Config) *time.Duration { return &c.ScaleDownCooldown }),
+		intOpt("scale-busy-percent", "LLORCH_SCALE_BUSY_PERCENT", "80", "in-flight requests as a percentage of a pool's slots above which it is busy (scale-up pressure)", 1, func(c *Config) *int { return &c.ScaleBusyPercent }),
 	}
 }
 

@@ -46,7 +46,9 @@ type Router struct {
 	tasks       *taskStore
 	genTimeouts map[string]time.Duration
 	errors      recentErrors
-	routes      modelRoutes // aliases and fallbacks (aliases.go)
+	routes      modelRoutes     // aliases and fallbacks (aliases.go)
+	demand      Demand          // nil: no scaling or on-demand loading
+	readyBefore map[string]bool // models with a ready instance in the last snapshot (drainWoken)
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -220,6 +222,7 @@ func (rt *Router) Run(ctx context.Context) error {
 		rt.view.Store(s)
 		cur := rt.view.Current()
 		rt.state.sync(cur)
+		rt.drainWoken(cur)
 		if n := len(cur.Instances); n != last {
 			rt.log.Info("instance view changed", "instances", n, "index", cur.Index)
 			last = n
