@@ -100,6 +100,10 @@ func main() {
 		fmt.Println("== prefix-affinity simulation")
 		prefixSim(*quick)
 	}
+	if run("churn") {
+		fmt.Println("== placement under snapshot churn")
+		churnBench(*quick)
+	}
 	if run("discovery") {
 		fmt.Println("== discovery in Consul")
 		discoveryBench(env, *quick)
@@ -125,7 +129,7 @@ func main() {
 }
 
 // sectionNames are the parts -only can pick, in the order they run.
-var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "discovery", "failure", "coldstart", "driver"}
+var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "churn", "discovery", "failure", "coldstart", "driver"}
 
 func machine() string {
 	model := "unknown CPU"

@@ -196,3 +196,32 @@ func TestPoisonPromptNeverEjectsMoreThanTheShare(t *testing.T) {
 	}
 	t.Logf("most instances ejected at once: %d of 4", maxOut)
 }
+
+// An instance back from an ejection starts slow: it looks slowStartLoad
+// requests busier to placement at its return, nothing once slow-start
+// has passed; the max share does not apply before a snapshot names the
+// instance's model.
+func TestSlowStartAfterEjection(t *testing.T) {
+	now := time.Unix(1000, 0)
+	s := newLocalState(outlierConfig{consecutive: 1, base: time.Second, cap: time.Second, maxShare: 0.5, slowStart: 10 * time.Second}, nil)
+	s.now = func() time.Time { return now }
+	s.gatewayFailure("a")
+	if s.EjectedFor("a") != time.Second || s.slowStartExtra("a") != 0 {
+		t.Fatal("not ejected, or slow start before the return")
+	}
+	now = now.Add(time.Second) // the ejection ends: slow start begins
+	if got := s.slowStartExtra("a"); got != slowStartLoad {
+		t.Fatalf("at its return the instance looks %d busier, want %d", got, slowStartLoad)
+	}
+	now = now.Add(5 * time.Second)
+	if got := s.slowStartExtra("a"); got <= 0 || got >= slowStartLoad {
+		t.Fatalf("half-way through slow start: %d extra", got)
+	}
+	if ld := (localLoad{s}).Load("a"); ld.InFlight != s.slowStartExtra("a") {
+		t.Fatalf("the placer does not see the slow start: %+v", ld)
+	}
+	now = now.Add(5 * time.Second)
+	if got := s.slowStartExtra("a"); got != 0 {
+		t.Fatalf("after slow start: %d extra", got)
+	}
+}

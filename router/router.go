@@ -217,23 +217,41 @@ func (rt *Router) Run(ctx context.Context) error {
 			rt.tokens.Watch(ctx, rt.cfg.APITokenFile, rt.log)
 		}()
 	}
-	var last int = -1
-	err := rt.source.Watch(ctx, func(s registry.Snapshot) {
-		rt.view.Store(s)
-		cur := rt.view.Current()
-		rt.state.sync(cur)
-		rt.drainWoken(cur)
-		if n := len(cur.Instances); n != last {
-			rt.log.Info("instance view changed", "instances", n, "index", cur.Index)
-			last = n
-		}
-	})
+	last := -1
+	err := rt.source.Watch(ctx, rt.onSnapshot(&last))
 	wg.Wait()
 	rt.transport.CloseIdleConnections()
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return nil
 	}
 	return err
+}
+
+// indexPreparer is a placer that builds per-snapshot state ahead of use.
+type indexPreparer interface{ Prepare(registry.Snapshot) }
+
+// onSnapshot takes each delivery off the request path: a delivery with
+// Consul's index unchanged (a blocking query that timed out) only resets
+// the age; a new one is normalized, the placer's index is built for it,
+// and only then is it published, so requests always read a finished index.
+func (rt *Router) onSnapshot(last *int) func(registry.Snapshot) {
+	return func(s registry.Snapshot) {
+		if cur := rt.view.Current(); rt.view.Synced() && s.Index != 0 && s.Index == cur.Index && len(s.Instances) == len(cur.Instances) {
+			rt.view.Touch()
+			return
+		}
+		snap := discovery.Normalize(s)
+		if p, ok := rt.placer.(indexPreparer); ok {
+			p.Prepare(*snap)
+		}
+		rt.view.Publish(snap)
+		rt.state.sync(snap)
+		rt.drainWoken(snap)
+		if n := len(snap.Instances); n != *last {
+			rt.log.Info("instance view changed", "instances", n, "index", snap.Index)
+			*last = n
+		}
+	}
 }
 
 func (rt *Router) buildHandler() http.Handler {
