@@ -8,11 +8,104 @@ package router
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/llorch/llorch/internal/apierr"
 )
+
+// stopReason maps a chat finish_reason to a Messages stop_reason. A stop
+// sequence reads as end_turn: Chat Completions does not say which, or
+// whether one, ended the answer.
+func stopReason(finish string) string {
+	switch finish {
+	case "length":
+		return "max_tokens"
+	case "tool_calls", "function_call":
+		return "tool_use"
+	}
+	return "end_turn"
+}
+
+type chatUsage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+}
+
+type chatResponse struct {
+	ID      string `json:"id"`
+	Choices []struct {
+		Message struct {
+			Content   *string        `json:"content"`
+			ToolCalls []chatToolCall `json:"tool_calls"`
+		} `json:"message"`
+		FinishReason string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *chatUsage `json:"usage"`
+}
+
+type anthUsage struct {
+	InputTokens  int `json:"input_tokens"`
+	OutputTokens int `json:"output_tokens"`
+}
+
+type anthOutBlock struct {
+	Type  string          `json:"type"`
+	Text  *string         `json:"text,omitempty"`
+	ID    string          `json:"id,omitempty"`
+	Name  string          `json:"name,omitempty"`
+	Input json.RawMessage `json:"input,omitempty"`
+}
+
+type anthMessageOut struct {
+	ID           string         `json:"id"`
+	Type         string         `json:"type"`
+	Role         string         `json:"role"`
+	Model        string         `json:"model"`
+	Content      []anthOutBlock `json:"content"`
+	StopReason   *string        `json:"stop_reason"`
+	StopSequence *string        `json:"stop_sequence"`
+	Usage        anthUsage      `json:"usage"`
+}
+
+// messageID makes a Messages id from the engine's chat id.
+func messageID(chatID string) string {
+	return "msg_" + strings.TrimPrefix(chatID, "chatcmpl-")
+}
+
+// chatToMessage translates a non-streamed chat answer.
+func chatToMessage(body []byte, model string) ([]byte, error) {
+	var cr chatResponse
+	if err := json.Unmarshal(body, &cr); err != nil {
+		return nil, fmt.Errorf("the engine's chat answer is not JSON: %v", err)
+	}
+	if len(cr.Choices) == 0 {
+		return nil, fmt.Errorf("the engine's chat answer has no choices")
+	}
+	ch := cr.Choices[0]
+	out := anthMessageOut{ID: messageID(cr.ID), Type: "message", Role: "assistant", Model: model, Content: []anthOutBlock{}}
+	if c := ch.Message.Content; c != nil && *c != "" {
+		out.Content = append(out.Content, anthOutBlock{Type: "text", Text: c})
+	}
+	for _, tc := range ch.Message.ToolCalls {
+		in := json.RawMessage(tc.Function.Arguments)
+		if strings.TrimSpace(tc.Function.Arguments) == "" {
+			in = json.RawMessage("{}")
+		}
+		if !json.Valid(in) {
+			return nil, fmt.Errorf("the engine's tool call %q has arguments that are not JSON", tc.Function.Name)
+		}
+		out.Content = append(out.Content, anthOutBlock{Type: "tool_use", ID: tc.ID, Name: tc.Function.Name, Input: in})
+	}
+	sr := stopReason(ch.FinishReason)
+	out.StopReason = &sr
+	if cr.Usage != nil {
+		out.Usage = anthUsage{InputTokens: cr.Usage.PromptTokens, OutputTokens: cr.Usage.CompletionTokens}
+	}
+	return json.Marshal(out)
+}
 
 type translateMode int
 
