@@ -38,7 +38,7 @@ func TestAnthropicEnvelope(t *testing.T) {
 	for body, want := range map[string]string{
 		`{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}`: "400",
 		`{"code":"BAD_TOKEN","message":"invalid bearer token"}`:                 "BAD_TOKEN",
-		`{"error":"plain text"}`:                                                "",
+		`{"error":"plain text"}`: "",
 	} {
 		if e, ok := Parse(400, []byte(body)); !ok || e.Code != want || e.Message == "" {
 			t.Errorf("%s: %+v %v", body, e, ok)
