@@ -226,7 +226,9 @@ func TestAliasConfigRejected(t *testing.T) {
 // answers (and says so) instead of a 429.
 func TestFallbackOnFullQueue(t *testing.T) {
 	big, bu := openaifixture.Start(t, "big")
-	big.SetBehavior(openaifixture.Behavior{Tokens: 200, TokenDelay: 20 * time.Millisecond})
+	// Long enough to hold the slot however slowly a loaded machine gets
+	// the second request queued (cancelled at the end).
+	big.SetBehavior(openaifixture.Behavior{Tokens: 3000, TokenDelay: 20 * time.Millisecond})
 	_, su := startFixture(t)
 	bi := inst(t, "big-1", "n1", "big", bu.URL)
 	bi.Slots = 1
@@ -241,9 +243,9 @@ func TestFallbackOnFullQueue(t *testing.T) {
 		}
 	}
 	go busy()
-	waitFor(t, 5*time.Second, "the slot taken", func() bool { return h.rt.state.InFlight("big-1") == 1 })
+	waitFor(t, 20*time.Second, "the slot taken", func() bool { return h.rt.state.InFlight("big-1") == 1 })
 	go busy()
-	waitFor(t, 5*time.Second, "one request queued", func() bool { i, _ := h.rt.queues.Depth("big"); return i == 1 })
+	waitFor(t, 20*time.Second, "one request queued", func() bool { i, _ := h.rt.queues.Depth("big"); return i == 1 })
 	code, hdr, body := h.do("POST", "/v1/chat/completions", chatBody("big", false))
 	if code != 200 || hdr.Get(FallbackHeader) != "big" || hdr.Get(ModelHeader) != testModel || !strings.Contains(body, openaifixture.Text(8)) {
 		t.Fatalf("queue full: %d %v %s, want the fallback's answer", code, hdr, body)
