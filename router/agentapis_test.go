@@ -15,6 +15,7 @@ import (
 	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/llorch/llorch/internal/openaifixture"
+	"github.com/llorch/llorch/router/keys"
 )
 
 // anthropicClient is the unchanged official Anthropic SDK pointed at the
@@ -319,5 +320,24 @@ func TestFormatModelRoutes(t *testing.T) {
 	}
 	if _, _, err := FormatModelRoutes(map[string]string{"a,b": "m"}, nil); err == nil {
 		t.Fatal("a name with a separator was accepted")
+	}
+}
+
+// A key's model allow-list applies to the model that answers: an alias
+// is checked as its target, and a fallback the key may not use is skipped.
+func TestKeysSeeAliasTargetsAndFallbacks(t *testing.T) {
+	h := newKeyHarness(t, func(c *Config) {
+		c.ModelAliases = "cheap=" + testModel
+		c.ModelFallbacks = "other-big=" + testModel + "|other-1"
+	}, threeKeys()...)
+	if st, _, b := h.as(secretB, "/v1/chat/completions", chatBody("cheap", false)); st != http.StatusForbidden || errCode(t, b) != keys.CodeModelNotAllowed {
+		t.Fatalf("team-b (other-*) by an alias of tiny: %d %s", st, b)
+	}
+	st, hdr, b := h.as(secretB, "/v1/chat/completions", chatBody("other-big", false))
+	if st != 200 || hdr.Get(FallbackHeader) != "other-big" || hdr.Get(ModelHeader) != "other-1" {
+		t.Fatalf("team-b's fallback must skip tiny for other-1: %d %v %s", st, hdr, b)
+	}
+	if n := h.fx[testModel].Requests(); n != 0 {
+		t.Fatalf("tiny, which team-b may not use, got %d requests", n)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
+
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 )
@@ -66,6 +68,9 @@ type Config struct {
 	ScaleUpCooldown   time.Duration
 	ScaleDownCooldown time.Duration
 	ScaleBusyPercent  int
+	KeysFile          string
+	KeysConsulPrefix  string
+	RouterService     string
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -75,6 +80,13 @@ type Config struct {
 	APIToken string
 	// EngineToken is presented to engines as "Authorization: Bearer".
 	EngineToken string
+	// Consul is the router's Consul client: it reads keys under
+	// KeysConsulPrefix and counts the live routers that share each key's
+	// limits. nil: neither (one router, keys from the file only).
+	Consul *consulapi.Client
+	// KeyWindow is the window of the keys' rpm and tpm limits: a minute
+	// (zero). Tests shorten it; the limits then count per KeyWindow.
+	KeyWindow time.Duration
 }
 
 // Option is one configuration setting: its flag, its environment variable,
@@ -187,6 +199,9 @@ func Options() []Option {
 		strOpt("otlp-endpoint", "LLORCH_OTLP_ENDPOINT", "", "OTLP/HTTP collector for traces (host:port or URL); empty = tracing off (traceparent is still passed on to engines)", func(c *Config) *string { return &c.OTLPEndpoint }),
 		strOpt("model-aliases", "LLORCH_MODEL_ALIASES", "", "other names for served models, alias=model[,alias=model...] (e.g. gpt-4o-mini=llama-3.1-8b); /v1/models lists them", func(c *Config) *string { return &c.ModelAliases }),
 		strOpt("model-fallbacks", "LLORCH_MODEL_FALLBACKS", "", "models tried in order when a model has no instance, none able to take requests, or a full queue: model=fallback[|fallback...][,model=...]; X-Llorch-Fallback-From marks such answers", func(c *Config) *string { return &c.ModelFallbacks }),
+		strOpt("keys-file", "LLORCH_KEYS_FILE", "", "per-team API keys (YAML/JSON: name, digest, models, priority, rpm, tpm, concurrent, expires, disabled; `llorch key new` writes it); re-read on SIGHUP or change. The API token keeps working beside them", func(c *Config) *string { return &c.KeysFile }),
+		strOpt("keys-consul-prefix", "LLORCH_KEYS_CONSUL_PREFIX", "", "Consul KV prefix holding more API keys, one per entry (e.g. llorch/keys/); followed with blocking queries", func(c *Config) *string { return &c.KeysConsulPrefix }),
+		strOpt("router-service", "LLORCH_ROUTER_SERVICE", "llorch-router", "Consul service the routers register as; each router enforces 1/n of every key limit, n = its passing instances", func(c *Config) *string { return &c.RouterService }),
 		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight", func(c *Config) *string { return &c.SchedulerProfile }),
 		strOpt("nomad-addr", "LLORCH_NOMAD_ADDR", "", "Nomad HTTP API address for pools that follow demand (jobs run with -max); empty = the router scales nothing", func(c *Config) *string { return &c.NomadAddr }),
 		strOpt("nomad-token-file", "LLORCH_NOMAD_TOKEN_FILE", "", "file holding the Nomad ACL token (deploy/nomad/router-scaler-policy.hcl: list-jobs, read-job, scale-job; NOMAD_TOKEN is used when no file is set)", func(c *Config) *string { return &c.NomadTokenFile }),

@@ -76,12 +76,19 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, e)
 		return
 	}
+	// A key's allow-list applies to the model that answers: an alias is
+	// checked as its target (fallbacks in placeRouted).
+	ku, ok := rt.admitKey(w, r, rt.routes.resolve(*req.Model), &prio)
+	if !ok {
+		return
+	}
+	defer func() { ku.end(r.Context().Err() != nil) }()
 	pr := PlaceRequest{Model: *req.Model, Path: r.URL.Path, Stream: req.Stream != nil && *req.Stream,
 		BodyBytes: len(body), Local: rt.state, Session: r.Header.Get("X-Session-Id"), Prefix: promptPrefix(body)}
 	if req.User != nil {
 		pr.User = *req.User
 	}
-	call := &upstreamCall{model: pr.Model, path: r.URL.Path, body: body, stream: pr.Stream, header: r.Header, ri: ri, start: start}
+	call := &upstreamCall{model: pr.Model, path: r.URL.Path, body: ku.upstreamBody(body, pr.Stream), stream: pr.Stream, header: r.Header, ri: ri, start: start, key: ku}
 	queueDeadline := start.Add(rt.cfg.QueueTimeout)
 	for {
 		cands, e := rt.placeForProxy(w, r, &pr, &call.body, prio, queueDeadline)
@@ -89,6 +96,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 			return // answered (or the client left)
 		}
 		call.model = pr.Model // an alias or a fallback may have changed it
+		ku.wasPlaced()
 		res := rt.relayToClient(w, r, call, cands)
 		if res.busyFor <= 0 {
 			return

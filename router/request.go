@@ -40,6 +40,9 @@ type reqInfo struct {
 	model string       // metrics label; set by handlers that know the model
 	// instance and node that answered, for the access log.
 	instance, node string
+	// identity is who authenticated ("token:9f86d0", "key:team-a"): the
+	// access log names the key, never its secret.
+	identity string
 }
 
 // logger is the request's logger, carrying its correlation id. It is built
@@ -122,7 +125,7 @@ func (rt *Router) withRequestContext(next http.Handler) http.Handler {
 			// turns it off), carrying the correlation id like every line.
 			if rt.log.IsInfo() {
 				ri.logger().Info("request", "method", r.Method, "path", r.URL.Path, "status", status, "model", ri.model,
-					"instance_id", ri.instance, "node_id", ri.node, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+					"instance_id", ri.instance, "node_id", ri.node, "identity", ri.identity, "duration_ms", float64(time.Since(start).Microseconds())/1000)
 			}
 		}()
 		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, ri)))
@@ -140,7 +143,7 @@ func pathLabel(p string) string {
 		return "/v1/models/{model}"
 	}
 	switch {
-	case p == "/v2/tasks", p == "/v2/nodes", p == "/v2/catalog/availability", p == "/v2/meta/capabilities", p == "/v2/sd/prometheus", p == "/v2/ui/state", p == "/ui":
+	case p == "/v2/tasks", p == "/v2/nodes", p == "/v2/catalog/availability", p == "/v2/meta/capabilities", p == "/v2/sd/prometheus", p == "/v2/ui/state", p == "/v2/usage", p == "/ui":
 		return p
 	case strings.HasPrefix(p, "/v2/tasks/") && strings.HasSuffix(p, "/events"):
 		return "/v2/tasks/{id}/events"

@@ -24,6 +24,7 @@ import (
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/router/discovery"
+	"github.com/llorch/llorch/router/keys"
 	"github.com/llorch/llorch/scheduler"
 )
 
@@ -49,6 +50,8 @@ type Router struct {
 	routes      modelRoutes     // aliases and fallbacks (aliases.go)
 	demand      Demand          // nil: no scaling or on-demand loading
 	readyBefore map[string]bool // models with a ready instance in the last snapshot (drainWoken)
+	keys        *keys.Gate      // per-team keys; nil in single-token mode
+	keysIndex   uint64          // the Consul KV index the keys were read at
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -89,7 +92,12 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 	} else {
 		rt.tokens = authmin.NewTokenSet()
 	}
-	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil {
+	if rt.keys, err = newKeyGate(cfg, rt); err != nil {
+		return nil, fmt.Errorf("router: API keys: %w", err)
+	}
+	// With per-team keys every request needs a key (or the token): a
+	// non-loopback listener without the single token is then fine.
+	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil && !(rt.keys != nil && rt.tokens.Empty()) {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	if rt.routes, err = newModelRoutes(cfg.ModelAliases, cfg.ModelFallbacks); err != nil {
@@ -217,6 +225,7 @@ func (rt *Router) Run(ctx context.Context) error {
 			rt.tokens.Watch(ctx, rt.cfg.APITokenFile, rt.log)
 		}()
 	}
+	rt.runKeys(ctx, func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() })
 	last := -1
 	err := rt.source.Watch(ctx, rt.onSnapshot(&last))
 	wg.Wait()
@@ -277,6 +286,7 @@ func (rt *Router) buildHandler() http.Handler {
 	handle("GET", "/v2/sd/prometheus", rt.servePrometheusSD)
 	handle("GET", "/v2/ui/state", rt.serveUIState)
 	handle("GET", "/ui", rt.serveUI)
+	handle("GET", "/v2/usage", rt.serveUsage)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, &apierr.Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no endpoint " + r.Method + " " + r.URL.Path})
 	})
@@ -289,7 +299,8 @@ func (rt *Router) buildHandler() http.Handler {
 			return r.URL.Path == "/healthz" || r.URL.Path == "/ui" || (r.URL.Path == "/metrics" && !metricsAuth)
 		},
 		Logger: rt.log,
-	}, mux)
+		Keys:   rt.keyChecker(),
+	}, withIdentity(mux))
 	return rt.withRequestContext(withAnthropicErrors(authed))
 }
 
@@ -308,7 +319,7 @@ func handleMethod(mux *http.ServeMux, method, path string, h http.HandlerFunc) {
 func Routes() [][2]string {
 	out := [][2]string{{"GET", "/healthz"}, {"GET", "/metrics"}, {"GET", "/v1/models"}, {"GET", "/v1/models/{model}"},
 		{"POST", "/v2/tasks"}, {"GET", "/v2/tasks/{id}/events"}, {"POST", "/v2/tasks/{id}/cancel"},
-		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}, {"GET", "/v2/ui/state"}, {"GET", "/ui"}}
+		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}, {"GET", "/v2/ui/state"}, {"GET", "/ui"}, {"GET", "/v2/usage"}}
 	for _, p := range append(proxiedPaths, agentPaths...) {
 		out = append(out, [2]string{"POST", p})
 	}

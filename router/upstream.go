@@ -38,6 +38,7 @@ type upstreamCall struct {
 	header http.Header // client headers passed on (upstreamHeaders), may be nil
 	ri     *reqInfo
 	start  time.Time
+	key    *keyUse // the API key's hold on this request (nil: none); its sink meters the answer
 }
 
 // sink is where a committed answer goes.
@@ -116,6 +117,7 @@ func (rt *Router) generationTimeout(model string) time.Duration {
 // relay tries cands (at most 1+retries, within the retry budget) until one
 // answers.
 func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registry.Instance, s sink) relayResult {
+	s = call.key.sink(s)
 	attempts := 1 + rt.cfg.Retries
 	deadline := call.start.Add(rt.cfg.RetryBudget)
 	var failures []string

@@ -71,6 +71,7 @@ type task struct {
 	id, model, corr string
 	prio            admission.Priority
 	cancel          context.CancelFunc
+	key             *keyUse // the API key's hold (nil: no key); only runTask touches it after submit
 	created         time.Time
 
 	mu       sync.Mutex
@@ -192,6 +193,16 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, &apierr.Error{Status: http.StatusBadRequest, Code: admission.CodeDeadlineUnmet, Param: "deadline_ms", Message: "deadline_ms must be positive: the deadline has already passed"})
 		return
 	}
+	ku, ok := rt.admitKey(w, r, model, &prio)
+	if !ok {
+		return
+	}
+	started := false
+	defer func() {
+		if !started {
+			ku.end(false) // refused after admission: costs nothing
+		}
+	}()
 	if tr.TaskID == "" {
 		tr.TaskID = uuid.NewString()
 	}
@@ -266,6 +277,7 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 	if ticket != nil {
 		pos, predicted = ticket.Position(), ticket.PredictedStartMs()
 	}
+	t.key, started = ku, true
 	go rt.runTask(ctx, t, tr, pr, path, ticket, deadline, pos, predicted, ri.logger().With("task_id", t.id))
 	writeJSON(w, http.StatusAccepted, map[string]any{
 		"task_id": t.id, "queue_position": pos, "predicted_start_ms": predicted, "backoff_ms": 0,

@@ -25,6 +25,7 @@ import (
 // runTask executes a task.
 func (rt *Router) runTask(ctx context.Context, t *task, tr TaskRequest, pr PlaceRequest, path string, ticket *admission.Ticket, deadline time.Time, pos int, predicted int64, log hclog.Logger) {
 	defer t.cancel()
+	defer func() { t.key.end(ctx.Err() != nil) }()
 	start := time.Now()
 	reqBody := map[string]any{"model": t.model, "max_tokens": tr.MaxTokens, "stream": true}
 	if tr.Prompt != nil {
@@ -38,8 +39,11 @@ func (rt *Router) runTask(ctx context.Context, t *task, tr TaskRequest, pr Place
 	if tr.Seed != nil {
 		reqBody["seed"] = *tr.Seed
 	}
+	if t.key != nil {
+		reqBody["stream_options"] = map[string]any{"include_usage": true} // the key is charged what it used
+	}
 	body, _ := json.Marshal(reqBody)
-	call := &upstreamCall{model: t.model, path: path, body: body, stream: true, ri: &reqInfo{id: t.corr, base: log}, start: start}
+	call := &upstreamCall{model: t.model, path: path, body: body, stream: true, ri: &reqInfo{id: t.corr, base: log}, start: start, key: t.key}
 	if deadline.IsZero() {
 		deadline = start.Add(rt.cfg.QueueTimeout)
 	}
@@ -51,6 +55,7 @@ func (rt *Router) runTask(ctx context.Context, t *task, tr TaskRequest, pr Place
 			t.emit("error", errorEvent(err))
 			return
 		}
+		t.key.wasPlaced()
 		if !started {
 			t.emit("started", map[string]any{"queue_position": pos, "predicted_start_ms": predicted, "instance_id": cands[0].ID, "node_id": cands[0].NodeID})
 			started = true

@@ -64,6 +64,9 @@ type Seen struct {
 	Authorization string
 	CorrelationID string
 	Traceparent   string
+	// IncludeUsage: the request asked for a streamed usage chunk
+	// (stream_options.include_usage).
+	IncludeUsage bool
 }
 
 const maxSeen = 4096
@@ -161,8 +164,11 @@ func (s *Server) behaviorFor(seen Seen, body []byte) Behavior {
 }
 
 type request struct {
-	Model  string `json:"model"`
-	Stream bool   `json:"stream"`
+	Model         string `json:"model"`
+	Stream        bool   `json:"stream"`
+	StreamOptions struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
 }
 
 // ServeHTTP implements http.Handler.
@@ -188,6 +194,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Authorization: r.Header.Get("Authorization"),
 		CorrelationID: r.Header.Get("X-Correlation-Id"),
 		Traceparent:   r.Header.Get("Traceparent"),
+		IncludeUsage:  req.StreamOptions.IncludeUsage,
 	}, body)
 	if b.RequireToken != "" && r.Header.Get("Authorization") != "Bearer "+b.RequireToken {
 		writeError(w, http.StatusUnauthorized, "invalid api key", "authentication_error")
@@ -224,7 +231,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/chat/completions", "/v1/completions":
 		chat := r.URL.Path == "/v1/chat/completions"
 		if req.Stream {
-			s.stream(w, r, req.Model, chat, b)
+			s.stream(w, r, req.Model, chat, b, req.StreamOptions.IncludeUsage)
 		} else {
 			s.complete(w, r, req.Model, chat, b)
 		}
@@ -257,7 +264,7 @@ func pause(r *http.Request, d time.Duration) bool {
 	}
 }
 
-func (s *Server) stream(w http.ResponseWriter, r *http.Request, model string, chat bool, b Behavior) {
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, model string, chat bool, b Behavior, usage bool) {
 	fl, _ := w.(http.Flusher)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -289,6 +296,10 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, model string, ch
 		panic(http.ErrAbortHandler)
 	}
 	buf = appendChunk(buf[:0], chat, qm, created, `""`, `"stop"`, false)
+	if usage {
+		// OpenAI's usage chunk: no choices, the totals (as complete() reports them).
+		buf = append(buf, `data: {"id":"fx-1","created":`+created+`,"model":`+qm+`,"object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":`+strconv.Itoa(b.Tokens)+`,"total_tokens":`+strconv.Itoa(1+b.Tokens)+`}}`+"\n\n"...)
+	}
 	buf = append(buf, "data: [DONE]\n\n"...)
 	if _, err := w.Write(buf); err != nil {
 		s.canceled.Add(1)
