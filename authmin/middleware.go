@@ -24,7 +24,7 @@ const (
 
 // Hints end the 401 messages: what the client should do about it.
 const (
-	hintSend  = "send Authorization: Bearer <token>"
+	hintSend  = "send Authorization: Bearer <token> (or x-api-key: <token>)"
 	hintCheck = "check the token file the server reads (its fingerprint is in the server log)"
 )
 
@@ -102,7 +102,7 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 			return
 		}
 		peer := clientAddr(r, cfg.TrustForwardedFor)
-		tok, err := ParseBearer(r.Header.Get("Authorization"))
+		tok, err := Credential(r.Header)
 		if errors.Is(err, ErrMissing) && cfg.AuthOptional && IsLoopback(peer) {
 			log.Debug("auth ok", "identity", IdentityLocalhost, "path", r.URL.Path)
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, IdentityLocalhost)))
@@ -124,7 +124,7 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 			// The credential is malformed; fingerprint what was sent so an
 			// operator can match it, never the value itself.
 			log.Info("auth denied", "code", CodeBadToken, "peer", peer, "path", r.URL.Path, "reason", err.Error(),
-				"identity", Identity(presented(r.Header.Get("Authorization"))))
+				"identity", Identity(presented(presentedHeader(r.Header))))
 			deny(w, CodeBadToken, "malformed bearer token: "+err.Error(), hintSend)
 			return
 		case kv.Known && kv.DenyCode != "":
@@ -145,6 +145,27 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 		log.Debug("auth ok", "identity", id, "path", r.URL.Path)
 		next.ServeHTTP(w, r.WithContext(context.WithValue(ctx, ctxKey{}, id)))
 	})
+}
+
+// Credential is the token a request presents: "Authorization: Bearer",
+// or, without an Authorization header, Anthropic's "x-api-key" (what the
+// Anthropic SDKs and Claude Code send). Both are checked the same way.
+func Credential(h http.Header) (string, error) {
+	if h.Get("Authorization") == "" {
+		if k := h.Get("X-Api-Key"); k != "" {
+			return ParseBearer("Bearer " + k)
+		}
+	}
+	return ParseBearer(h.Get("Authorization"))
+}
+
+// presentedHeader is the header value a credential came in, in the
+// "Bearer <token>" form presented reads.
+func presentedHeader(h http.Header) string {
+	if h.Get("Authorization") == "" && h.Get("X-Api-Key") != "" {
+		return "Bearer " + h.Get("X-Api-Key")
+	}
+	return h.Get("Authorization")
 }
 
 // presented is what a malformed Authorization header offered as its

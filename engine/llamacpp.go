@@ -22,8 +22,12 @@ func (LlamaCpp) Name() string          { return "llamacpp" }
 func (LlamaCpp) DefaultBinary() string { return "llama-server" }
 func (LlamaCpp) TakesAPIKey() bool     { return true }
 
+// APIs: the llama-server the project fetches (scripts/get-llama-server.sh)
+// serves Anthropic Messages (with count_tokens) and OpenAI Responses
+// natively besides chat and completions.
 func (LlamaCpp) APIs() []string {
-	return []string{"/v1/chat/completions", "/v1/completions"}
+	return []string{"/v1/chat/completions", "/v1/completions",
+		PathMessages, PathMessagesCountTokens, PathResponses, PathResponsesInputToks}
 }
 
 func (a LlamaCpp) Command(binary string, s Spec) (Command, error) {

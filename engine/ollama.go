@@ -31,6 +31,11 @@ func (Ollama) APIs() []string {
 	return []string{"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 }
 
+// APIsFor: Ollama serves Anthropic's /v1/messages from 0.14.0.
+func (a Ollama) APIsFor(version string) []string {
+	return sinceVersion(version, a.APIs(), map[string][]string{"0.14.0": {PathMessages}})
+}
+
 func (a Ollama) Command(binary string, s Spec) (Command, error) {
 	if err := checkSpec(a.Name(), s, true); err != nil {
 		return Command{}, err

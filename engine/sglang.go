@@ -25,6 +25,12 @@ func (SGLang) APIs() []string {
 	return []string{"/v1/chat/completions", "/v1/completions"}
 }
 
+// APIsFor: SGLang serves /v1/responses from 0.5.0; it has no Anthropic
+// endpoint of its own (the router translates Messages to chat).
+func (a SGLang) APIsFor(version string) []string {
+	return sinceVersion(version, a.APIs(), map[string][]string{"0.5.0": {PathResponses}})
+}
+
 func (a SGLang) Command(binary string, s Spec) (Command, error) {
 	if err := checkSpec(a.Name(), s, true); err != nil {
 		return Command{}, err

@@ -24,6 +24,16 @@ func (VLLM) APIs() []string {
 	return []string{"/v1/chat/completions", "/v1/completions"}
 }
 
+// APIsFor: vLLM serves /v1/responses from 0.10.0 and Anthropic's
+// /v1/messages from the 0.12 line (declared conservatively: earlier
+// versions get the router's Messages→chat translation instead).
+func (a VLLM) APIsFor(version string) []string {
+	return sinceVersion(version, a.APIs(), map[string][]string{
+		"0.10.0": {PathResponses},
+		"0.12.0": {PathMessages},
+	})
+}
+
 func (a VLLM) Command(binary string, s Spec) (Command, error) {
 	if err := checkSpec(a.Name(), s, true); err != nil {
 		return Command{}, err

@@ -21,6 +21,7 @@ import (
 
 	"github.com/llorch/llorch/engine"
 	"github.com/llorch/llorch/models/catalog"
+	"github.com/llorch/llorch/router"
 )
 
 // Config is the home profile's configuration (YAML keys in tags).
@@ -52,6 +53,11 @@ type Config struct {
 	QueueTimeout  time.Duration `yaml:"queue_timeout"`
 	QueueCapacity int           `yaml:"queue_capacity"`
 	Pools         []Pool        `yaml:"pools"`
+	// Aliases and Fallbacks are the router's model aliases
+	// ({gpt-4o-mini: llama-3.1-8b}) and fallbacks
+	// ({llama-3.1-70b: [llama-3.1-8b]}); see docs/api.md.
+	Aliases   map[string]string   `yaml:"aliases"`
+	Fallbacks map[string][]string `yaml:"fallbacks"`
 }
 
 // Pool is one model served by one engine process.
@@ -142,6 +148,9 @@ func (c *Config) Normalize() error {
 		return errors.New("home config: queue_capacity: must not be negative")
 	case c.VRAMBudgetMiB < 0 || c.RAMBudgetMiB < 0:
 		return errors.New("home config: vram_budget_mib, ram_budget_mib: must not be negative")
+	}
+	if _, _, err := router.FormatModelRoutes(c.Aliases, c.Fallbacks); err != nil {
+		return fmt.Errorf("home config: aliases/fallbacks: %w", err)
 	}
 	seen := map[string]bool{}
 	for i := range c.Pools {

@@ -152,6 +152,10 @@ func (h *Home) Run(ctx context.Context) error {
 	rcfg.APITokenFile = h.cfg.APITokenFile
 	rcfg.EngineTokenFile = h.engineTokenFile()
 	rcfg.QueueTimeout, rcfg.QueueCapacity = h.cfg.QueueTimeout, h.cfg.QueueCapacity
+	var err error
+	if rcfg.ModelAliases, rcfg.ModelFallbacks, err = router.FormatModelRoutes(h.cfg.Aliases, h.cfg.Fallbacks); err != nil {
+		return err
+	}
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rt, err := router.New(rcfg, h.reg, nil, h.log.Named("router"), promReg)

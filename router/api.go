@@ -87,11 +87,15 @@ func (rt *Router) serveModels(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, &apierr.Error{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed, Message: "use GET on /v1/models"})
 		return
 	}
-	list := modelList{Object: "list", Data: []modelObject{}}
-	if rt.demand != nil {
-		list.Data = rt.demandModels(availableModels(rt.view.Current()))
+	if rt.serveModelsAnthropic(w, r) {
+		return
 	}
-	for _, m := range availableModels(rt.view.Current()) {
+	list := modelList{Object: "list", Data: []modelObject{}}
+	names := rt.listedModels() // aliases included
+	if rt.demand != nil {
+		list.Data = rt.demandModels(names)
+	}
+	for _, m := range names {
 		if rt.demand == nil {
 			list.Data = append(list.Data, modelObject{ID: m, Object: "model", OwnedBy: "llorch"})
 		}
@@ -105,8 +109,11 @@ func (rt *Router) serveModel(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, &apierr.Error{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed, Message: "use GET on /v1/models/{model}"})
 		return
 	}
+	if rt.serveModelsAnthropic(w, r) {
+		return
+	}
 	name := r.PathValue("model")
-	for _, m := range availableModels(rt.view.Current()) {
+	for _, m := range rt.listedModels() {
 		if m == name {
 			infoFrom(r.Context()).model = m
 			writeJSON(w, http.StatusOK, modelObject{ID: m, Object: "model", OwnedBy: "llorch"})

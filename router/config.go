@@ -58,6 +58,8 @@ type Config struct {
 	QueueTimeout              time.Duration
 	OTLPEndpoint              string
 	DrainTimeout              time.Duration
+	ModelAliases              string
+	ModelFallbacks            string
 	// Pools that follow demand (router/scaler); NomadAddr "" = off.
 	NomadAddr         string
 	NomadTokenFile    string
@@ -197,6 +199,8 @@ func Options() []Option {
 		durOpt("queue-timeout", "LLORCH_QUEUE_TIMEOUT", "30s", "longest wait in the queue before DEADLINE_UNMET", func(c *Config) *time.Duration { return &c.QueueTimeout }),
 		durOpt("drain-timeout", "LLORCH_DRAIN_TIMEOUT", "30s", "on shutdown, how long answers in flight may finish before they are cut", func(c *Config) *time.Duration { return &c.DrainTimeout }),
 		strOpt("otlp-endpoint", "LLORCH_OTLP_ENDPOINT", "", "OTLP/HTTP collector for traces (host:port or URL); empty = tracing off (traceparent is still passed on to engines)", func(c *Config) *string { return &c.OTLPEndpoint }),
+		strOpt("model-aliases", "LLORCH_MODEL_ALIASES", "", "other names for served models, alias=model[,alias=model...] (e.g. gpt-4o-mini=llama-3.1-8b); /v1/models lists them", func(c *Config) *string { return &c.ModelAliases }),
+		strOpt("model-fallbacks", "LLORCH_MODEL_FALLBACKS", "", "models tried in order when a model has no instance, none able to take requests, or a full queue: model=fallback[|fallback...][,model=...]; X-Llorch-Fallback-From marks such answers", func(c *Config) *string { return &c.ModelFallbacks }),
 		strOpt("keys-file", "LLORCH_KEYS_FILE", "", "per-team API keys (YAML/JSON: name, digest, models, priority, rpm, tpm, concurrent, expires, disabled; `llorch key new` writes it); re-read on SIGHUP or change. The API token keeps working beside them", func(c *Config) *string { return &c.KeysFile }),
 		strOpt("keys-consul-prefix", "LLORCH_KEYS_CONSUL_PREFIX", "", "Consul KV prefix holding more API keys, one per entry (e.g. llorch/keys/); followed with blocking queries", func(c *Config) *string { return &c.KeysConsulPrefix }),
 		strOpt("router-service", "LLORCH_ROUTER_SERVICE", "llorch-router", "Consul service the routers register as; each router enforces 1/n of every key limit, n = its passing instances", func(c *Config) *string { return &c.RouterService }),
@@ -291,6 +295,9 @@ func (c *Config) Validate() error {
 	}
 	if c.QueuePolicy != string(admission.Reject) && c.QueuePolicy != string(admission.DropLRU) {
 		bad = append(bad, fmt.Sprintf("queue-policy: %q is not reject or drop-lru", c.QueuePolicy))
+	}
+	if _, err := newModelRoutes(c.ModelAliases, c.ModelFallbacks); err != nil {
+		bad = append(bad, err.Error())
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("router config: %s", strings.Join(bad, "; "))

@@ -35,9 +35,12 @@ type openAIRequest struct {
 
 // requiredField is the field each endpoint cannot do without.
 var requiredField = map[string]string{
-	"/v1/chat/completions": "messages",
-	"/v1/completions":      "prompt",
-	"/v1/embeddings":       "input",
+	"/v1/chat/completions":  "messages",
+	"/v1/completions":       "prompt",
+	"/v1/embeddings":        "input",
+	pathMessages:            "messages",
+	pathMessagesCountTokens: "messages",
+	pathResponses:           "input",
 }
 
 // parseRequest validates the body and names the offending field on error.

@@ -76,7 +76,9 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, e)
 		return
 	}
-	ku, ok := rt.admitKey(w, r, *req.Model, &prio)
+	// A key's allow-list applies to the model that answers: an alias is
+	// checked as its target (fallbacks in placeRouted).
+	ku, ok := rt.admitKey(w, r, rt.routes.resolve(*req.Model), &prio)
 	if !ok {
 		return
 	}
@@ -89,10 +91,11 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	call := &upstreamCall{model: pr.Model, path: r.URL.Path, body: ku.upstreamBody(body, pr.Stream), stream: pr.Stream, header: r.Header, ri: ri, start: start, key: ku}
 	queueDeadline := start.Add(rt.cfg.QueueTimeout)
 	for {
-		cands, e := rt.placeForProxy(w, r, pr, prio, queueDeadline)
+		cands, e := rt.placeForProxy(w, r, &pr, &call.body, prio, queueDeadline)
 		if e != nil || cands == nil {
 			return // answered (or the client left)
 		}
+		call.model = pr.Model // an alias or a fallback may have changed it
 		ku.wasPlaced()
 		res := rt.relayToClient(w, r, call, cands)
 		if res.busyFor <= 0 {
@@ -110,10 +113,10 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 
 // placeForProxy places (queueing while the model is saturated) and
 // answers the client itself when placement fails: then it returns nil.
-func (rt *Router) placeForProxy(w http.ResponseWriter, r *http.Request, pr PlaceRequest, prio admission.Priority, deadline time.Time) ([]registry.Instance, error) {
+func (rt *Router) placeForProxy(w http.ResponseWriter, r *http.Request, pr *PlaceRequest, body *[]byte, prio admission.Priority, deadline time.Time) ([]registry.Instance, error) {
 	ri := infoFrom(r.Context())
 	pctx, pspan := tracer.Start(r.Context(), "llorch.placement", trace.WithAttributes(attribute.String("llorch.model", pr.Model)))
-	cands, err := rt.placeAdmitted(pctx, pr, prio, deadline)
+	cands, err := rt.placeRouted(pctx, w, pr, body, prio, deadline)
 	if err != nil {
 		pspan.SetStatus(codes.Error, err.Error())
 	} else if len(cands) > 0 {

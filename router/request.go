@@ -135,7 +135,8 @@ func (rt *Router) withRequestContext(next http.Handler) http.Handler {
 // pathLabel keeps the path label's values to a known set.
 func pathLabel(p string) string {
 	switch p {
-	case "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics":
+	case "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics",
+		pathMessages, pathMessagesCountTokens, pathResponses, pathResponsesInputToks:
 		return p
 	}
 	if len(p) > len("/v1/models/") && p[:len("/v1/models/")] == "/v1/models/" {

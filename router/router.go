@@ -48,6 +48,7 @@ type Router struct {
 	tasks        *taskStore
 	genTimeouts  map[string]time.Duration
 	errors       recentErrors
+	routes       modelRoutes     // aliases and fallbacks (aliases.go)
 	demand       Demand          // nil: no scaling or on-demand loading
 	readyBefore  map[string]bool // models with a ready instance in the last snapshot (drainWoken)
 	keys         *keys.Gate      // per-team keys; nil in single-token mode
@@ -98,6 +99,9 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 	// With per-team keys every request needs a key (or the token): a
 	// non-loopback listener without the single token is then fine.
 	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil && !(rt.keys != nil && rt.tokens.Empty()) {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	if rt.routes, err = newModelRoutes(cfg.ModelAliases, cfg.ModelFallbacks); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	rt.engineToken = cfg.EngineToken
@@ -269,6 +273,10 @@ func (rt *Router) buildHandler() http.Handler {
 	for _, p := range proxiedPaths {
 		mux.HandleFunc(p, rt.serveProxy)
 	}
+	mux.HandleFunc(pathMessages, rt.serveMessages)
+	mux.HandleFunc(pathMessagesCountTokens, rt.serveMessages)
+	mux.HandleFunc(pathResponses, rt.serveResponses)
+	mux.HandleFunc(pathResponsesInputToks, rt.serveResponses)
 	mux.HandleFunc("/v1/models", rt.serveModels)
 	mux.HandleFunc("/v1/models/{model...}", rt.serveModel)
 	handle("POST", "/v2/tasks", rt.serveTaskSubmit)
@@ -295,7 +303,7 @@ func (rt *Router) buildHandler() http.Handler {
 		Logger: rt.log,
 		Keys:   rt.keyChecker(),
 	}, withIdentity(mux))
-	return rt.withRequestContext(authed)
+	return rt.withRequestContext(withAnthropicErrors(authed))
 }
 
 // handleMethod serves path for one method and answers every other method
@@ -314,7 +322,7 @@ func Routes() [][2]string {
 	out := [][2]string{{"GET", "/healthz"}, {"GET", "/metrics"}, {"GET", "/v1/models"}, {"GET", "/v1/models/{model}"},
 		{"POST", "/v2/tasks"}, {"GET", "/v2/tasks/{id}/events"}, {"POST", "/v2/tasks/{id}/cancel"},
 		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}, {"GET", "/v2/ui/state"}, {"GET", "/ui"}, {"GET", "/v2/usage"}}
-	for _, p := range proxiedPaths {
+	for _, p := range append(proxiedPaths, agentPaths...) {
 		out = append(out, [2]string{"POST", p})
 	}
 	return out

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/llorch/llorch/engine"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -23,7 +24,7 @@ func (s *Supervisor) instance(h registry.Health) registry.Instance {
 		inst.Engine = s.cfg.Adapter.Name()
 	}
 	if len(inst.APIs) == 0 {
-		inst.APIs = s.cfg.Adapter.APIs()
+		inst.APIs = engine.APIsOf(s.cfg.Adapter, inst.EngineVersion)
 	}
 	return inst
 }

@@ -311,6 +311,8 @@ var homeHelp = map[string]string{
 	"pools[].pinned":     "with on_demand: start at start-up and never stop for idleness or eviction",
 	"pools[].idle":       "this pool's idle time (default: the top-level idle)",
 	"pools[].memory_mib": "what the pool counts against its budget (default: the model's estimate for its ctx and slots; required under a budget when the engine has no estimate)",
+	"aliases":            "model aliases, `{alias: model}` (e.g. `{gpt-4o-mini: tiny}`); as the router's `--model-aliases`",
+	"fallbacks":          "model fallbacks, `{model: [fallback, ...]}`, tried when the model has no free instance or a full queue; as the router's `--model-fallbacks`",
 }
 
 var otherEnv = [][3]string{
