@@ -68,7 +68,7 @@ const real = "llama-server"
 
 func TestE2E(t *testing.T) {
 	testenv.RequireRoot(t)
-	testenv.LookPath(t, "ip", "apt-get install iproute2")
+	testenv.LookPath(t, "ip", "sudo scripts/install-deps.sh (iproute2)")
 	lockRun(t)
 	sweep()
 	f, err := newFabric()
