@@ -45,7 +45,10 @@ func FuzzV2TaskBody(f *testing.F) {
 		w := httptest.NewRecorder()
 		handler.ServeHTTP(w, r)
 		var env struct {
-			Error *APIError `json:"error"`
+			Error *struct {
+				Code    string `json:"code"`
+				Message string `json:"message"`
+			} `json:"error"`
 		}
 		if w.Code >= 500 {
 			t.Fatalf("body %q: status %d: %s", body, w.Code, w.Body)
