@@ -100,6 +100,10 @@ func main() {
 		fmt.Println("== prefix-affinity simulation")
 		prefixSim(*quick)
 	}
+	if run("churn") {
+		fmt.Println("== placement under snapshot churn")
+		churnBench(*quick)
+	}
 	if run("discovery") {
 		fmt.Println("== discovery in Consul")
 		discoveryBench(env, *quick)
@@ -107,6 +111,10 @@ func main() {
 	if run("failure") {
 		fmt.Println("== failure detection (real llama-server)")
 		failureBench(env, *quick)
+	}
+	if run("coldstart") {
+		fmt.Println("== cold start: request to a model not loaded → first token (home, real llama-server)")
+		coldStartBench(*quick)
 	}
 	if run("driver") {
 		fmt.Println("== driver: StartTask → Consul passing (real llama-server)")
@@ -121,7 +129,7 @@ func main() {
 }
 
 // sectionNames are the parts -only can pick, in the order they run.
-var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "discovery", "failure", "driver"}
+var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "churn", "discovery", "failure", "coldstart", "driver"}
 
 func machine() string {
 	model := "unknown CPU"

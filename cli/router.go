@@ -91,10 +91,16 @@ func runRouter(args []string) int {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	src := &consul.Watcher{Client: cc, Service: cfg.ServiceName, Logger: log.Named("discovery")}
+	cfg.Consul = cc // API keys from KV, and the live routers that share their limits
 	rt, err := router.New(cfg, src, nil, log, reg)
 	if err != nil {
 		// CheckBind's error carries its code (NON_LOOPBACK_WITHOUT_TOKEN).
 		log.Error("cannot start", "error", err)
+		return 1
+	}
+	runScaler, err := newScaler(cfg, cc, rt, reg, log)
+	if err != nil {
+		log.Error("pool scaling", "error", err)
 		return 1
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -108,6 +114,13 @@ func runRouter(args []string) int {
 	defer stop()
 	runDone := make(chan error, 1)
 	go func() { runDone <- rt.Run(ctx) }()
+	scalerDone := make(chan struct{})
+	go func() {
+		defer close(scalerDone)
+		if runScaler != nil {
+			_ = runScaler(ctx) // releases its Consul session (pool locks) on the way out
+		}
+	}()
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(ln) }()
 	log.Info("router listening", "addr", ln.Addr().String(), "consul", cfg.ConsulAddr, "service", cfg.ServiceName)
@@ -128,6 +141,7 @@ func runRouter(args []string) int {
 		log.Error("discovery", "error", err)
 		code = 1
 	}
+	<-scalerDone
 	return code
 }
 

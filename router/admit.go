@@ -22,16 +22,43 @@ func (rt *Router) placeAdmitted(ctx context.Context, pr PlaceRequest, prio admis
 
 // placeWithTicket is placeAdmitted for a request that may already hold a
 // queue ticket (a /v2 task queued when it was submitted).
-func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time, t *admission.Ticket) ([]registry.Instance, error) {
+func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time, t *admission.Ticket) (cands []registry.Instance, err error) {
+	if rt.demand != nil {
+		rt.demand.Begin(pr.Model)
+		defer func() {
+			if err != nil {
+				rt.demand.End(pr.Model) // a placed request ends in finished
+			}
+		}()
+	}
+	if t == nil && rt.queues.Waiting(pr.Model, prio) {
+		// Strict priority, then FIFO: a new request never overtakes a
+		// waiting one of the same or higher priority, even when a slot
+		// looks free to it (it is the head's).
+		if t, err = rt.queues.Enqueue(pr.Model, prio); err != nil {
+			return nil, err
+		}
+	}
 	if t != nil {
 		if err := t.Wait(ctx, deadline); err != nil {
 			return nil, err
 		}
 	}
 	for {
-		cands, err := rt.placer.Place(pr, *rt.view.Current())
+		cands, err = rt.placer.Place(pr, *rt.view.Current())
+		if err == nil {
+			// Instances whose engine said "not now" (429, 503 +
+			// Retry-After) are full until then: if that is all of them,
+			// the request queues like any saturated one.
+			if cands = rt.notBusy(cands); len(cands) == 0 {
+				err = &NoCapacityError{Model: pr.Model, RetryAfter: time.Second, Saturated: true}
+			}
+		}
 		var nc *NoCapacityError
-		if !errors.As(err, &nc) || !nc.Saturated {
+		// No ready instance but Demand is bringing one (a pool at zero, a
+		// model not loaded): wait in the queue as if every slot were busy.
+		waking := rt.wakeable(pr.Model, err) && rt.demand.Wake(pr.Model)
+		if !waking && (!errors.As(err, &nc) || !nc.Saturated) {
 			if t != nil {
 				t.Leave("admitted")
 			}
@@ -42,7 +69,7 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 				return nil, err
 			}
 		} else {
-			t.Requeue() // woken but the slot went elsewhere: back to the front
+			t.Requeue() // the slot went elsewhere: keep the place, wait again
 		}
 		_, span := tracer.Start(ctx, "llorch.admission.wait", trace.WithAttributes(attribute.String("llorch.priority", prio.String())))
 		err = t.Wait(ctx, deadline)
@@ -53,8 +80,25 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 	}
 }
 
+// notBusy drops the candidates inside an engine-given Retry-After.
+func (rt *Router) notBusy(cands []registry.Instance) []registry.Instance {
+	out := cands[:0:0]
+	for _, c := range cands {
+		if rt.state.BusyFor(c.ID) == 0 {
+			out = append(out, c)
+		}
+	}
+	if len(out) == len(cands) {
+		return cands
+	}
+	return out
+}
+
 // finished tells the model's queue a slot may be free.
 func (rt *Router) finished(model string, took time.Duration) {
+	if rt.demand != nil {
+		rt.demand.End(model)
+	}
 	rt.queues.Observe(took)
 	rt.queues.Notify(model)
 }

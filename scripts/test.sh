@@ -67,6 +67,7 @@ fuzz() {
 }
 timing() {
   go test -count=1 -v -run '^TestTimingSafeEqualIsConstantTime$' ./authmin/ | grep -E 'authmin timing|^(ok|FAIL|---)'
+  go test -count=1 -v -run '^TestKeyCheckIsConstantTime$' ./router/keys/ | grep -E 'keys timing|^(ok|FAIL|---)'
 }
 e2e() {
   LLORCH_BIN=$root/bin/llorch go test -json -count=1 -timeout 20m -run 'TestE2E' ./e2e/ |

@@ -18,7 +18,9 @@ import (
 	"github.com/llorch/llorch/engine"
 	"github.com/llorch/llorch/home"
 	"github.com/llorch/llorch/internal/nomadpb/hclspec"
+	"github.com/llorch/llorch/jobs"
 	"github.com/llorch/llorch/router"
+	"github.com/llorch/llorch/router/keys"
 )
 
 // Field is one documented setting.
@@ -117,6 +119,24 @@ func Configuration() (string, error) {
 	}
 	b.WriteString("\nAlso read from the environment only: `LLORCH_API_TOKEN` (when no token file is set), `CONSUL_HTTP_TOKEN` (likewise), `LLORCH_AUTH_OPTIONAL`.\n\n")
 
+	b.WriteString("## API keys file (`--keys-file`, and one key per entry under `--keys-consul-prefix`)\n\n" +
+		"YAML or JSON; unknown keys are errors. `llorch key new` writes entries and prints each secret once; only its SHA-256 digest is stored. " +
+		"Limits are per key across all routers: each router enforces 1/n of them, n = the passing instances of `--router-service` (see docs/security.md). Example:\n\n" +
+		"```yaml\nkeys:\n  - name: team-a\n    digest: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n    models: [\"llama-*\"]\n    rpm: 600\n    tpm: 200000\n    concurrent: 16\n```\n\n" +
+		"| key | type | what it does |\n|---|---|---|\n")
+	kf := YAMLFields(reflect.TypeOf(keys.File{}), "")
+	for _, f := range kf {
+		h, ok := keysHelp[f.Name]
+		if !ok {
+			return "", fmt.Errorf("no help text for keys file key %q: add it to tools/docgen", f.Name)
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", f.Name, code(f.Type), esc(h))
+	}
+	if err := unknownHelp(keysHelp, kf); err != nil {
+		return "", err
+	}
+	b.WriteString("\n")
+
 	for _, sec := range []struct {
 		title, intro string
 		fields       []Field
@@ -147,7 +167,7 @@ func Configuration() (string, error) {
 	for _, f := range HomeFlags() {
 		fmt.Fprintf(&b, "| `--%s` | %s | %s |\n", f.Name, code(f.Default), esc(f.Help))
 	}
-	b.WriteString("\n## Home profile config file (`llorch home --config home.yaml`)\n\nYAML. Unknown keys are errors that name the key. Example:\n\n```yaml\naddr: 127.0.0.1:8080\npools:\n  - name: tiny\n    model: /models/tiny.gguf\n    slots: 2\n    ctx: 2048\n```\n\n| key | type | what it does |\n|---|---|---|\n")
+	b.WriteString("\n## Home profile config file (`llorch home --config home.yaml`)\n\nYAML. Unknown keys are errors that name the key. Example:\n\n```yaml\naddr: 127.0.0.1:8080\non_demand: true        # each model starts on its first request\nidle: 10m              # and stops after 10 minutes without one\nram_budget_mib: 16384  # CPU pools; GPU pools use vram_budget_mib\npools:\n  - name: tiny\n    model: /models/tiny.gguf\n    slots: 2\n    ctx: 2048\n```\n\nWith `on_demand`, a request for a stopped model waits (up to `queue_timeout`) while it loads; to make room under a budget the least recently used unpinned pools are stopped first. Each pool counts by its estimate (`llorch estimate model.gguf -ctx N -slots N`) unless `memory_mib` says otherwise. `/v1/models` lists every configured model with `state` (`loaded`, `loading`, `stopped`).\n\n| key | type | what it does |\n|---|---|---|\n")
 	hf := YAMLFields(reflect.TypeOf(home.Config{}), "")
 	for _, f := range hf {
 		h, ok := homeHelp[f.Name]
@@ -157,6 +177,18 @@ func Configuration() (string, error) {
 		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", f.Name, code(f.Type), esc(h))
 	}
 	if err := unknownHelp(homeHelp, hf); err != nil {
+		return "", err
+	}
+	b.WriteString("\n## Pool spec (`llorch jobs render|run -f pool.yaml`, or the same as flags)\n\nA pool is a Nomad job for the llorch driver. With `max` it follows demand: the router (`--nomad-addr`) scales it between `min` and `max` (kept in the job's meta `llorch_min`, `llorch_max`, `llorch_idle` and in a disabled `scaling` block, so Nomad refuses counts outside the range). For example `llorch jobs run -name tiny -model /models/tiny.gguf -min 0 -max 4 -idle 10m`.\n\n| key | type | what it does |\n|---|---|---|\n")
+	pf := YAMLFields(reflect.TypeOf(jobs.PoolSpec{}), "")
+	for _, f := range pf {
+		h, ok := poolHelp[f.Name]
+		if !ok {
+			return "", fmt.Errorf("no help text for pool spec key %q: add it to tools/docgen", f.Name)
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", f.Name, code(strings.TrimPrefix(f.Type, "*")), esc(h))
+	}
+	if err := unknownHelp(poolHelp, pf); err != nil {
 		return "", err
 	}
 	b.WriteString("\n## Other environment variables\n\n| variable | read by | meaning |\n|---|---|---|\n")
@@ -223,6 +255,34 @@ var taskHelp = map[string]string{
 	"service.tags": "extra Consul tags",
 }
 
+var poolHelp = map[string]string{
+	"name":                   "pool name: the Nomad job ID and the pool id engines register under",
+	"model":                  "model file's path on the nodes (required)",
+	"model_name":             "name clients send as `model` (default: the file's base name)",
+	"engine":                 "llamacpp (default), vllm, ollama, sglang or tgi",
+	"replicas":               "replicas (default 1; with `max`: `min`)",
+	"min":                    "with `max`: fewest replicas the router scales down to; 0 = scale to zero, woken by the next request (default 1; flag `-min`)",
+	"max":                    "most replicas the router scales up to while requests queue or slots stay busy; 0 = a fixed-size pool (flag `-max`)",
+	"idle":                   "with `max`: time without requests before the router scales down to `min` (default `10m`; flag `-idle`)",
+	"ctx":                    "context per slot",
+	"slots":                  "parallel slots per replica",
+	"gpus":                   "GPUs per replica (0 = CPU)",
+	"vram_mib":               "VRAM per GPU for the placement constraint (default: estimated from the model when readable here)",
+	"gpu_layers":             "layers to offload to the GPU",
+	"datacenters":            "datacenters (default all)",
+	"node_pool":              "Nomad node pool",
+	"namespace":              "Nomad namespace",
+	"region":                 "Nomad region",
+	"cpu":                    "CPU MHz per replica (default 1000)",
+	"memory_mb":              "memory MB per replica (default 1024)",
+	"distinct_hosts":         "one replica per node",
+	"affinities[].attribute": "node attribute, e.g. `${node.class}`",
+	"affinities[].operator":  "comparison (default `=`)",
+	"affinities[].value":     "value to compare with",
+	"affinities[].weight":    "-100..100; negative = anti-affinity",
+	"require_model_present":  "constrain to nodes whose catalog lists the model (default true)",
+}
+
 var homeHelp = map[string]string{
 	"addr":               "router address (default `127.0.0.1:8080`)",
 	"state_dir":          "tokens, engine logs, and the state file that lets a restart clean up engines left by a crash (default `$XDG_STATE_HOME/llorch` or `~/.local/state/llorch`)",
@@ -237,6 +297,15 @@ var homeHelp = map[string]string{
 	"pools[].threads":    "CPU threads",
 	"pools[].gpu_layers": "layers to offload to the GPU",
 	"pools[].extra_args": "more engine arguments",
+	"on_demand":          "start each pool on its first request and stop it after `idle` or to make room under a budget (default false: every pool starts at start-up and runs until exit)",
+	"idle":               "with on_demand: time without requests before a pool is stopped (default `10m`)",
+	"vram_budget_mib":    "with on_demand: VRAM the GPU pools (gpu_layers ≠ 0, vLLM, SGLang, TGI) may hold at once, by their estimates; least recently used unpinned pools are stopped to make room (0 = no bound)",
+	"ram_budget_mib":     "with on_demand: the same bound for CPU pools (gpu_layers 0), in RAM",
+	"queue_timeout":      "longest wait for a loading model or a busy slot before 503 DEADLINE_UNMET (default `2m`)",
+	"queue_capacity":     "requests that may wait per model (default 32)",
+	"pools[].pinned":     "with on_demand: start at start-up and never stop for idleness or eviction",
+	"pools[].idle":       "this pool's idle time (default: the top-level idle)",
+	"pools[].memory_mib": "what the pool counts against its budget (default: the model's estimate for its ctx and slots; required under a budget when the engine has no estimate)",
 }
 
 var otherEnv = [][3]string{
@@ -258,4 +327,16 @@ var otherEnv = [][3]string{
 	{"LLORCH_E2E_KEEP", "e2e tests", "`1` keeps the e2e run directory (logs of every host) after a passing run; a failed run always keeps it"},
 	{"LLORCH_SCHED_BENCH", "scheduler tests", "a duration: TestBenchDecide measures for that long instead of a smoke run"},
 	{"LLORCH_ARTIFACTS", "tests", "where the /ui test writes its screenshot (default: a temporary directory)"},
+}
+
+var keysHelp = map[string]string{
+	"keys[].name":       "the key's name (a-z, 0-9, `.`, `_`, `-`; at most 63): logs (`identity=key:<name>`), metric labels and `/v2/usage` show it; in Consul KV the entry's last path segment when absent",
+	"keys[].digest":     "`sha256:` and the hex SHA-256 of the secret (`llorch key new` prints the secret once); the secret itself is never stored",
+	"keys[].models":     "model globs (`path.Match`: `llama-*`) the key may use; any other model is 403 `MODEL_NOT_ALLOWED`; empty = every model",
+	"keys[].priority":   "admission class: `interactive` (default; `X-Priority: batch` may lower it) or `batch` (always batch)",
+	"keys[].rpm":        "requests per minute (answered by an engine; refused ones cost nothing); over it: 429 `rate_limit_exceeded` with Retry-After; 0 = none",
+	"keys[].tpm":        "prompt + completion tokens per minute, as the engines report them in usage (streams: the router asks for `stream_options.include_usage`); admitted while under the limit, so the last request may overshoot by its own size; 0 = none",
+	"keys[].concurrent": "requests at once; 0 = none",
+	"keys[].expires":    "RFC 3339 time after which the key is refused (401 `KEY_EXPIRED`)",
+	"keys[].disabled":   "`true` refuses the key (401 `KEY_DISABLED`) without removing it",
 }
