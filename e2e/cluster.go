@@ -421,9 +421,14 @@ func (c *cluster) waitView(limit time.Duration, what string, cond func(nodeEngin
 	return 0
 }
 
-// taskNode submits a /v2 task and returns the node its started event names.
-func (c *cluster) taskNode(model string) (string, error) {
-	st, b, err := c.req("POST", "/v2/tasks", []byte(`{"model_ref":"`+model+`","prompt":"hello","max_tokens":32}`))
+// taskNode submits a /v2 task (pinned to pin unless empty) and returns the
+// node its started event names.
+func (c *cluster) taskNode(model, pin string) (string, error) {
+	placement := ""
+	if pin != "" {
+		placement = `,"placement":{"mode":"pin","pin_node_id":"` + pin + `"}`
+	}
+	st, b, err := c.req("POST", "/v2/tasks", []byte(`{"model_ref":"`+model+`","prompt":"hello","max_tokens":32`+placement+`}`))
 	if err != nil || st != 202 {
 		return "", fmt.Errorf("submit: %d %s %v", st, b, err)
 	}

@@ -171,6 +171,12 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 		badParam(w, param, "task request: "+strings.TrimPrefix(msg, "json: "))
 		return
 	}
+	// One JSON object and nothing after it (Decode alone stops after the
+	// first value; FuzzV2TaskBody found trailing bytes accepted).
+	if _, err := dec.Token(); err != io.EOF {
+		badParam(w, "", "task request: the body must be one JSON object with nothing after it")
+		return
+	}
 	model := tr.Model
 	if model == "" {
 		model = tr.ModelRef
