@@ -37,7 +37,7 @@ func TestHomeStreamSurvivesItsEngine(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("addr: %s\nstate_dir: %s\npools:\n%s", addr, state, pools.String())), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h := &homeProc{state: state, addr: addr, log: &strings.Builder{}, done: make(chan struct{})}
+	h := &homeProc{state: state, addr: addr, log: &syncLog{}, done: make(chan struct{})}
 	h.cmd = exec.Command(nomadclient.Binary(t), "home", "--config", cfg)
 	h.cmd.Stdout, h.cmd.Stderr = h.log, h.log
 	if err := h.cmd.Start(); err != nil {
