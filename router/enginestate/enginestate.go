@@ -203,6 +203,9 @@ func (p *Poller) Run(ctx context.Context) {
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
+				e.mu.Lock()
+				e.polling = false
+				e.mu.Unlock()
 				return
 			}
 			wg.Add(1)

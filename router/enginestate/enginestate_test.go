@@ -175,7 +175,11 @@ func TestBoundedConcurrencyAndPrune(t *testing.T) {
 	if m := f.maxSeen.Load(); m > 3 {
 		t.Errorf("%d polls at once, want at most 3", m)
 	}
-	if f.cur.Load() != 0 {
-		t.Errorf("Run returned with %d polls in flight", f.cur.Load())
+	p.mu.RLock()
+	for id, e := range p.m {
+		if e.polling {
+			t.Errorf("Run returned with a poll of %s in flight", id)
+		}
 	}
+	p.mu.RUnlock()
 }
