@@ -102,12 +102,9 @@ func TestReportsStaleAfterLimit(t *testing.T) {
 	}
 
 	f.down.Store(true)
-	stopped := time.Now()
 	waitFor(t, cfg.StaleAfter+time.Second, "stale after reports stop", func() bool { return p.Get("a").Freshness == Stale })
 	s = p.Get("a")
-	if since := time.Since(stopped); since < cfg.StaleAfter-cfg.Interval {
-		t.Errorf("stale after %v, before the limit %v", since, cfg.StaleAfter)
-	}
+	// (That it is not stale before the limit is TestFreshnessBoundary's.)
 	if s.LastError == "" || s.Report.Load.SlotsBusy != 2 {
 		t.Errorf("stale state %+v: want the poll error and the last figures kept (not zeroed to idle)", s)
 	}
