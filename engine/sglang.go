@@ -92,7 +92,7 @@ func (SGLang) Load(ctx context.Context, c *http.Client, base string, s Spec) (Lo
 	}
 	l.Cache = sglangCache(m)
 	if v, ok := m.max("sglang:token_usage"); ok {
-		l.KVCacheUsage = clampUnit(v)
+		l.KVCacheUsage, l.KVKnown = clampUnit(v), true
 	}
 	return l, nil
 }

@@ -94,7 +94,7 @@ func (VLLM) Load(ctx context.Context, c *http.Client, base string, s Spec) (Load
 	}
 	l.Cache = vllmCache(m)
 	if v, ok := m.first(m.max, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"); ok {
-		l.KVCacheUsage = clampUnit(v)
+		l.KVCacheUsage, l.KVKnown = clampUnit(v), true
 	}
 	return l, nil
 }

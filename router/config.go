@@ -40,6 +40,8 @@ type Config struct {
 	LogLevel          string
 	LogJSON           bool
 	SchedulerProfile  string
+	EnginePoll        time.Duration
+	EngineStaleAfter  time.Duration
 	QueueCapacity     int
 	QueuePolicy       string
 	QueueTimeout      time.Duration
@@ -155,7 +157,9 @@ func Options() []Option {
 		strOpt("queue-policy", "LLORCH_QUEUE_POLICY", "reject", "full queue: reject (429 ADMISSION_REJECT) or drop-lru (evict the oldest batch, then interactive, waiter)", func(c *Config) *string { return &c.QueuePolicy }),
 		durOpt("queue-timeout", "LLORCH_QUEUE_TIMEOUT", "30s", "longest wait in the queue before DEADLINE_UNMET", func(c *Config) *time.Duration { return &c.QueueTimeout }),
 		strOpt("otlp-endpoint", "LLORCH_OTLP_ENDPOINT", "", "OTLP/HTTP collector for traces (host:port or URL); empty = tracing off (traceparent is still passed on to engines)", func(c *Config) *string { return &c.OTLPEndpoint }),
-		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight", func(c *Config) *string { return &c.SchedulerProfile }),
+		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight, \"round-robin\" = nginx-style rotation", func(c *Config) *string { return &c.SchedulerProfile }),
+		durOpt("engine-poll-interval", "LLORCH_ENGINE_POLL_INTERVAL", "200ms", "how often the router asks each engine for its load (busy slots, queue, KV and prompt-cache use); 0 = never (placement then sees only this router's own requests)", func(c *Config) *time.Duration { return &c.EnginePoll }),
+		durOpt("engine-stale-after", "LLORCH_ENGINE_STALE_AFTER", "1s", "age after which an engine's last load report counts as unknown (never as idle)", func(c *Config) *time.Duration { return &c.EngineStaleAfter }),
 	}
 }
 
@@ -226,6 +230,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ServiceName == "" {
 		bad = append(bad, "service-name: must not be empty")
+	}
+	if c.EnginePoll > 0 && c.EngineStaleAfter < c.EnginePoll {
+		bad = append(bad, "engine-stale-after: must be at least engine-poll-interval")
 	}
 	if c.QueuePolicy != string(admission.Reject) && c.QueuePolicy != string(admission.DropLRU) {
 		bad = append(bad, fmt.Sprintf("queue-policy: %q is not reject or drop-lru", c.QueuePolicy))

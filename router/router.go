@@ -23,6 +23,7 @@ import (
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/router/discovery"
+	"github.com/llorch/llorch/router/enginestate"
 	"github.com/llorch/llorch/scheduler"
 )
 
@@ -44,6 +45,7 @@ type Router struct {
 	queues      *admission.Queues
 	tasks       *taskStore
 	errors      recentErrors
+	engines     *enginestate.Poller // nil when engine polling is off
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -143,6 +145,7 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 		rt.log.Warn("instance ejected after consecutive faults", "instance_id", id, "for", d.String())
 	})
 	rt.transport = newTransport(cfg)
+	rt.engines = rt.newEnginePoller()
 	rt.handler = rt.buildHandler()
 	return rt, nil
 }
@@ -202,6 +205,13 @@ func (rt *Router) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			rt.tokens.Watch(ctx, rt.cfg.APITokenFile, rt.log)
+		}()
+	}
+	if rt.engines != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rt.engines.Run(ctx)
 		}()
 	}
 	var last int = -1

@@ -1,13 +1,13 @@
 package router
 
 import (
-	"bytes"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/enginestate"
 	"github.com/llorch/llorch/scheduler"
 )
 
@@ -24,6 +24,10 @@ type SchedulerPlacer struct {
 	// without a session or a shared prompt do not all sample the same
 	// instances.
 	seq atomic.Uint64
+
+	// engines is the engines' own load reports (nil: this router's
+	// in-flight counts only).
+	engines *enginestate.Poller
 
 	mu      sync.Mutex
 	ixKey   *registry.Instance // identity of the snapshot the index was built from
@@ -43,11 +47,13 @@ func NewSchedulerPlacer(cfg scheduler.ProfileConfig) (*SchedulerPlacer, error) {
 }
 
 // PlacerFromConfig is the placer a router runs with: the scheduler with the
-// built-in profile (""), with a profile file, or "least-in-flight".
+// built-in profile (""), with a profile file, "least-in-flight" or "round-robin".
 func PlacerFromConfig(profile string) (Placer, error) {
 	switch profile {
 	case "least-in-flight":
 		return LeastInFlight{}, nil
+	case "round-robin":
+		return &RoundRobin{}, nil
 	case "":
 		return NewSchedulerPlacer(scheduler.DefaultProfileConfig())
 	}
@@ -71,24 +77,15 @@ func (p *SchedulerPlacer) index(snap registry.Snapshot) *scheduler.Index {
 	return p.ix
 }
 
-type localLoad struct{ l LocalState }
-
-func (v localLoad) Load(id string) scheduler.Load {
-	if v.l == nil {
-		return scheduler.Load{}
-	}
-	return scheduler.Load{InFlight: v.l.InFlight(id), Ejected: v.l.EjectedFor(id) > 0}
-}
-
 // Place implements Placer.
 func (p *SchedulerPlacer) Place(req PlaceRequest, snap registry.Snapshot) ([]registry.Instance, error) {
-	sreq := scheduler.Request{Model: req.Model, Path: req.Path, SessionKey: req.Session,
-		PrefixHashes: scheduler.PrefixHashes(string(req.Prefix)), Placement: req.Placement}
+	sreq := scheduler.Request{Model: req.Model, Path: req.Path, SessionKey: req.Session, Placement: req.Placement}
+	sreq.AffinityKey, sreq.PrefixHashes = promptShape(req.Prefix)
 	if sreq.SessionKey == "" {
 		sreq.SessionKey = req.User
 	}
 	sreq.SampleSeed = p.seq.Add(1)
-	d := p.sched.Decide(sreq, p.index(snap), localLoad{req.Local})
+	d := p.sched.Decide(sreq, p.index(snap), liveLoad{req.Local, p.engines})
 	if p.observe != nil {
 		p.observe(d)
 	}
@@ -102,15 +99,6 @@ func (p *SchedulerPlacer) Place(req PlaceRequest, snap registry.Snapshot) ([]reg
 	return d.Ranked, nil
 }
 
-// promptPrefix is the start of the body's prompt or messages, raw JSON:
-// enough for prefix affinity (requests that share a system prompt share
-// these bytes) without parsing megabytes of conversation.
-func promptPrefix(body []byte) []byte {
-	for _, key := range [][]byte{[]byte(`"messages"`), []byte(`"prompt"`)} {
-		if i := bytes.Index(body, key); i >= 0 {
-			end := min(len(body), i+len(key)+scheduler.PrefixBlockChars*scheduler.MaxPrefixBlocks)
-			return body[i+len(key) : end]
-		}
-	}
-	return nil
-}
+// promptPrefix is what prefix affinity reads of a body: the body itself,
+// parsed canonically by promptShape only once placement needs it.
+func promptPrefix(body []byte) []byte { return body }

@@ -43,14 +43,19 @@ func PromptKey(body []byte) (key string, hashes []uint64) {
 
 // TextKey is PromptKey for a bare prompt: the key is its first blocks
 // (prompts that grow by appending keep them), or none for a prompt shorter
-// than a block.
+// than MinAffinityChars.
 func TextKey(text string) (string, []uint64) {
-	hashes := PrefixHashes(text)
-	if len(hashes) == 0 {
+	if len(text) < MinAffinityChars {
 		return "", nil
 	}
+	hashes := PrefixHashes(text)
 	return "t" + strconv.FormatUint(hashes[min(len(hashes), textKeyBlocks)-1], 36), hashes
 }
+
+// MinAffinityChars: a stable prefix shorter than this (about 64 tokens)
+// gets no affinity key and no hashes. Recomputing it costs the engine little, so such
+// requests are placed by load alone and spread evenly.
+const MinAffinityChars = 4 * PrefixBlockChars
 
 // textKeyBlocks is how many leading blocks name a bare prompt.
 const textKeyBlocks = 4
@@ -84,6 +89,9 @@ func messagesKey(msgs []chatMessage) (string, []uint64) {
 		}
 	}
 	text := sb.String()
+	if len(text) < MinAffinityChars {
+		return "", nil
+	}
 	return "c" + strconv.FormatUint(hrw(text[:opening], ""), 36), PrefixHashes(text)
 }
 

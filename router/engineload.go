@@ -1,0 +1,83 @@
+package router
+
+import (
+	"bytes"
+	"net/http"
+
+	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/enginestate"
+	"github.com/llorch/llorch/scheduler"
+)
+
+// Placement's view of load joins two sources. The engines' own reports
+// (router/enginestate) are the truth several routers share: busy slots and
+// queue count every router's requests. Between reports the router's own
+// in-flight count is the fast local estimate: requests it started since
+// the report was taken are added to the engine's busy slots, and those it
+// saw finish are taken off, so a router neither waits a poll interval to
+// use a freed slot nor over-admits while a report is on its way.
+
+// newEnginePoller is the poller over the router's current snapshot, or
+// nil when polling is off. Each report wakes the model's admission queue:
+// a slot another router's request held may be free now, which this
+// router's own completions would never signal.
+func (rt *Router) newEnginePoller() *enginestate.Poller {
+	if rt.cfg.EnginePoll <= 0 {
+		return nil
+	}
+	p := enginestate.New(enginestate.Config{
+		Interval:   rt.cfg.EnginePoll,
+		StaleAfter: rt.cfg.EngineStaleAfter,
+		Token:      rt.engineToken,
+		Client:     &http.Client{Transport: rt.transport},
+		Logger:     rt.log.Named("enginestate"),
+		OnReport:   func(in registry.Instance, _ enginestate.Report) { rt.queues.Notify(in.Model) },
+	}, func() []registry.Instance { return rt.view.Current().Instances }, rt.state.InFlight)
+	if sp, ok := rt.placer.(*SchedulerPlacer); ok {
+		sp.engines = p
+	}
+	return p
+}
+
+// liveLoad is scheduler.LoadView over the router's local state and the
+// engines' reports.
+type liveLoad struct {
+	l       LocalState
+	engines *enginestate.Poller
+}
+
+func (v liveLoad) Load(id string) scheduler.Load {
+	var out scheduler.Load
+	if v.l != nil {
+		out.InFlight, out.Ejected = v.l.InFlight(id), v.l.EjectedFor(id) > 0
+	}
+	if v.engines == nil {
+		return out
+	}
+	s := v.engines.Get(id)
+	switch s.Freshness {
+	case enginestate.Fresh:
+		l := s.Report.Load
+		out.Reported = true
+		out.SlotsBusy = max(l.SlotsBusy+out.InFlight-s.Report.InFlightAt, 0)
+		out.Queue = l.QueueLen
+		out.KVUsage, out.KVKnown = l.KVCacheUsage, l.KVKnown
+	case enginestate.Stale:
+		out.Stale = true
+	}
+	return out
+}
+
+// promptShape is the request's affinity key and prefix hashes: from the
+// body read canonically, or from a bare prompt (a /v2 task's).
+func promptShape(prefix []byte) (string, []uint64) {
+	if len(prefix) == 0 {
+		return "", nil
+	}
+	if bytes.HasPrefix(bytes.TrimSpace(prefix), []byte("{")) {
+		if k, h := scheduler.PromptKey(prefix); k != "" {
+			return k, h
+		}
+	}
+	return scheduler.TextKey(string(prefix))
+}
