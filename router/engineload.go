@@ -11,11 +11,17 @@ import (
 
 // Placement's view of load joins two sources. The engines' own reports
 // (router/enginestate) are the truth several routers share: busy slots and
-// queue count every router's requests. Between reports the router's own
-// in-flight count is the fast local estimate: requests it started since
-// the report was taken are added to the engine's busy slots, and those it
-// saw finish are taken off, so a router neither waits a poll interval to
-// use a freed slot nor over-admits while a report is on its way.
+// queue count every router's requests. The router's own in-flight count is
+// exact and immediate; so an instance's busy slots are the report's share
+// of other routers' requests (enginestate.Report.OthersHeld, which errs
+// high) plus this router's requests now. A slot this router frees it can
+// reuse at once; a slot another router frees is seen at the second report
+// that shows it (at most two poll intervals), by which time its owner has
+// usually taken it again, so two routers rarely claim one slot from the
+// same report. What remains: requests that reach two routers within one
+// poll interval of each other, both seeing the same free slot (the
+// capacity test measures this), and a burst at start-up before the
+// reports count anyone's requests. Each report wakes the model's queue.
 
 // newEnginePoller is the poller over the router's current snapshot, or
 // nil when polling is off. Each report wakes the model's admission queue:
@@ -32,7 +38,7 @@ func (rt *Router) newEnginePoller() *enginestate.Poller {
 		Client:     &http.Client{Transport: rt.transport},
 		Logger:     rt.log.Named("enginestate"),
 		OnReport:   func(in registry.Instance, _ enginestate.Report) { rt.queues.Notify(in.Model) },
-	}, func() []registry.Instance { return rt.view.Current().Instances }, rt.state.InFlight)
+	}, func() []registry.Instance { return rt.view.Current().Instances }, rt.state)
 	if sp, ok := rt.placer.(*SchedulerPlacer); ok {
 		sp.engines = p
 	}
@@ -59,7 +65,7 @@ func (v liveLoad) Load(id string) scheduler.Load {
 	case enginestate.Fresh:
 		l := s.Report.Load
 		out.Reported = true
-		out.SlotsBusy = max(l.SlotsBusy+out.InFlight-s.Report.InFlightAt, 0)
+		out.SlotsBusy = s.Report.OthersHeld + out.InFlight
 		out.Queue = l.QueueLen
 		out.KVUsage, out.KVKnown = l.KVCacheUsage, l.KVKnown
 	case enginestate.Stale:

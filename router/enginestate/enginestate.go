@@ -80,10 +80,18 @@ type Report struct {
 	// At is when the poll was sent (the report describes the engine no
 	// earlier than that).
 	At time.Time
-	// InFlightAt is the router's own in-flight count to the instance while
-	// the poll ran (the smaller of before and after): requests the router
-	// started since are not in the report yet.
-	InFlightAt int
+	// Others is how many of the engine's busy slots this router does not
+	// account for (other routers' and clients' requests), counted so that
+	// it errs high: the engine's busy slots less this router's requests
+	// still in flight after the answer came, not counting those it started
+	// during the poll (they may not have reached the engine).
+	Others int
+	// OthersHeld is the larger of Others in this report and the one
+	// before: a slot another router freed counts as free only once two
+	// reports show it, so the router that freed it (which knows at once)
+	// reuses it first, rather than every router claiming it from the same
+	// report.
+	OthersHeld int
 	// HitRate is the prompt-cache hit rate over the router's observation
 	// (cached / prompt tokens since the first report), else the engine's
 	// own figure; HitKnown says whether there is one.
@@ -137,21 +145,31 @@ type entry struct {
 type Poller struct {
 	cfg       Config
 	instances func() []registry.Instance
-	inFlight  func(id string) int
+	local     Local
 	now       func() time.Time
 
 	mu sync.RWMutex
 	m  map[string]*entry
 }
 
+// Local is the router's own count of its requests per instance id.
+type Local interface {
+	InFlight(id string) int
+	Started(id string) int64 // ever started
+}
+
+type noLocal struct{}
+
+func (noLocal) InFlight(string) int  { return 0 }
+func (noLocal) Started(string) int64 { return 0 }
+
 // New makes a poller over the instances instances returns (the current
-// discovery snapshot); inFlight is the router's own in-flight count per
-// instance id (nil: none).
-func New(cfg Config, instances func() []registry.Instance, inFlight func(id string) int) *Poller {
-	if inFlight == nil {
-		inFlight = func(string) int { return 0 }
+// discovery snapshot); local is the router's own requests (nil: none).
+func New(cfg Config, instances func() []registry.Instance, local Local) *Poller {
+	if local == nil {
+		local = noLocal{}
 	}
-	return &Poller{cfg: cfg.withDefaults(), instances: instances, inFlight: inFlight, now: time.Now, m: map[string]*entry{}}
+	return &Poller{cfg: cfg.withDefaults(), instances: instances, local: local, now: time.Now, m: map[string]*entry{}}
 }
 
 // Interval is the configured poll interval.
@@ -267,7 +285,7 @@ func (p *Poller) poll(ctx context.Context, e *entry) {
 		return
 	}
 	spec := engine.Spec{ModelName: in.Model, Slots: in.Slots, APIKey: p.cfg.Token}
-	before := p.inFlight(in.ID)
+	startedBefore := p.local.Started(in.ID)
 	at := p.now()
 	pctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	l, err := a.Load(pctx, p.cfg.Client, in.URL(), spec)
@@ -278,8 +296,14 @@ func (p *Poller) poll(ctx context.Context, e *entry) {
 		}
 		return
 	}
-	r := Report{Load: l, At: at, InFlightAt: min(before, p.inFlight(in.ID))}
+	startedDuring := p.local.Started(in.ID) - startedBefore
+	mine := p.local.InFlight(in.ID) - int(startedDuring)
+	r := Report{Load: l, At: at, Others: max(l.SlotsBusy-mine, 0)}
 	e.mu.Lock()
+	r.OthersHeld = r.Others
+	if e.have {
+		r.OthersHeld = max(r.Others, e.last.Others)
+	}
 	if !e.haveBase && l.Cache.Counters {
 		e.base, e.haveBase = l.Cache, true
 	}

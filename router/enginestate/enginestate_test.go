@@ -55,6 +55,11 @@ func (f *fakeLlama) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write(b)
 }
 
+type local struct{ inFlight int }
+
+func (l local) InFlight(string) int  { return l.inFlight }
+func (l local) Started(string) int64 { return 0 }
+
 func instanceOf(t *testing.T, id, url string) registry.Instance {
 	host, port, _ := net.SplitHostPort(url[len("http://"):])
 	p, _ := strconv.Atoi(port)
@@ -83,7 +88,7 @@ func TestReportsStaleAfterLimit(t *testing.T) {
 	cfg := Config{Interval: 10 * time.Millisecond, StaleAfter: 60 * time.Millisecond, Token: "engine-tok"}
 	var reports atomic.Int64
 	cfg.OnReport = func(registry.Instance, Report) { reports.Add(1) }
-	p := New(cfg, func() []registry.Instance { return []registry.Instance{inst} }, func(string) int { return 3 })
+	p := New(cfg, func() []registry.Instance { return []registry.Instance{inst} }, local{inFlight: 1})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
@@ -94,8 +99,8 @@ func TestReportsStaleAfterLimit(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, "first report", func() bool { return p.Get("a").Freshness == Fresh })
 	s := p.Get("a")
-	if l := s.Report.Load; l.SlotsBusy != 2 || l.QueueLen != 1 || s.Report.InFlightAt != 3 || !l.Cache.Counters {
-		t.Errorf("report %+v, want 2 busy, 1 queued, in-flight 3, cache counters", s.Report)
+	if l := s.Report.Load; l.SlotsBusy != 2 || l.QueueLen != 1 || s.Report.Others != 1 || !l.Cache.Counters {
+		t.Errorf("report %+v, want 2 busy, 1 queued, 1 of them another router's, cache counters", s.Report)
 	}
 	if f.badAuth.Load() != 0 || reports.Load() == 0 {
 		t.Errorf("polls without the engine token: %d; reports: %d", f.badAuth.Load(), reports.Load())
