@@ -121,7 +121,7 @@ func waitLoad(t *testing.T, h *harness, id string, busy int) {
 	t.Helper()
 	waitFor(t, 5*time.Second, fmt.Sprintf("%s reported with %d busy", id, busy), func() bool {
 		s := h.rt.engines.Get(id)
-		return s.Freshness == enginestate.Fresh && s.Report.Load.SlotsBusy == busy
+		return s.Freshness == enginestate.Fresh && s.Report.Load.SlotsBusy == busy && s.Report.OthersHeld <= busy
 	})
 }
 
