@@ -108,6 +108,10 @@ func main() {
 		fmt.Println("== failure detection (real llama-server)")
 		failureBench(env, *quick)
 	}
+	if run("placement") {
+		fmt.Println("== placement quality (3 real llama-server, multi-turn chat)")
+		placementBench(env, *quick)
+	}
 	if run("driver") {
 		fmt.Println("== driver: StartTask → Consul passing (real llama-server)")
 		driverBench(env, *quick)
@@ -121,7 +125,7 @@ func main() {
 }
 
 // sectionNames are the parts -only can pick, in the order they run.
-var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "discovery", "failure", "driver"}
+var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "discovery", "failure", "placement", "driver"}
 
 func machine() string {
 	model := "unknown CPU"

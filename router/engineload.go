@@ -3,6 +3,7 @@ package router
 import (
 	"bytes"
 	"net/http"
+	"time"
 
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/enginestate"
@@ -86,4 +87,39 @@ func promptShape(prefix []byte) (string, []uint64) {
 		}
 	}
 	return scheduler.TextKey(string(prefix))
+}
+
+// liveView is an instance's engine-reported load as /v2/nodes and /ui show
+// it. State is fresh, stale (reports stopped: load unknown) or unknown
+// (never reported, or the engine reports no load).
+type liveView struct {
+	State        string   `json:"state"`
+	SlotsBusy    int      `json:"slots_busy"`
+	Queue        int      `json:"queue"`
+	KVUsage      *float64 `json:"kv_usage,omitempty"`
+	CacheHitRate *float64 `json:"cache_hit_rate,omitempty"` // prompt tokens served from the engine's cache, over this router's polling
+	ReportAgeMs  int64    `json:"report_age_ms"`            // -1: no report yet
+	Error        string   `json:"error,omitempty"`          // the last poll's error
+}
+
+func (rt *Router) liveView(id string) *liveView {
+	if rt.engines == nil {
+		return nil
+	}
+	s := rt.engines.Get(id)
+	v := &liveView{State: s.Freshness.String(), ReportAgeMs: -1, Error: s.LastError}
+	if s.Report.At.IsZero() {
+		return v
+	}
+	l := s.Report.Load
+	v.SlotsBusy, v.Queue, v.ReportAgeMs = l.SlotsBusy, l.QueueLen, time.Since(s.Report.At).Milliseconds()
+	if l.KVKnown {
+		kv := l.KVCacheUsage
+		v.KVUsage = &kv
+	}
+	if s.Report.HitKnown {
+		h := s.Report.HitRate
+		v.CacheHitRate = &h
+	}
+	return v
 }
