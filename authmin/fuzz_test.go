@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -47,9 +48,9 @@ func FuzzParseBearer(f *testing.F) {
 // allowedMessages are the only 401 messages the middleware writes: each is
 // fixed text, so nothing from the request can be echoed.
 var allowedMessages = func() map[string]bool {
-	m := map[string]bool{"missing bearer token": true, "invalid bearer token": true}
+	m := map[string]bool{"missing bearer token; " + hintSend: true, "invalid bearer token; " + hintCheck: true}
 	for _, e := range []error{ErrNotBearer, ErrEmptyToken, ErrTooLong, ErrControlChar} {
-		m["malformed bearer token: "+e.Error()] = true
+		m["malformed bearer token: "+e.Error()+"; "+hintSend] = true
 	}
 	return m
 }()
@@ -96,13 +97,14 @@ func FuzzMiddleware(f *testing.F) {
 		if w.Code != http.StatusUnauthorized {
 			t.Fatalf("status %d for a bad credential", w.Code)
 		}
-		var b errorBody
-		if err := json.Unmarshal(w.Body.Bytes(), &b); err != nil || !allowedMessages[b.Message] {
+		var b struct{ Error wireError }
+		if err := json.Unmarshal(w.Body.Bytes(), &b); err != nil || !allowedMessages[b.Error.Message] || b.Error.Type != "authentication_error" {
 			t.Fatalf("unexpected 401 body %q", w.Body.String())
 		}
 		// The body is one of the fixed messages above; the headers are
-		// exactly these two, so nothing the client sent can come back.
-		want := http.Header{"Www-Authenticate": {`Bearer realm="llorch"`}, "Content-Type": {"application/json"}}
+		// exactly these, so nothing the client sent can come back.
+		want := http.Header{"Www-Authenticate": {`Bearer realm="llorch"`}, "Content-Type": {"application/json"},
+			"Content-Length": {strconv.Itoa(w.Body.Len())}}
 		if len(w.Header()) != len(want) {
 			t.Fatalf("401 headers %q", w.Header())
 		}

@@ -2,7 +2,6 @@ package authmin
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -11,17 +10,22 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/llorch/llorch/internal/apierr"
 )
 
-// Error codes of the auth gate and their numeric forms.
+// Error codes of the auth gate (error.code of its 401s; the startup
+// refusal's prefix).
 const (
 	CodeMissingToken            = "MISSING_TOKEN"
 	CodeBadToken                = "BAD_TOKEN"
 	CodeNonLoopbackWithoutToken = "NON_LOOPBACK_WITHOUT_TOKEN"
+)
 
-	NumericMissingToken            = 40101
-	NumericBadToken                = 40102
-	NumericNonLoopbackWithoutToken = 40301
+// Hints end the 401 messages: what the client should do about it.
+const (
+	hintSend  = "send Authorization: Bearer <token>"
+	hintCheck = "check the token file the server reads (its fingerprint is in the server log)"
 )
 
 // MiddlewareConfig configures Middleware.
@@ -58,14 +62,6 @@ func IdentityFrom(ctx context.Context) string {
 	return s
 }
 
-// errorBody is the 401 body: {code, numeric, message, hint}.
-type errorBody struct {
-	Code    string `json:"code"`
-	Numeric int    `json:"numeric"`
-	Message string `json:"message"`
-	Hint    string `json:"hint,omitempty"`
-}
-
 // Middleware requires a valid bearer token on every request it wraps.
 func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 	log := cfg.Logger
@@ -87,18 +83,18 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 		switch {
 		case errors.Is(err, ErrMissing):
 			log.Info("auth denied", "code", CodeMissingToken, "peer", peer, "path", r.URL.Path)
-			deny(w, CodeMissingToken, NumericMissingToken, "missing bearer token", "send Authorization: Bearer <token>")
+			deny(w, CodeMissingToken, "missing bearer token", hintSend)
 			return
 		case err != nil:
 			// The credential is malformed; fingerprint what was sent so an
 			// operator can match it, never the value itself.
 			log.Info("auth denied", "code", CodeBadToken, "peer", peer, "path", r.URL.Path, "reason", err.Error(),
 				"identity", Identity(presented(r.Header.Get("Authorization"))))
-			deny(w, CodeBadToken, NumericBadToken, "malformed bearer token: "+err.Error(), "send Authorization: Bearer <token>")
+			deny(w, CodeBadToken, "malformed bearer token: "+err.Error(), hintSend)
 			return
 		case !cfg.Tokens.Check(tok):
 			log.Info("auth denied", "code", CodeBadToken, "peer", peer, "path", r.URL.Path, "identity", Identity(tok))
-			deny(w, CodeBadToken, NumericBadToken, "invalid bearer token", "check the token file the server reads (its fingerprint is in the server log)")
+			deny(w, CodeBadToken, "invalid bearer token", hintCheck)
 			return
 		}
 		id := Identity(tok)
@@ -118,11 +114,12 @@ func presented(header string) string {
 	return h
 }
 
-func deny(w http.ResponseWriter, code string, numeric int, msg, hint string) {
+// deny answers 401 in the OpenAI envelope (type authentication_error) with
+// the challenge RFC 6750 asks for. The message is fixed text plus the hint:
+// nothing the client sent is echoed.
+func deny(w http.ResponseWriter, code, msg, hint string) {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="llorch"`)
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusUnauthorized)
-	_ = json.NewEncoder(w).Encode(errorBody{Code: code, Numeric: numeric, Message: msg, Hint: hint})
+	apierr.Write(w, &apierr.Error{Status: http.StatusUnauthorized, Code: code, Message: msg + "; " + hint})
 }
 
 // clientAddr is the peer's IP: the TCP peer, or with trustXFF the

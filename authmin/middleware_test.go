@@ -45,13 +45,22 @@ func do(h http.Handler, peer, auth string) *httptest.ResponseRecorder {
 	return w
 }
 
-func decode(t *testing.T, w *httptest.ResponseRecorder) errorBody {
+// wireError is the OpenAI envelope's member as a client reads it.
+type wireError struct {
+	Message   string `json:"message"`
+	Type      string `json:"type"`
+	Code      string `json:"code"`
+	Param     any    `json:"param"`
+	Retriable bool   `json:"retriable"`
+}
+
+func decode(t *testing.T, w *httptest.ResponseRecorder) wireError {
 	t.Helper()
-	var b errorBody
-	if err := json.Unmarshal(w.Body.Bytes(), &b); err != nil {
-		t.Fatalf("401 body is not JSON: %q", w.Body.String())
+	var b struct{ Error *wireError }
+	if err := json.Unmarshal(w.Body.Bytes(), &b); err != nil || b.Error == nil {
+		t.Fatalf("401 body is not the OpenAI envelope: %q", w.Body.String())
 	}
-	return b
+	return *b.Error
 }
 
 // The predecessor's six auth scenarios (the sixth, registration without a
@@ -75,7 +84,7 @@ func TestSixScenarios(t *testing.T) {
 		c := &capture{}
 		w := do(c.handler(MiddlewareConfig{Tokens: tokens}), "127.0.0.1:5000", "")
 		b := decode(t, w)
-		if w.Code != 401 || b.Code != CodeMissingToken || b.Numeric != 40101 || b.Hint == "" ||
+		if w.Code != 401 || b.Code != CodeMissingToken || b.Type != "authentication_error" || !strings.Contains(b.Message, "Authorization: Bearer") ||
 			!strings.HasPrefix(w.Header().Get("WWW-Authenticate"), "Bearer") || c.calls.Load() != 0 {
 			t.Errorf("%d %+v %q", w.Code, b, w.Header())
 		}
@@ -116,7 +125,7 @@ func TestSixScenarios(t *testing.T) {
 		c := &capture{}
 		w := do(c.handler(MiddlewareConfig{Tokens: tokens}), "10.0.0.9:1", "Bearer wrong-token-value")
 		b := decode(t, w)
-		if w.Code != 401 || b.Code != CodeBadToken || b.Numeric != 40102 || c.calls.Load() != 0 {
+		if w.Code != 401 || b.Code != CodeBadToken || b.Type != "authentication_error" || b.Retriable || c.calls.Load() != 0 {
 			t.Errorf("%d %+v", w.Code, b)
 		}
 	})

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -103,16 +102,7 @@ func runRouter(args []string) int {
 		log.Error("listen", "addr", cfg.Addr, "error", err)
 		return 1
 	}
-	srv := &http.Server{
-		Handler:           rt.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		// Bounds a slow upload (request bodies are at most max-body-bytes).
-		ReadTimeout: time.Minute,
-		IdleTimeout: 2 * time.Minute,
-		// No WriteTimeout: answers stream for as long as the engine
-		// produces; the idle-stream timeout bounds silence instead.
-		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
-	}
+	srv := rt.HTTPServer()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -131,9 +121,7 @@ func runRouter(args []string) int {
 		code = 1
 		stop()
 	}
-	shCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shCtx); err != nil {
+	if err := rt.Drain(srv); err != nil {
 		log.Warn("shutdown cut answers in flight", "error", err)
 	}
 	if err := <-runDone; err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
 	"syscall"
 	"time"
 
@@ -29,9 +28,8 @@ import (
 // the engine cannot be found by any router, so the task is stopped with an
 // event saying why, and Nomad's restart policy takes over.
 //
-// The seam gives us hooks, not fields on Driver, so the supervisors live
-// in this file's table keyed by handle (handles are unique per task and
-// plugin process).
+// The supervisors live in Driver.announcements, keyed by handle (handles
+// are unique per task and plugin process).
 
 // announceStopTimeout bounds the deregistration StopTask waits for.
 const announceStopTimeout = 3 * time.Second
@@ -40,8 +38,6 @@ type announcement struct {
 	sup  *supervise.Supervisor
 	done chan struct{} // Run returned
 }
-
-var announcements sync.Map // *taskHandle → *announcement
 
 // announceStart runs after the engine process is launched.
 func (d *Driver) announceStart(h *taskHandle) { d.announce(h, "start") }
@@ -54,7 +50,7 @@ func (d *Driver) announceRecover(h *taskHandle) { d.announce(h, "recover") }
 // announceExit runs when the engine process has exited: critical at once,
 // then deregistered (the supervisor does both as it ends).
 func (d *Driver) announceExit(h *taskHandle) {
-	if a, ok := announcements.Load(h); ok {
+	if a, ok := d.announcements.Load(h); ok {
 		a.(*announcement).sup.ProcessExited()
 	}
 }
@@ -62,7 +58,7 @@ func (d *Driver) announceExit(h *taskHandle) {
 // announceStop runs at the start of StopTask and of a forced DestroyTask,
 // so the instance leaves the registry before the engine goes.
 func (d *Driver) announceStop(h *taskHandle) {
-	v, ok := announcements.Load(h)
+	v, ok := d.announcements.Load(h)
 	if !ok {
 		return
 	}
@@ -107,13 +103,13 @@ func (d *Driver) announce(h *taskHandle, why string) {
 		cfg.Registrar = reg
 	}
 	a := &announcement{sup: supervise.New(cfg), done: make(chan struct{})}
-	if _, loaded := announcements.LoadOrStore(h, a); loaded {
+	if _, loaded := d.announcements.LoadOrStore(h, a); loaded {
 		return // already announced (a repeated RecoverTask)
 	}
 	log.Debug("announcing", "why", why, "registry", reg != nil)
 	go func() {
 		defer close(a.done)
-		defer announcements.Delete(h)
+		defer d.announcements.Delete(h)
 		// The plugin's lifetime owns the supervisor, not the task's context:
 		// an exit or stop must still deregister after the task context ends,
 		// and a plugin shutdown must leave the registration for the next

@@ -59,6 +59,8 @@ type Driver struct {
 	gpus    gpuState      // GPU discovery and reservations (gpu.go); zero value ready
 	catalog catalogState  // model_dir fingerprint (catalog.go); zero value ready
 	metrics driverMetrics // /metrics listener (metrics.go); zero value ready
+
+	announcements sync.Map // *taskHandle → *announcement (announce.go)
 }
 
 // New makes a driver; nothing is started and nothing on the node is
@@ -106,8 +108,9 @@ func (d *Driver) ConfigSchema(context.Context, *base.ConfigSchemaRequest) (*base
 	return &base.ConfigSchemaResponse{Spec: PluginConfigSpec()}, nil
 }
 
-// SetConfig may come several times (validation, then for real); it only
-// decodes and stores.
+// SetConfig may come several times (validation, then for real). The
+// agent's validation launches send no nomad_config.driver; only the
+// long-lived instance gets one, so only it starts the /metrics listener.
 func (d *Driver) SetConfig(_ context.Context, req *base.SetConfigRequest) (*base.SetConfigResponse, error) {
 	cfg, err := DecodePluginConfig(req.GetMsgpackConfig())
 	if err != nil {
@@ -125,6 +128,9 @@ func (d *Driver) SetConfig(_ context.Context, req *base.SetConfigRequest) (*base
 	d.log.Debug("plugin config set", "default_engine", cfg.DefaultEngine, "engines", sortedKeys(cfg.Engines),
 		"model_dir", cfg.ModelDir, "fingerprint_period", cfg.FingerprintPeriod.String(),
 		"api_version", req.GetPluginApiVersion())
+	if req.GetNomadConfig().GetDriver() != nil {
+		d.startMetrics()
+	}
 	return &base.SetConfigResponse{}, nil
 }
 

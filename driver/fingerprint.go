@@ -79,8 +79,6 @@ func (d *Driver) fingerprint() *drivers.FingerprintResponse {
 // closes it or the plugin stops.
 func (d *Driver) Fingerprint(_ *drivers.FingerprintRequest, stream drivers.Driver_FingerprintServer) error {
 	ctx := stream.Context()
-	// Only the long-lived plugin process fingerprints: start /metrics here.
-	d.startMetrics()
 	var last *drivers.FingerprintResponse
 	lastSent := time.Time{}
 	for {

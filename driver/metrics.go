@@ -21,9 +21,9 @@ import (
 const DriverServiceName = "llorch-driver"
 
 // driverMetrics is the driver's Prometheus side: a /metrics listener
-// (plugin config metrics_address) started by the long-lived plugin process
-// only — the agent's short validation launches never fingerprint — and
-// registered in Consul with the node's node_id.
+// (plugin config metrics_address) started at SetConfig by the long-lived
+// plugin process only (the agent's validation launches send no
+// nomad_config.driver) and registered in Consul with the node's node_id.
 type driverMetrics struct {
 	once     sync.Once
 	reg      *prometheus.Registry
@@ -218,7 +218,7 @@ func (c *driverCollector) Collect(ch chan<- prometheus.Metric) {
 	for s, n := range states {
 		ch <- prometheus.MustNewConstMetric(descTasks, prometheus.GaugeValue, float64(n), node, s)
 	}
-	announcements.Range(func(k, v any) bool {
+	d.announcements.Range(func(k, v any) bool {
 		h, a := k.(*taskHandle), v.(*announcement)
 		ready, hl, _ := a.sup.State()
 		key := string(hl)

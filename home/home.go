@@ -233,8 +233,7 @@ func (h *Home) Run(ctx context.Context) error {
 	h.mu.Lock()
 	h.listener = ln
 	h.mu.Unlock()
-	srv := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: h.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
+	srv := rt.HTTPServer() // the same timeouts and drain as `llorch router`
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -268,9 +267,7 @@ func (h *Home) Run(ctx context.Context) error {
 
 	<-runCtx.Done()
 	h.log.Info("stopping: engines first, then the router")
-	shCtx, shCancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer shCancel()
-	_ = srv.Shutdown(shCtx)
+	_ = rt.Drain(srv)
 	wg.Wait()
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/llorch/llorch/internal/apierr"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -62,7 +63,7 @@ func availableModels(snap *registry.Snapshot) []string {
 func (rt *Router) serveModels(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
-		writeError(w, http.StatusMethodNotAllowed, APIError{Code: CodeMethodNotAllowed, Message: "use GET on /v1/models"})
+		apierr.Write(w, &apierr.Error{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed, Message: "use GET on /v1/models"})
 		return
 	}
 	list := modelList{Object: "list", Data: []modelObject{}}
@@ -75,7 +76,7 @@ func (rt *Router) serveModels(w http.ResponseWriter, r *http.Request) {
 func (rt *Router) serveModel(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
-		writeError(w, http.StatusMethodNotAllowed, APIError{Code: CodeMethodNotAllowed, Message: "use GET on /v1/models/{model}"})
+		apierr.Write(w, &apierr.Error{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed, Message: "use GET on /v1/models/{model}"})
 		return
 	}
 	name := r.PathValue("model")
@@ -86,14 +87,14 @@ func (rt *Router) serveModel(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	writeError(w, http.StatusNotFound, APIError{Code: CodeModelNotAvailable, Param: "model",
+	apierr.Write(w, &apierr.Error{Status: http.StatusNotFound, Code: CodeModelNotAvailable, Param: "model",
 		Message: "model " + strconv.Quote(name) + " is not available on any healthy instance"})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, APIError{Code: CodeInternal, Message: "encoding the response failed"})
+		apierr.Write(w, &apierr.Error{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "encoding the response failed"})
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

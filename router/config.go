@@ -46,6 +46,7 @@ type Config struct {
 	QueuePolicy       string
 	QueueTimeout      time.Duration
 	OTLPEndpoint      string
+	DrainTimeout      time.Duration
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -156,6 +157,7 @@ func Options() []Option {
 		intOpt("queue-capacity", "LLORCH_QUEUE_CAPACITY", "8", "requests that may wait per model while every instance is busy", 1, func(c *Config) *int { return &c.QueueCapacity }),
 		strOpt("queue-policy", "LLORCH_QUEUE_POLICY", "reject", "full queue: reject (429 ADMISSION_REJECT) or drop-lru (evict the oldest batch, then interactive, waiter)", func(c *Config) *string { return &c.QueuePolicy }),
 		durOpt("queue-timeout", "LLORCH_QUEUE_TIMEOUT", "30s", "longest wait in the queue before DEADLINE_UNMET", func(c *Config) *time.Duration { return &c.QueueTimeout }),
+		durOpt("drain-timeout", "LLORCH_DRAIN_TIMEOUT", "30s", "on shutdown, how long answers in flight may finish before they are cut", func(c *Config) *time.Duration { return &c.DrainTimeout }),
 		strOpt("otlp-endpoint", "LLORCH_OTLP_ENDPOINT", "", "OTLP/HTTP collector for traces (host:port or URL); empty = tracing off (traceparent is still passed on to engines)", func(c *Config) *string { return &c.OTLPEndpoint }),
 		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight, \"round-robin\" = nginx-style rotation", func(c *Config) *string { return &c.SchedulerProfile }),
 		durOpt("engine-poll-interval", "LLORCH_ENGINE_POLL_INTERVAL", "200ms", "how often the router asks each engine for its load (busy slots, queue, KV and prompt-cache use); 0 = never (placement then sees only this router's own requests)", func(c *Config) *time.Duration { return &c.EnginePoll }),

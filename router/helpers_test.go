@@ -193,3 +193,13 @@ func startFixture(t testing.TB) (*openaifixture.Server, string) {
 }
 
 func staticEmpty() *registry.Static { return registry.NewStatic() }
+
+// wireError is the error envelope's member as a client reads it.
+type wireError struct {
+	Message      string `json:"message"`
+	Type         string `json:"type"`
+	Code         string `json:"code"`
+	Param        string `json:"param"`
+	Retriable    bool   `json:"retriable"`
+	RetryAfterMs int64  `json:"retry_after_ms"`
+}

@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/llorch/llorch/internal/apierr"
 	"github.com/llorch/llorch/internal/tracing"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
@@ -31,10 +32,10 @@ import (
 // included), upstream call.
 var tracer = tracing.Tracer("router")
 
-// retryMs is the retry hint for retriable placement errors.
-func retryMs(retriable bool) int64 {
+// retryAfter is the retry hint for retriable placement errors.
+func retryAfter(retriable bool) time.Duration {
 	if retriable {
-		return 1000
+		return time.Second
 	}
 	return 0
 }
@@ -66,10 +67,10 @@ var requiredField = map[string]string{
 }
 
 // parseRequest validates the body and names the offending field on error.
-func parseRequest(path string, body []byte) (openAIRequest, *APIError) {
+func parseRequest(path string, body []byte) (openAIRequest, *apierr.Error) {
 	var req openAIRequest
-	bad := func(param, msg string) *APIError {
-		return &APIError{Code: CodeInvalidParams, Param: param, Message: msg}
+	bad := func(param, msg string) *apierr.Error {
+		return &apierr.Error{Status: http.StatusBadRequest, Code: CodeInvalidParams, Param: param, Message: msg}
 	}
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
 	if len(trimmed) == 0 || trimmed[0] != '{' {
@@ -109,7 +110,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	ri := infoFrom(r.Context())
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		writeError(w, http.StatusMethodNotAllowed, APIError{Code: CodeMethodNotAllowed, Message: "use POST on " + r.URL.Path})
+		apierr.Write(w, &apierr.Error{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed, Message: "use POST on " + r.URL.Path})
 		return
 	}
 	// The whole body is read before any upstream call: retries replay it,
@@ -119,17 +120,17 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, APIError{Code: CodeRequestTooLarge,
+			apierr.Write(w, &apierr.Error{Status: http.StatusRequestEntityTooLarge, Code: CodeRequestTooLarge,
 				Message: fmt.Sprintf("request body is over the %d-byte limit", mbe.Limit)})
 			return
 		}
 		ri.logger().Debug("reading request body failed", "error", err)
-		writeError(w, http.StatusBadRequest, APIError{Code: CodeInvalidParams, Message: "reading the request body failed: " + err.Error()})
+		apierr.Write(w, &apierr.Error{Status: http.StatusBadRequest, Code: CodeInvalidParams, Message: "reading the request body failed: " + err.Error()})
 		return
 	}
 	req, perr := parseRequest(r.URL.Path, body)
 	if perr != nil {
-		writeError(w, http.StatusBadRequest, *perr)
+		apierr.Write(w, perr)
 		return
 	}
 	// The request's span continues the caller's trace (W3C traceparent);
@@ -140,7 +141,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(tctx)
 	prio, perr2 := priorityOf(r)
 	if perr2 != nil {
-		writeError(w, http.StatusBadRequest, APIError{Code: CodeInvalidParams, Param: "X-Priority", Message: perr2.Error()})
+		apierr.Write(w, &apierr.Error{Status: http.StatusBadRequest, Code: CodeInvalidParams, Param: "X-Priority", Message: perr2.Error()})
 		return
 	}
 	pr := PlaceRequest{Model: *req.Model, Path: r.URL.Path, Stream: req.Stream != nil && *req.Stream,
@@ -167,30 +168,30 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	case r.Context().Err() != nil:
 		return // the client left while queued
 	case errors.As(err, &se):
-		e := APIError{Code: se.Code, Message: se.Message, Retriable: se.Retriable, RetryAfterMs: retryMs(se.Retriable)}
+		e := &apierr.Error{Status: se.Status, Code: se.Code, Message: se.Message, Retriable: se.Retriable, RetryAfter: retryAfter(se.Retriable)}
 		if se.Code == scheduler.CodeModelNotAvailable {
 			// A client-chosen name never becomes a metrics label.
 			e.Param = "model"
 		} else {
 			ri.model = pr.Model
 		}
-		writeError(w, se.Status, e)
+		apierr.Write(w, e)
 		return
 	case errors.Is(err, ErrModelNotAvailable):
-		writeError(w, http.StatusNotFound, APIError{Code: CodeModelNotAvailable, Param: "model", Message: err.Error()})
+		apierr.Write(w, &apierr.Error{Status: http.StatusNotFound, Code: CodeModelNotAvailable, Param: "model", Message: err.Error()})
 		return
 	case errors.As(err, &nc):
 		ri.model = pr.Model
-		writeError(w, http.StatusServiceUnavailable, APIError{Code: CodePoolUnavailable, Message: err.Error(),
-			Retriable: true, RetryAfterMs: max(1, nc.RetryAfter.Milliseconds())})
+		apierr.Write(w, &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodePoolUnavailable, Message: err.Error(),
+			Retriable: true, RetryAfter: max(time.Millisecond, nc.RetryAfter)})
 		return
 	case err != nil:
 		ri.logger().Error("placement failed", "model", pr.Model, "error", err)
-		writeError(w, http.StatusInternalServerError, APIError{Code: CodeInternal, Message: "placement failed"})
+		apierr.Write(w, &apierr.Error{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "placement failed"})
 		return
 	case len(cands) == 0:
-		writeError(w, http.StatusServiceUnavailable, APIError{Code: CodePoolUnavailable, Message: "placement returned no instance",
-			Retriable: true, RetryAfterMs: 1000})
+		apierr.Write(w, &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodePoolUnavailable, Message: "placement returned no instance",
+			Retriable: true, RetryAfter: time.Second})
 		return
 	}
 	ri.model = pr.Model
@@ -233,7 +234,7 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	if r.Context().Err() != nil {
 		return
 	}
-	writeError(w, http.StatusServiceUnavailable, APIError{Code: CodeReplicaExhausted, Retriable: true, RetryAfterMs: 1000,
+	apierr.Write(w, &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodeReplicaExhausted, Retriable: true, RetryAfter: time.Second,
 		Message: fmt.Sprintf("no instance of model %q answered (%d tried: %s)", pr.Model, tried, strings.Join(failures, "; "))})
 }
 
@@ -389,7 +390,8 @@ func (rt *Router) attempt(w http.ResponseWriter, r *http.Request, inst registry.
 			return outcome{kind: outcomeAbort}
 		}
 		rt.metrics.streamErrs.WithLabelValues(CodeWorkerReset).Inc()
-		_, _ = w.Write(sseError(CodeWorkerReset, "the engine failed mid-stream ("+reason+"); the answer is incomplete"))
+		_, _ = w.Write(apierr.SSE(&apierr.Error{Status: http.StatusBadGateway, Code: CodeWorkerReset, Retriable: true,
+			Message: "the engine failed mid-stream (" + reason + "); the answer is incomplete"}))
 		_ = rc.Flush()
 	}
 	return outcome{kind: outcomeDone}

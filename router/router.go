@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/llorch/llorch/authmin"
+	"github.com/llorch/llorch/internal/apierr"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/router/discovery"
@@ -234,24 +235,25 @@ func (rt *Router) Run(ctx context.Context) error {
 
 func (rt *Router) buildHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", rt.serveHealth)
-	mux.Handle("/metrics", promhttp.HandlerFor(rt.promReg, promhttp.HandlerOpts{}))
+	handle := func(method, path string, h http.HandlerFunc) { handleMethod(mux, method, path, h) }
+	handle("GET", "/healthz", rt.serveHealth)
+	handle("GET", "/metrics", promhttp.HandlerFor(rt.promReg, promhttp.HandlerOpts{}).ServeHTTP)
 	for _, p := range proxiedPaths {
 		mux.HandleFunc(p, rt.serveProxy)
 	}
 	mux.HandleFunc("/v1/models", rt.serveModels)
 	mux.HandleFunc("/v1/models/{model...}", rt.serveModel)
-	mux.HandleFunc("POST /v2/tasks", rt.serveTaskSubmit)
-	mux.HandleFunc("GET /v2/tasks/{id}/events", rt.serveTaskEvents)
-	mux.HandleFunc("POST /v2/tasks/{id}/cancel", rt.serveTaskCancel)
-	mux.HandleFunc("GET /v2/nodes", rt.serveNodes)
-	mux.HandleFunc("GET /v2/catalog/availability", rt.serveAvailability)
-	mux.HandleFunc("GET /v2/meta/capabilities", rt.serveCapabilities)
-	mux.HandleFunc("GET /v2/sd/prometheus", rt.servePrometheusSD)
-	mux.HandleFunc("GET /v2/ui/state", rt.serveUIState)
-	mux.HandleFunc("GET /ui", rt.serveUI)
+	handle("POST", "/v2/tasks", rt.serveTaskSubmit)
+	handle("GET", "/v2/tasks/{id}/events", rt.serveTaskEvents)
+	handle("POST", "/v2/tasks/{id}/cancel", rt.serveTaskCancel)
+	handle("GET", "/v2/nodes", rt.serveNodes)
+	handle("GET", "/v2/catalog/availability", rt.serveAvailability)
+	handle("GET", "/v2/meta/capabilities", rt.serveCapabilities)
+	handle("GET", "/v2/sd/prometheus", rt.servePrometheusSD)
+	handle("GET", "/v2/ui/state", rt.serveUIState)
+	handle("GET", "/ui", rt.serveUI)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, APIError{Code: CodeNotFound, Message: "no endpoint " + r.Method + " " + r.URL.Path})
+		apierr.Write(w, &apierr.Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no endpoint " + r.Method + " " + r.URL.Path})
 	})
 	metricsAuth := rt.cfg.MetricsAuth
 	authed := authmin.Middleware(authmin.MiddlewareConfig{
@@ -264,6 +266,16 @@ func (rt *Router) buildHandler() http.Handler {
 		Logger: rt.log,
 	}, mux)
 	return rt.withRequestContext(authed)
+}
+
+// handleMethod serves path for one method and answers every other method
+// with 405 in the error envelope (ServeMux's own 405 is plain text).
+func handleMethod(mux *http.ServeMux, method, path string, h http.HandlerFunc) {
+	mux.HandleFunc(method+" "+path, h)
+	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", method)
+		apierr.Write(w, &apierr.Error{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed, Message: "use " + method + " on " + path})
+	})
 }
 
 // Routes lists the method and path of every endpoint the router serves

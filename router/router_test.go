@@ -16,9 +16,9 @@ import (
 	"github.com/llorch/llorch/internal/openaifixture"
 )
 
-func decodeErr(t testing.TB, body string) APIError {
+func decodeErr(t testing.TB, body string) wireError {
 	t.Helper()
-	var env struct{ Error APIError }
+	var env struct{ Error wireError }
 	if err := json.Unmarshal([]byte(body), &env); err != nil {
 		t.Fatalf("error body is not the envelope: %v: %s", err, body)
 	}
@@ -312,7 +312,7 @@ func TestMidStreamFailureEndsWithErrorEvent(t *testing.T) {
 		t.Errorf("tokens before the failure: %q", got)
 	}
 	last := evs[3]
-	var env struct{ Error APIError }
+	var env struct{ Error wireError }
 	if last.event != "error" || json.Unmarshal([]byte(last.data), &env) != nil || env.Error.Code != CodeWorkerReset {
 		t.Fatalf("last event %+v, want event: error with WORKER_RESET", last)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/llorch/llorch/internal/apierr"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/scheduler"
@@ -145,7 +146,7 @@ func (s *taskStore) add(t *task) error {
 }
 
 func badParam(w http.ResponseWriter, param, msg string) {
-	writeError(w, http.StatusBadRequest, APIError{Code: CodeInvalidParams, Param: param, Message: msg})
+	apierr.Write(w, &apierr.Error{Status: http.StatusBadRequest, Code: CodeInvalidParams, Param: param, Message: msg})
 }
 
 // serveTaskSubmit handles POST /v2/tasks.
@@ -153,7 +154,7 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 	ri := infoFrom(r.Context())
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, rt.cfg.MaxBodyBytes))
 	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, APIError{Code: CodeRequestTooLarge, Message: "request body too large or unreadable"})
+		apierr.Write(w, &apierr.Error{Status: http.StatusRequestEntityTooLarge, Code: CodeRequestTooLarge, Message: "request body too large or unreadable"})
 		return
 	}
 	var tr TaskRequest
@@ -191,7 +192,7 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 		badParam(w, "priority", perr.Error())
 		return
 	case tr.DeadlineMs != nil && *tr.DeadlineMs <= 0:
-		writeError(w, http.StatusBadRequest, APIError{Code: admission.CodeDeadlineUnmet, Param: "deadline_ms", Message: "deadline_ms must be positive: the deadline has already passed"})
+		apierr.Write(w, &apierr.Error{Status: http.StatusBadRequest, Code: admission.CodeDeadlineUnmet, Param: "deadline_ms", Message: "deadline_ms must be positive: the deadline has already passed"})
 		return
 	}
 	if tr.TaskID == "" {
@@ -223,16 +224,20 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	case errors.As(err, &se):
-		writeError(w, se.Status, APIError{Code: se.Code, Message: se.Message, Retriable: se.Retriable, RetryAfterMs: retryMs(se.Retriable)})
+		e := &apierr.Error{Status: se.Status, Code: se.Code, Message: se.Message, Retriable: se.Retriable, RetryAfter: retryAfter(se.Retriable)}
+		if se.Code == scheduler.CodeModelNotAvailable {
+			e.Param = "model_ref"
+		}
+		apierr.Write(w, e)
 		return
 	case errors.Is(err, ErrModelNotAvailable):
-		writeError(w, http.StatusNotFound, APIError{Code: CodeModelNotAvailable, Param: "model_ref", Message: err.Error()})
+		apierr.Write(w, &apierr.Error{Status: http.StatusNotFound, Code: CodeModelNotAvailable, Param: "model_ref", Message: err.Error()})
 		return
 	case errors.As(err, &nc):
-		writeError(w, http.StatusServiceUnavailable, APIError{Code: CodePoolUnavailable, Message: err.Error(), Retriable: true, RetryAfterMs: max(1, nc.RetryAfter.Milliseconds())})
+		apierr.Write(w, &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodePoolUnavailable, Message: err.Error(), Retriable: true, RetryAfter: max(time.Millisecond, nc.RetryAfter)})
 		return
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, APIError{Code: CodeInternal, Message: "placement failed"})
+		apierr.Write(w, &apierr.Error{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "placement failed"})
 		return
 	}
 
@@ -251,7 +256,7 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 		if !strings.Contains(err.Error(), "in use") {
 			status, code = http.StatusTooManyRequests, admission.CodeAdmissionReject
 		}
-		writeError(w, status, APIError{Code: code, Param: "task_id", Message: err.Error(), Retriable: status == 429, RetryAfterMs: 1000})
+		apierr.Write(w, &apierr.Error{Status: status, Code: code, Param: "task_id", Message: err.Error(), Retriable: status == 429, RetryAfter: time.Second})
 		return
 	}
 	pos, predicted := 0, int64(0)
@@ -337,7 +342,7 @@ func errorEvent(err error) map[string]any {
 	var se *scheduler.Error
 	switch {
 	case errors.As(err, &ae):
-		return map[string]any{"code": ae.Code, "message": ae.Message, "retriable": ae.Retriable, "retry_after_ms": ae.RetryAfterMs}
+		return map[string]any{"code": ae.Code, "message": ae.Message, "retriable": ae.Retriable, "retry_after_ms": ae.RetryAfter.Milliseconds()}
 	case errors.As(err, &se):
 		return map[string]any{"code": se.Code, "message": se.Message, "retriable": se.Retriable}
 	case errors.Is(err, context.Canceled):
@@ -429,7 +434,7 @@ func (rt *Router) relayTask(ctx context.Context, t *task, resp *http.Response, i
 func (rt *Router) serveTaskEvents(w http.ResponseWriter, r *http.Request) {
 	t := rt.tasks.get(r.PathValue("id"))
 	if t == nil {
-		writeError(w, http.StatusNotFound, APIError{Code: codeTaskUnknown, Message: "no task " + r.PathValue("id")})
+		apierr.Write(w, &apierr.Error{Status: http.StatusNotFound, Code: codeTaskUnknown, Message: "no task " + r.PathValue("id")})
 		return
 	}
 	h := w.Header()
@@ -464,7 +469,7 @@ func (rt *Router) serveTaskEvents(w http.ResponseWriter, r *http.Request) {
 func (rt *Router) serveTaskCancel(w http.ResponseWriter, r *http.Request) {
 	t := rt.tasks.get(r.PathValue("id"))
 	if t == nil {
-		writeError(w, http.StatusNotFound, APIError{Code: codeTaskUnknown, Message: "no task " + r.PathValue("id")})
+		apierr.Write(w, &apierr.Error{Status: http.StatusNotFound, Code: codeTaskUnknown, Message: "no task " + r.PathValue("id")})
 		return
 	}
 	t.mu.Lock()

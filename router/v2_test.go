@@ -180,7 +180,7 @@ func TestV2QueueFullPolicies(t *testing.T) {
 			st, hdr, raw := h.do("POST", "/v2/tasks", taskBody(testModel, ""))
 			if policy == "reject" {
 				if st != 429 || hdr.Get("Retry-After") == "" || hdr.Get("X-Backoff-Ms") == "" ||
-					!strings.Contains(raw, `"code":"ADMISSION_REJECT"`) || !strings.Contains(raw, `"policy_label":"reject"`) || !strings.Contains(raw, `"retriable":true`) {
+					!strings.Contains(raw, `"code":"ADMISSION_REJECT"`) || !strings.Contains(raw, `"type":"rate_limit_error"`) || !strings.Contains(raw, `"retriable":true`) {
 					t.Fatalf("full queue: %d %v %s", st, hdr, raw)
 				}
 			} else {

@@ -9,12 +9,13 @@ package admission
 import (
 	"container/list"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/llorch/llorch/internal/apierr"
 )
 
 // Priority is a request's class.
@@ -59,36 +60,32 @@ const (
 )
 
 // Error is an admission outcome with everything its HTTP answer needs.
+// PolicyLabel (reject, drop-lru) is the metrics label of the policy that
+// produced it; the body carries Code, which says the same to a client.
 type Error struct {
-	Status       int
-	Code         string
-	Message      string
-	Retriable    bool
-	RetryAfterMs int64
-	PolicyLabel  string
+	Status      int
+	Code        string
+	Message     string
+	Retriable   bool
+	RetryAfter  time.Duration
+	PolicyLabel string
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
-// WriteHTTP writes the answer: for 429, Retry-After (whole seconds, ≥1)
-// and X-Backoff-Ms, and the body {code, message, retriable, retry_after_ms,
-// policy_label} inside an OpenAI-style "error" so SDKs read it too.
+// API is the error in the project's one HTTP error shape.
+func (e *Error) API() *apierr.Error {
+	return &apierr.Error{Status: e.Status, Code: e.Code, Message: e.Message, Retriable: e.Retriable, RetryAfter: e.RetryAfter}
+}
+
+// WriteHTTP writes the answer through apierr (the OpenAI envelope, and
+// Retry-After in whole seconds ≥1 for a retriable error with a delay),
+// plus X-Backoff-Ms: the same delay to the millisecond.
 func (e *Error) WriteHTTP(w http.ResponseWriter) {
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	if e.RetryAfterMs > 0 {
-		h.Set("Retry-After", strconv.FormatInt(max(1, (e.RetryAfterMs+999)/1000), 10))
-		h.Set("X-Backoff-Ms", strconv.FormatInt(e.RetryAfterMs, 10))
+	if e.Retriable && e.RetryAfter > 0 {
+		w.Header().Set("X-Backoff-Ms", strconv.FormatInt(max(1, e.RetryAfter.Milliseconds()), 10))
 	}
-	typ := "rate_limit_error"
-	if e.Status != http.StatusTooManyRequests {
-		typ = "invalid_request_error"
-	}
-	w.WriteHeader(e.Status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
-		"type": typ, "code": e.Code, "message": e.Message, "retriable": e.Retriable,
-		"retry_after_ms": e.RetryAfterMs, "policy_label": e.PolicyLabel,
-	}})
+	apierr.Write(w, e.API())
 }
 
 // Config sizes the queues.
@@ -169,11 +166,11 @@ func (q *Queues) Enqueue(model string, p Priority) (*Ticket, error) {
 	defer q.mu.Unlock()
 	mq := q.queue(model)
 	if mq.len() >= q.cfg.Capacity {
-		backoff := int64(q.svcMs) * int64(q.cfg.Capacity)
+		backoff := time.Duration(q.svcMs*float64(q.cfg.Capacity)) * time.Millisecond
 		if q.cfg.Policy == Reject {
 			q.outcome(model, p, "rejected")
 			return nil, &Error{Status: http.StatusTooManyRequests, Code: CodeAdmissionReject, Retriable: true,
-				RetryAfterMs: max(1000, backoff), PolicyLabel: string(Reject),
+				RetryAfter: max(time.Second, backoff), PolicyLabel: string(Reject),
 				Message: fmt.Sprintf("the queue for model %q is full (%d waiting)", model, mq.len())}
 		}
 		victimClass := mq.classes[Batch]
@@ -184,7 +181,7 @@ func (q *Queues) Enqueue(model string, p Priority) (*Ticket, error) {
 		victim := victimClass.Remove(victimClass.Front()).(*Ticket)
 		victim.elem = nil
 		victim.err = &Error{Status: http.StatusTooManyRequests, Code: CodeQueueFullDrop, Retriable: true,
-			RetryAfterMs: max(1000, backoff), PolicyLabel: string(DropLRU),
+			RetryAfter: max(time.Second, backoff), PolicyLabel: string(DropLRU),
 			Message: fmt.Sprintf("dropped from the full queue of model %q for a newer request", model)}
 		close(victim.wake)
 		q.outcome(model, vp, "dropped")

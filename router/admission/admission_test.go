@@ -128,7 +128,7 @@ func TestWaitDeadlineCancelRecheckRequeue(t *testing.T) {
 
 func TestWriteHTTP429(t *testing.T) {
 	w := httptest.NewRecorder()
-	(&Error{Status: 429, Code: CodeAdmissionReject, Message: "full", Retriable: true, RetryAfterMs: 1500, PolicyLabel: "reject"}).WriteHTTP(w)
+	(&Error{Status: 429, Code: CodeAdmissionReject, Message: "full", Retriable: true, RetryAfter: 1500 * time.Millisecond, PolicyLabel: "reject"}).WriteHTTP(w)
 	if w.Code != 429 || w.Header().Get("Retry-After") != "2" || w.Header().Get("X-Backoff-Ms") != "1500" {
 		t.Fatalf("%d %v", w.Code, w.Header())
 	}
@@ -138,17 +138,17 @@ func TestWriteHTTP429(t *testing.T) {
 			Message      string `json:"message"`
 			Retriable    bool   `json:"retriable"`
 			RetryAfterMs int64  `json:"retry_after_ms"`
-			PolicyLabel  string `json:"policy_label"`
+			Type         string `json:"type"`
 		} `json:"error"`
 	}
 	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
 		t.Fatal(err)
 	}
-	if body.Error.Code != CodeAdmissionReject || !body.Error.Retriable || body.Error.RetryAfterMs != 1500 || body.Error.PolicyLabel != "reject" {
+	if body.Error.Code != CodeAdmissionReject || !body.Error.Retriable || body.Error.RetryAfterMs != 1500 || body.Error.Type != "rate_limit_error" {
 		t.Errorf("body %+v", body)
 	}
 	w = httptest.NewRecorder()
-	(&Error{Status: 429, Code: CodeAdmissionReject, RetryAfterMs: 200}).WriteHTTP(w)
+	(&Error{Status: 429, Code: CodeAdmissionReject, Retriable: true, RetryAfter: 200 * time.Millisecond}).WriteHTTP(w)
 	if w.Header().Get("Retry-After") != "1" {
 		t.Errorf("Retry-After must be at least 1 s: %q", w.Header().Get("Retry-After"))
 	}

@@ -20,19 +20,19 @@ func TestWriteHTTP429Exact(t *testing.T) {
 		body       string
 	}{
 		{
-			err:        &Error{Status: 429, Code: CodeAdmissionReject, Message: "full", Retriable: true, RetryAfterMs: 1500, PolicyLabel: "reject"},
+			err:        &Error{Status: 429, Code: CodeAdmissionReject, Message: "full", Retriable: true, RetryAfter: 1500 * time.Millisecond, PolicyLabel: "reject"},
 			retryAfter: "2", backoff: "1500",
-			body: `{"error":{"code":"ADMISSION_REJECT","message":"full","policy_label":"reject","retriable":true,"retry_after_ms":1500,"type":"rate_limit_error"}}` + "\n",
+			body: `{"error":{"message":"full","type":"rate_limit_error","code":"ADMISSION_REJECT","param":null,"retriable":true,"retry_after_ms":1500}}`,
 		},
 		{
-			err:        &Error{Status: 429, Code: CodeQueueFullDrop, Message: "dropped", Retriable: true, RetryAfterMs: 999, PolicyLabel: "drop-lru"},
+			err:        &Error{Status: 429, Code: CodeQueueFullDrop, Message: "dropped", Retriable: true, RetryAfter: 999 * time.Millisecond, PolicyLabel: "drop-lru"},
 			retryAfter: "1", backoff: "999",
-			body: `{"error":{"code":"QUEUE_FULL_DROP_LRU","message":"dropped","policy_label":"drop-lru","retriable":true,"retry_after_ms":999,"type":"rate_limit_error"}}` + "\n",
+			body: `{"error":{"message":"dropped","type":"rate_limit_error","code":"QUEUE_FULL_DROP_LRU","param":null,"retriable":true,"retry_after_ms":999}}`,
 		},
 		{
-			err:        &Error{Status: 429, Code: CodeAdmissionReject, Message: "full", Retriable: true, RetryAfterMs: 3000, PolicyLabel: "reject"},
+			err:        &Error{Status: 429, Code: CodeAdmissionReject, Message: "full", Retriable: true, RetryAfter: 3000 * time.Millisecond, PolicyLabel: "reject"},
 			retryAfter: "3", backoff: "3000",
-			body: `{"error":{"code":"ADMISSION_REJECT","message":"full","policy_label":"reject","retriable":true,"retry_after_ms":3000,"type":"rate_limit_error"}}` + "\n",
+			body: `{"error":{"message":"full","type":"rate_limit_error","code":"ADMISSION_REJECT","param":null,"retriable":true,"retry_after_ms":3000}}`,
 		},
 	}
 	for _, c := range cases {
@@ -68,7 +68,7 @@ func TestEnqueueFullErrorFields(t *testing.T) {
 	}
 	w := httptest.NewRecorder()
 	ae.WriteHTTP(w)
-	if w.Code != 429 || w.Header().Get("Retry-After") == "" || w.Header().Get("X-Backoff-Ms") == "" || ae.RetryAfterMs < 1000 {
+	if w.Code != 429 || w.Header().Get("Retry-After") == "" || w.Header().Get("X-Backoff-Ms") == "" || ae.RetryAfter < time.Second {
 		t.Errorf("429 without backoff: %d %v %+v", w.Code, w.Header(), ae)
 	}
 }
