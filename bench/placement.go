@@ -264,7 +264,13 @@ func startPlEngines(bin, model string) ([]plEngine, error) {
 	a, _ := engine.Get("llamacpp")
 	var out []plEngine
 	for i := 0; i < plEngines; i++ {
-		spec := engine.Spec{Model: model, ModelName: plModelName, Host: "127.0.0.1", Port: freePort(), Ctx: plCtx, Slots: plSlots, Threads: 1}
+		// The prompt cache is the slots' own KV (the host-memory prompt
+		// cache off): as on a GPU, where KV memory bounds what an engine
+		// keeps. With llama-server's 8 GiB host cache and a model this
+		// small, every engine soon holds every prompt and placement
+		// matters only for first touches.
+		spec := engine.Spec{Model: model, ModelName: plModelName, Host: "127.0.0.1", Port: freePort(), Ctx: plCtx, Slots: plSlots, Threads: 1,
+			ExtraArgs: []string{"--cache-ram", "0"}}
 		cmd, err := a.Command(bin, spec)
 		if err != nil {
 			return nil, err

@@ -148,7 +148,9 @@ func TestRealLlamaConversationAffinity(t *testing.T) {
 
 	homes := map[int]bool{}
 	for k := 0; k < 6; k++ {
-		conv := []turn{sys, {"user", fmt.Sprintf("Conversation %d: name a river in a country of your choice.", k)}}
+		// Each conversation its own system prompt: conversations sharing
+		// one share its cache key and engine (TestPromptKeyCanonical).
+		conv := []turn{{"system", fmt.Sprintf("Guide %d. ", k) + sys.content}, {"user", fmt.Sprintf("Conversation %d: name a river in a country of your choice.", k)}}
 		c0 := rp.counters(t)
 		a1, _ := chat(t, r1, conv)
 		c1 := rp.counters(t)
@@ -171,7 +173,7 @@ func TestRealLlamaConversationAffinity(t *testing.T) {
 		settle()
 	}
 	if len(homes) != 2 {
-		t.Errorf("six conversations all on one engine: consistent hashing is not spreading them")
+		t.Errorf("six conversations with their own system prompts all on one engine: consistent hashing is not spreading them")
 	}
 
 	// Saturate a conversation's home from outside both routers (another

@@ -41,9 +41,20 @@ func TestPromptKeyCanonical(t *testing.T) {
 	if len(h2) < len(h1) || !slices.Equal(h2[:len(h1)-1], h1[:len(h1)-1]) {
 		t.Errorf("second turn's blocks do not extend the first's")
 	}
+	// Conversations sharing a long system prompt share its key (they
+	// can reuse it on one engine); without a long one, each has its own.
 	k3, h3 := PromptKey(chatBody(``, sys, [2]string{"user", "Tell me a joke."}))
-	if k3 == k1 || h3[0] != h1[0] {
-		t.Errorf("other conversation, same system prompt: key equal %v, first block shared %v", k3 == k1, h3[0] == h1[0])
+	if k3 != k1 || h3[0] != h1[0] {
+		t.Errorf("other conversation, same long system prompt: key equal %v, first block shared %v", k3 == k1, h3[0] == h1[0])
+	}
+	short := [2]string{"system", "Be brief."}
+	long1 := [2]string{"user", strings.Repeat("Tell me about rivers. ", 15)}
+	long2 := [2]string{"user", strings.Repeat("Tell me about mountains. ", 15)}
+	ka, _ := PromptKey(chatBody(``, short, long1))
+	kb, _ := PromptKey(chatBody(``, short, long2))
+	ka2, _ := PromptKey(chatBody(``, short, long1, [2]string{"assistant", "ok"}, [2]string{"user", "more"}))
+	if ka == "" || ka == kb || ka != ka2 {
+		t.Errorf("short system prompt: keys %q %q (later turn %q): want one per conversation, stable across turns", ka, kb, ka2)
 	}
 	// Only the turns up to the last user message are stable.
 	k4, h4 := PromptKey(chatBody(``, sys, u1, a1, u2, [2]string{"assistant", strings.Repeat("partial ", 40)}))

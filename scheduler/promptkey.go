@@ -16,9 +16,10 @@ import (
 // The stable prefix is the message list up to and including the last user
 // turn: what the next turn will repeat. Its canonical text (role, name,
 // content parts, tool calls, one record per message) is hashed in chained
-// blocks (PrefixHashes) for the prefix table, and the conversation's
-// opening — the messages up to the first user turn, the same for all its
-// turns — is the affinity key that consistent hashing places.
+// blocks (PrefixHashes) for the prefix table. The affinity key that
+// consistent hashing places is the same for every turn of a conversation:
+// its long system preamble when it has one (shared by every conversation
+// that uses it), else its messages up to the first user turn.
 
 // PromptKey reads an OpenAI chat or completions body and returns the
 // affinity key and the stable prefix's block hashes. A body it cannot read
@@ -81,8 +82,11 @@ func messagesKey(msgs []chatMessage) (string, []uint64) {
 		firstUser, lastUser = 0, len(msgs)-1
 	}
 	var sb strings.Builder
-	opening := 0
+	opening, preamble := 0, 0
 	for i, m := range msgs[:lastUser+1] {
+		if i == firstUser {
+			preamble = sb.Len()
+		}
 		writeCanonical(&sb, m)
 		if i == firstUser {
 			opening = sb.Len()
@@ -91,6 +95,13 @@ func messagesKey(msgs []chatMessage) (string, []uint64) {
 	text := sb.String()
 	if len(text) < MinAffinityChars {
 		return "", nil
+	}
+	// A long shared preamble (the system prompt) is the largest prefix the
+	// conversations that share it can reuse: key on it, so they meet on
+	// one engine while bounded load lets a busy group spill over. Without
+	// one, the conversation's opening names it.
+	if preamble >= MinAffinityChars {
+		return "s" + strconv.FormatUint(hrw(text[:preamble], ""), 36), PrefixHashes(text)
 	}
 	return "c" + strconv.FormatUint(hrw(text[:opening], ""), 36), PrefixHashes(text)
 }
