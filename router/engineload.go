@@ -51,12 +51,24 @@ func (rt *Router) newEnginePoller() *enginestate.Poller {
 type liveLoad struct {
 	l       LocalState
 	engines *enginestate.Poller
+	resv    *reservations // nil: none
+}
+
+// startedOf is the router's started count for id, when l keeps one.
+func startedOf(l LocalState, id string) int64 {
+	if sc, ok := l.(interface{ Started(string) int64 }); ok {
+		return sc.Started(id)
+	}
+	return 0
 }
 
 func (v liveLoad) Load(id string) scheduler.Load {
 	var out scheduler.Load
 	if v.l != nil {
 		out.InFlight, out.Ejected = v.l.InFlight(id), v.l.EjectedFor(id) > 0
+		if v.resv != nil {
+			out.InFlight += v.resv.pending(id, startedOf(v.l, id), time.Now())
+		}
 	}
 	if v.engines == nil {
 		return out

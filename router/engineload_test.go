@@ -35,12 +35,12 @@ func TestNodesShowLiveLoadAndStale(t *testing.T) {
 	if l := live(); l.State != "fresh" || l.SlotsBusy != 1 || l.ReportAgeMs < 0 {
 		t.Errorf("live view %+v, want fresh with 1 busy", l)
 	}
-	if ld := (liveLoad{h.rt.state, h.rt.engines}).Load("e0"); !ld.Reported || ld.SlotsBusy != 1 {
+	if ld := (liveLoad{h.rt.state, h.rt.engines, nil}).Load("e0"); !ld.Reported || ld.SlotsBusy != 1 {
 		t.Errorf("placement load %+v, want the engine's report", ld)
 	}
 	srv.Close() // reports stop
 	waitFor(t, stale+2*time.Second, "stale view", func() bool { return live().State == "stale" })
-	if ld := (liveLoad{h.rt.state, h.rt.engines}).Load("e0"); !ld.Stale || ld.Reported {
+	if ld := (liveLoad{h.rt.state, h.rt.engines, nil}).Load("e0"); !ld.Stale || ld.Reported {
 		t.Errorf("placement load after reports stopped: %+v, want stale (unknown), not reported", ld)
 	}
 	if l := live(); l.Error == "" {

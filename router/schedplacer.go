@@ -28,6 +28,11 @@ type SchedulerPlacer struct {
 	// engines is the engines' own load reports (nil: this router's
 	// in-flight counts only).
 	engines *enginestate.Poller
+	// resv counts placements not yet started (reserve.go); place holds
+	// placeMu from decision to reservation so two concurrent requests
+	// cannot both take one free slot.
+	resv    reservations
+	placeMu sync.Mutex
 
 	mu      sync.Mutex
 	ixKey   *registry.Instance // identity of the snapshot the index was built from
@@ -85,7 +90,13 @@ func (p *SchedulerPlacer) Place(req PlaceRequest, snap registry.Snapshot) ([]reg
 		sreq.SessionKey = req.User
 	}
 	sreq.SampleSeed = p.seq.Add(1)
-	d := p.sched.Decide(sreq, p.index(snap), liveLoad{req.Local, p.engines})
+	ix := p.index(snap)
+	p.placeMu.Lock()
+	d := p.sched.Decide(sreq, ix, liveLoad{req.Local, p.engines, &p.resv})
+	if d.Err == nil && !d.Saturated {
+		p.resv.add(d.Ranked[0].ID, startedOf(req.Local, d.Ranked[0].ID), time.Now())
+	}
+	p.placeMu.Unlock()
 	if p.observe != nil {
 		p.observe(d)
 	}
