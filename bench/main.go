@@ -112,6 +112,10 @@ func main() {
 		fmt.Println("== placement quality (3 real llama-server, multi-turn chat)")
 		placementBench(env, *quick)
 	}
+	if run("coldstart") {
+		fmt.Println("== cold start: request to a model not loaded → first token (home, real llama-server)")
+		coldStartBench(*quick)
+	}
 	if run("driver") {
 		fmt.Println("== driver: StartTask → Consul passing (real llama-server)")
 		driverBench(env, *quick)
@@ -125,7 +129,7 @@ func main() {
 }
 
 // sectionNames are the parts -only can pick, in the order they run.
-var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "discovery", "failure", "placement", "driver"}
+var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "discovery", "failure", "placement", "coldstart", "driver"}
 
 func machine() string {
 	model := "unknown CPU"

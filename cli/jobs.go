@@ -117,7 +117,10 @@ func poolFromArgs(sub string, args []string, stderr io.Writer) (jobs.PoolSpec, *
 	fs.StringVar(&s.Model, "model", "", "model path on the nodes")
 	fs.StringVar(&s.ModelName, "model-name", "", "name clients use (default: file base name)")
 	fs.StringVar(&s.Engine, "engine", "llamacpp", "engine: llamacpp, vllm, ollama, sglang, tgi")
-	fs.IntVar(&s.Replicas, "replicas", 1, "replicas")
+	fs.IntVar(&s.Replicas, "replicas", 0, "replicas (default 1, or -min with -max)")
+	minR := fs.Int("min", -1, "with -max: fewest replicas the router scales down to (0 = scale to zero; default 1)")
+	fs.IntVar(&s.Max, "max", 0, "most replicas the router scales up to (0 = fixed size: -replicas)")
+	fs.StringVar(&s.Idle, "idle", "", "with -max: time without requests before scaling down to -min (default 10m)")
 	fs.IntVar(&s.Ctx, "ctx", 0, "context per slot")
 	fs.IntVar(&s.Slots, "slots", 0, "parallel slots per replica")
 	fs.IntVar(&s.GPUs, "gpus", 0, "GPUs per replica")
@@ -149,6 +152,9 @@ func poolFromArgs(sub string, args []string, stderr io.Writer) (jobs.PoolSpec, *
 		return spec, est, err
 	}
 	s.Datacenters = strings.Split(*dc, ",")
+	if *minR >= 0 {
+		s.Min = minR
+	}
 	s.Defaults()
 	if err := s.Validate(); err != nil {
 		return jobs.PoolSpec{}, nil, err

@@ -157,3 +157,49 @@ func TestJobsRunAndStatusAgainstNomadAPI(t *testing.T) {
 		t.Errorf("status: rc %d\n%s%s", rc, out, errOut)
 	}
 }
+
+// `llorch jobs render -min 0 -max 4 -idle 10m` renders a pool that starts
+// at zero, with its range in the job's meta (what the router reads) and in
+// a disabled scaling block (so Nomad refuses counts outside it); a bad
+// range is refused naming the field.
+func TestJobsRenderScalingRange(t *testing.T) {
+	rc, out, errOut := runCmd(jobsCmd, "render", "-name", "tiny", "-model", "/m/tiny.gguf", "-min", "0", "-max", "4", "-idle", "10m")
+	if rc != 0 {
+		t.Fatalf("rc %d: %s", rc, errOut)
+	}
+	var doc struct {
+		Job struct {
+			Meta       map[string]string
+			TaskGroups []struct {
+				Name    string
+				Count   int
+				Scaling struct {
+					Min, Max int64
+					Enabled  bool
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	m, tg := doc.Job.Meta, doc.Job.TaskGroups[0]
+	if m["llorch_min"] != "0" || m["llorch_max"] != "4" || m["llorch_idle"] != "10m" || m["llorch_model"] != "tiny" {
+		t.Errorf("meta: %v", m)
+	}
+	if tg.Name != "engine" || tg.Count != 0 || tg.Scaling.Min != 0 || tg.Scaling.Max != 4 || tg.Scaling.Enabled {
+		t.Errorf("group: %+v", tg)
+	}
+	for args, want := range map[string]string{
+		"-min 5 -max 4":      "min: 5",
+		"-min 1 -idle 5m":    "max is 0",
+		"-max 2 -idle soon":  "idle:",
+		"-max 2 -replicas 3": "replicas: 3",
+		"-max 2000":          "max: 2000",
+	} {
+		rc, _, errOut := runCmd(jobsCmd, append([]string{"render", "-name", "x", "-model", "/m/x.gguf"}, strings.Fields(args)...)...)
+		if rc != 2 || !strings.Contains(errOut, want) {
+			t.Errorf("%s: rc %d, %q (want %q)", args, rc, errOut, want)
+		}
+	}
+}

@@ -97,6 +97,11 @@ func runRouter(args []string) int {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
+	runScaler, err := newScaler(cfg, cc, rt, reg, log)
+	if err != nil {
+		log.Error("pool scaling", "error", err)
+		return 1
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		log.Error("listen", "addr", cfg.Addr, "error", err)
@@ -108,6 +113,13 @@ func runRouter(args []string) int {
 	defer stop()
 	runDone := make(chan error, 1)
 	go func() { runDone <- rt.Run(ctx) }()
+	scalerDone := make(chan struct{})
+	go func() {
+		defer close(scalerDone)
+		if runScaler != nil {
+			_ = runScaler(ctx) // releases its Consul session (pool locks) on the way out
+		}
+	}()
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(ln) }()
 	log.Info("router listening", "addr", ln.Addr().String(), "consul", cfg.ConsulAddr, "service", cfg.ServiceName)
@@ -128,6 +140,7 @@ func runRouter(args []string) int {
 		log.Error("discovery", "error", err)
 		code = 1
 	}
+	<-scalerDone
 	return code
 }
 

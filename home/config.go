@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -32,7 +33,25 @@ type Config struct {
 	// APITokenFile holds the client token; default <state_dir>/api.token,
 	// created on first start.
 	APITokenFile string `yaml:"api_token_file"`
-	Pools        []Pool `yaml:"pools"`
+	// OnDemand starts each pool on its first request and stops it after
+	// its idle time, or to make room under a budget (pinned pools start at
+	// once and stay). Off, every pool starts at start-up and runs until exit.
+	OnDemand bool `yaml:"on_demand"`
+	// Idle is how long an on-demand pool may go without requests before it
+	// is stopped (default 10m; a pool's own idle wins).
+	Idle time.Duration `yaml:"idle"`
+	// VRAMBudgetMiB and RAMBudgetMiB bound what on-demand pools may hold at
+	// once: GPU pools (gpu_layers ≠ 0, or a GPU-only engine) count against
+	// VRAM, CPU pools against RAM, each by its estimate (`llorch estimate`)
+	// or memory_mib. 0 = no bound.
+	VRAMBudgetMiB int `yaml:"vram_budget_mib"`
+	RAMBudgetMiB  int `yaml:"ram_budget_mib"`
+	// QueueTimeout bounds a request's wait for a loading model or a busy
+	// slot (default 2m); QueueCapacity is how many may wait per model
+	// (default 32).
+	QueueTimeout  time.Duration `yaml:"queue_timeout"`
+	QueueCapacity int           `yaml:"queue_capacity"`
+	Pools         []Pool        `yaml:"pools"`
 }
 
 // Pool is one model served by one engine process.
@@ -47,7 +66,21 @@ type Pool struct {
 	Threads   int      `yaml:"threads"`
 	GPULayers int      `yaml:"gpu_layers"`
 	ExtraArgs []string `yaml:"extra_args"`
+	// Pinned pools start at start-up and are never stopped for idleness
+	// or evicted for another (on_demand only).
+	Pinned bool          `yaml:"pinned"`
+	Idle   time.Duration `yaml:"idle"` // default: the config's idle
+	// MemoryMiB is what the pool counts against its budget (default: the
+	// model's estimate for this ctx and slots).
+	MemoryMiB int `yaml:"memory_mib"`
 }
+
+// Home defaults for on-demand pools and the wait for them.
+const (
+	DefaultIdle          = 10 * time.Minute
+	DefaultQueueTimeout  = 2 * time.Minute
+	DefaultQueueCapacity = 32
+)
 
 var poolNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$`)
 
@@ -91,6 +124,25 @@ func (c *Config) Normalize() error {
 	if len(c.Pools) == 0 {
 		return errors.New("home config: pools: at least one pool is required (or use --model)")
 	}
+	if c.Idle == 0 {
+		c.Idle = DefaultIdle
+	}
+	if c.QueueTimeout == 0 {
+		c.QueueTimeout = DefaultQueueTimeout
+	}
+	if c.QueueCapacity == 0 {
+		c.QueueCapacity = DefaultQueueCapacity
+	}
+	switch {
+	case c.Idle < 0:
+		return errors.New("home config: idle: must not be negative")
+	case c.QueueTimeout < 0:
+		return errors.New("home config: queue_timeout: must not be negative")
+	case c.QueueCapacity < 0:
+		return errors.New("home config: queue_capacity: must not be negative")
+	case c.VRAMBudgetMiB < 0 || c.RAMBudgetMiB < 0:
+		return errors.New("home config: vram_budget_mib, ram_budget_mib: must not be negative")
+	}
 	seen := map[string]bool{}
 	for i := range c.Pools {
 		p := &c.Pools[i]
@@ -116,8 +168,11 @@ func (c *Config) Normalize() error {
 			return fmt.Errorf("home config: pools[%d].name: %q is used twice", i, p.Name)
 		}
 		seen[p.Name] = true
-		if p.Ctx < 0 || p.Slots < 0 || p.Threads < 0 {
-			return fmt.Errorf("home config: pools[%d]: ctx, slots and threads must not be negative", i)
+		if p.Ctx < 0 || p.Slots < 0 || p.Threads < 0 || p.MemoryMiB < 0 || p.Idle < 0 {
+			return fmt.Errorf("home config: pools[%d]: ctx, slots, threads, memory_mib and idle must not be negative", i)
+		}
+		if p.Idle == 0 {
+			p.Idle = c.Idle
 		}
 		if p.Slots == 0 {
 			p.Slots = 1
@@ -147,7 +202,7 @@ type Flags struct {
 
 // Bind registers the flags on fs.
 func (f *Flags) Bind(fs *flag.FlagSet, engines []string) {
-	fs.StringVar(&f.ConfigFile, "config", "", "home config file (YAML: addr, state_dir, api_token_file, pools)")
+	fs.StringVar(&f.ConfigFile, "config", "", "home config file (YAML: addr, state_dir, api_token_file, on_demand, idle, vram_budget_mib, ram_budget_mib, queue_timeout, queue_capacity, pools)")
 	fs.StringVar(&f.Config.Addr, "addr", "", "router address (default 127.0.0.1:8080)")
 	fs.StringVar(&f.Config.StateDir, "state-dir", "", "state directory (default $XDG_STATE_HOME/llorch or ~/.local/state/llorch)")
 	fs.StringVar(&f.Pool.Model, "model", "", "model file to serve (one pool, without --config)")

@@ -2,20 +2,14 @@ package home
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -24,9 +18,6 @@ import (
 
 	"github.com/llorch/llorch/authmin"
 	"github.com/llorch/llorch/engine"
-	"github.com/llorch/llorch/engine/supervise"
-	"github.com/llorch/llorch/internal/procfs"
-	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/registry/memory"
 	"github.com/llorch/llorch/router"
 )
@@ -43,6 +34,7 @@ type Home struct {
 	node        string
 	engineToken string
 	pools       []poolPlan
+	loader      *loader // on_demand: starts and stops pools; nil = all run
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -117,76 +109,14 @@ func New(cfg Config, log hclog.Logger) (*Home, error) {
 		plans[i].fp = fingerprint(plans[i].Pool, plans[i].bin, h.engineToken)
 	}
 	h.pools = plans
+	if cfg.OnDemand {
+		if h.loader, err = newLoader(h); err != nil {
+			st.close()
+			return nil, err
+		}
+	}
 	h.reconcile()
 	return h, nil
-}
-
-// fingerprint names an engine spec: the pool's settings after defaults,
-// the program and the engine token (by hash: the state file must not hold
-// it). The port is not part of it: an adopted engine keeps its port.
-func fingerprint(p Pool, bin, engineToken string) string {
-	b, _ := json.Marshal(struct {
-		Pool
-		Bin, Token string
-	}{p, bin, fmt.Sprintf("%x", sha256.Sum256([]byte(engineToken)))})
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8])
-}
-
-// reconcile sorts the engines an earlier run left into adopted (alive,
-// same pool and fingerprint, healthy) and stopped (all others).
-func (h *Home) reconcile() {
-	left := h.state.take()
-	byName := map[string]*poolPlan{}
-	for i := range h.pools {
-		byName[h.pools[i].Name] = &h.pools[i]
-	}
-	for _, e := range left {
-		if !procfs.Alive(e.PID, e.Start) {
-			continue
-		}
-		log := h.log.With("pool", e.Pool, "pid", e.PID)
-		p := byName[e.Pool]
-		why := ""
-		switch {
-		case p == nil:
-			why = "its pool is not in the config"
-		case p.adopt != nil:
-			why = "the pool already has an engine"
-		case e.Spec != p.fp:
-			why = "its spec differs from the config"
-		default:
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err := p.ad.Ready(ctx, &http.Client{}, "http://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(e.Port)), h.spec(p, e.Port))
-			cancel()
-			if err != nil {
-				why = "it fails its health check: " + err.Error()
-			}
-		}
-		if why == "" {
-			e := e
-			p.adopt = &e
-			h.state.keep(e)
-			log.Info("adopting the engine an earlier run left behind", "port", e.Port)
-			continue
-		}
-		log.Warn("stopping an engine an earlier run left behind", "reason", why)
-		stopLeftover(e)
-	}
-	_ = h.state.save()
-}
-
-// stopLeftover stops an engine that is not our child: its group gets
-// SIGTERM, then SIGKILL after stopGrace.
-func stopLeftover(e stateEntry) {
-	_ = syscall.Kill(-e.PID, syscall.SIGTERM)
-	deadline := time.Now().Add(stopGrace)
-	for procfs.Alive(e.PID, e.Start) && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if procfs.Alive(e.PID, e.Start) {
-		_ = syscall.Kill(-e.PID, syscall.SIGKILL)
-	}
 }
 
 func (h *Home) spec(p *poolPlan, port int) engine.Spec {
@@ -200,7 +130,8 @@ func (h *Home) spec(p *poolPlan, port int) engine.Spec {
 
 func (h *Home) engineTokenFile() string { return filepath.Join(h.cfg.StateDir, "engine.token") }
 
-// Ready is closed once every pool's engine is ready and announced.
+// Ready is closed once every pool's engine is ready and announced (with
+// on_demand: once the router listens and the pinned pools are ready).
 func (h *Home) Ready() <-chan struct{} { return h.ready }
 
 // Addr is the router's listening address once Run has bound it.
@@ -220,11 +151,16 @@ func (h *Home) Run(ctx context.Context) error {
 	rcfg.Addr = h.cfg.Addr
 	rcfg.APITokenFile = h.cfg.APITokenFile
 	rcfg.EngineTokenFile = h.engineTokenFile()
+	rcfg.QueueTimeout, rcfg.QueueCapacity = h.cfg.QueueTimeout, h.cfg.QueueCapacity
 	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rt, err := router.New(rcfg, h.reg, nil, h.log.Named("router"), promReg)
 	if err != nil {
 		return err
+	}
+	if h.loader != nil {
+		rt.SetDemand(h.loader) // models start on their first request
+		h.loader.inFlight = rt.InstanceInFlight
 	}
 	ln, err := net.Listen("tcp", h.cfg.Addr)
 	if err != nil {
@@ -238,7 +174,7 @@ func (h *Home) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(2 + len(h.pools))
+	wg.Add(2)
 	go func() { defer wg.Done(); _ = rt.Run(runCtx) }()
 	go func() {
 		defer wg.Done()
@@ -247,22 +183,7 @@ func (h *Home) Run(ctx context.Context) error {
 			cancel()
 		}
 	}()
-	readyEach := make([]chan struct{}, len(h.pools))
-	for i := range h.pools {
-		readyEach[i] = make(chan struct{})
-		go func() { defer wg.Done(); h.runPool(runCtx, &h.pools[i], readyEach[i]) }()
-	}
-	go func() {
-		for _, c := range readyEach {
-			select {
-			case <-c:
-			case <-runCtx.Done():
-				return
-			}
-		}
-		h.log.Info("home profile ready", "addr", ln.Addr().String(), "pools", len(h.pools))
-		close(h.ready)
-	}()
+	h.startPools(runCtx, &wg, ln.Addr().String())
 	h.log.Info("router listening", "addr", ln.Addr().String(), "api_token_file", h.cfg.APITokenFile)
 
 	<-runCtx.Done()
@@ -270,290 +191,4 @@ func (h *Home) Run(ctx context.Context) error {
 	_ = rt.Drain(srv)
 	wg.Wait()
 	return nil
-}
-
-// runPool keeps one pool's engine running: adopt or start, supervise,
-// restart with back-off when it dies, stop it when ctx ends.
-func (h *Home) runPool(ctx context.Context, p *poolPlan, ready chan struct{}) {
-	log := h.log.With("pool", p.Name)
-	backoff := time.Second
-	readyOnce := sync.Once{}
-	onReady := func() { readyOnce.Do(func() { close(ready) }) }
-	adopt := p.adopt
-	for ctx.Err() == nil {
-		started := time.Now()
-		err := h.runEngineOnce(ctx, p, adopt, log, onReady)
-		adopt = nil
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(started) > time.Minute {
-			backoff = time.Second // it ran a while: not a crash loop
-		}
-		log.Warn("engine exited; restarting", "error", err, "in", backoff.String())
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 30*time.Second)
-	}
-}
-
-// engineProc is one engine process, started by us or adopted.
-type engineProc struct {
-	entry  stateEntry
-	waited <-chan error // gets the process's end
-}
-
-// start launches a pool's engine in a process group of its own and
-// records it in the state file.
-func (h *Home) start(p *poolPlan, log hclog.Logger) (*engineProc, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	spec := h.spec(p, port)
-	if err := os.MkdirAll(spec.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("engine state dir: %w", err)
-	}
-	c, err := p.ad.Command(p.bin, spec)
-	if err != nil {
-		return nil, fmt.Errorf("engine command: %w", err)
-	}
-	logf, err := os.OpenFile(filepath.Join(h.cfg.StateDir, "logs", p.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("engine log: %w", err)
-	}
-	defer logf.Close() // the child has its own copy
-	cmd := exec.Command(c.Path, c.Args...)
-	cmd.Env = append(os.Environ(), c.Env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = spec.StateDir
-	// Its own process group: a stop reaches the engine's children too, and
-	// Ctrl-C in the terminal reaches only llorch, which stops it cleanly.
-	// It also outlives a kill -9 of llorch home, so the next run can adopt it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", p.bin, err)
-	}
-	pid := cmd.Process.Pid
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-	e := stateEntry{Pool: p.Name, PID: pid, Port: port, Spec: p.fp}
-	if st, err := procfs.ReadStat(pid); err == nil {
-		e.Start = st.StartTime
-	}
-	if err := h.state.add(e); err != nil {
-		log.Warn("state file", "error", err)
-	}
-	log.Info("engine started", "engine", p.Engine, "pid", pid, "port", port, "log", logf.Name())
-	return &engineProc{entry: e, waited: waited}, nil
-}
-
-// watchAdopted reports the end of an engine that is not our child (its
-// parent was the earlier run): /proc is polled, as nothing else can wait
-// for it. The poller ends when the process does or stop is closed.
-func watchAdopted(e stateEntry, stop <-chan struct{}) <-chan error {
-	waited := make(chan error, 1)
-	go func() {
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		for procfs.Alive(e.PID, e.Start) {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-		}
-		waited <- errors.New("adopted engine exited")
-	}()
-	return waited
-}
-
-func (h *Home) runEngineOnce(ctx context.Context, p *poolPlan, adopt *stateEntry, log hclog.Logger, onReady func()) error {
-	var proc *engineProc
-	stopWatch := make(chan struct{})
-	defer close(stopWatch)
-	if adopt != nil {
-		proc = &engineProc{entry: *adopt, waited: watchAdopted(*adopt, stopWatch)}
-	} else {
-		var err error
-		if proc, err = h.start(p, log); err != nil {
-			return err
-		}
-	}
-	pid := proc.entry.PID
-	defer h.state.remove(pid)
-	spec := h.spec(p, proc.entry.Port)
-
-	sup := supervise.New(supervise.Config{
-		Adapter: p.ad, Spec: spec, Registrar: h.reg, Logger: log.Named("supervise"),
-		Instance: registry.Instance{
-			ID: "home-" + p.Name, Service: registry.DefaultServiceName, Address: "127.0.0.1", Port: spec.Port,
-			Model: p.ModelName, Engine: p.Engine, NodeID: h.node, NodeName: h.node, PoolID: p.Name,
-			Ctx: p.Ctx, Slots: p.Slots, APIs: p.ad.APIs(),
-		},
-	})
-	supDone := make(chan error, 1)
-	go func() { supDone <- sup.Run(ctx) }()
-	go func() {
-		select {
-		case <-sup.Ready():
-			log.Info("engine ready", "model", p.ModelName, "version", sup.Version(), "pid", pid)
-			onReady()
-		case <-sup.Done():
-		}
-	}()
-
-	select {
-	case err := <-proc.waited:
-		sup.ProcessExited()
-		<-supDone
-		return fmt.Errorf("engine pid %d exited: %v", pid, err)
-	case <-ctx.Done():
-		stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = sup.Stop(stopCtx)
-		cancel()
-		terminate(pid, proc.waited, log)
-		<-supDone
-		return ctx.Err()
-	}
-}
-
-// terminate stops an engine's process group: SIGTERM, then SIGKILL after
-// stopGrace.
-func terminate(pid int, waited <-chan error, log hclog.Logger) {
-	_ = syscall.Kill(-pid, syscall.SIGTERM)
-	select {
-	case <-waited:
-		log.Info("engine stopped", "pid", pid)
-	case <-time.After(stopGrace):
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
-		<-waited
-		log.Warn("engine killed after the stop grace period", "pid", pid)
-	}
-}
-
-func resolveBinary(p Pool, ad engine.Adapter) (string, error) {
-	if p.Binary != "" {
-		// LookPath checks that a path is an executable file, and finds a
-		// bare name on PATH.
-		path, err := exec.LookPath(p.Binary)
-		if err != nil {
-			return "", fmt.Errorf("%s engine binary: %w", ad.Name(), err)
-		}
-		return path, nil
-	}
-	cache := os.Getenv("LLORCH_CACHE")
-	if cache == "" {
-		if hd, err := os.UserHomeDir(); err == nil {
-			cache = filepath.Join(hd, ".cache", "llorch")
-		}
-	}
-	if cache != "" {
-		c := filepath.Join(cache, "bin", filepath.Base(ad.DefaultBinary()))
-		if _, err := os.Stat(c); err == nil {
-			return c, nil
-		}
-	}
-	if path, err := exec.LookPath(ad.DefaultBinary()); err == nil {
-		return path, nil
-	}
-	return "", fmt.Errorf("%s engine binary %q not found in %s/bin or PATH (run scripts/get-llama-server.sh, or set binary: in the pool)", ad.Name(), ad.DefaultBinary(), cache)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick a port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// stateFile records the engines this home profile runs (pid, start time,
-// port, spec fingerprint) so the next run can adopt or stop them after a
-// crash. An exclusive lock on it keeps two home profiles from sharing a
-// state dir.
-type stateFile struct {
-	path string
-	lock *os.File
-	mu   sync.Mutex
-	list []stateEntry
-}
-
-type stateEntry struct {
-	Pool  string `json:"pool"`
-	PID   int    `json:"pid"`
-	Start uint64 `json:"start"` // /proc start time: guards against pid reuse
-	Port  int    `json:"port"`
-	Spec  string `json:"spec"` // fingerprint of the engine's spec
-}
-
-func openState(dir string) (*stateFile, error) {
-	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("state lock: %w", err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("another llorch home is running with state dir %s", dir)
-	}
-	s := &stateFile{path: filepath.Join(dir, "engines.json"), lock: lock}
-	if b, err := os.ReadFile(s.path); err == nil {
-		_ = json.Unmarshal(b, &s.list) // a broken file only loses cleanup hints
-	}
-	return s, nil
-}
-
-// take empties the list and returns what it held.
-func (s *stateFile) take() []stateEntry {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	left := s.list
-	s.list = nil
-	return left
-}
-
-// keep puts an adopted entry back.
-func (s *stateFile) keep(e stateEntry) {
-	s.mu.Lock()
-	s.list = append(s.list, e)
-	s.mu.Unlock()
-}
-
-func (s *stateFile) add(e stateEntry) error {
-	s.keep(e)
-	return s.save()
-}
-
-func (s *stateFile) remove(pid int) {
-	s.mu.Lock()
-	out := s.list[:0]
-	for _, e := range s.list {
-		if e.PID != pid {
-			out = append(out, e)
-		}
-	}
-	s.list = out
-	s.mu.Unlock()
-	_ = s.save()
-}
-
-func (s *stateFile) save() error {
-	s.mu.Lock()
-	b, _ := json.Marshal(s.list)
-	s.mu.Unlock()
-	tmp := s.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, s.path)
-}
-
-func (s *stateFile) close() {
-	if s.lock != nil {
-		s.lock.Close()
-	}
 }

@@ -24,6 +24,22 @@ const (
 	attrNodeUniqueID = "${node.unique.id}"
 )
 
+// Job meta keys: the router finds the pools that serve a model, and the
+// range it may scale them in, from these (router/scaler reads them).
+const (
+	MetaPool  = "llorch_pool"
+	MetaModel = "llorch_model"
+	MetaMin   = "llorch_min"
+	MetaMax   = "llorch_max"
+	MetaIdle  = "llorch_idle"
+	// Group is the task group that holds the engine replicas.
+	Group = "engine"
+)
+
+// DefaultIdle is how long a ranged pool may go without requests before
+// the router scales it down to min.
+const DefaultIdle = 10 * time.Minute
+
 // PortLabel is the network port the engine listens on; the driver resolves
 // it from the task's port mapping.
 const PortLabel = "http"
@@ -60,9 +76,19 @@ func Render(s PoolSpec) *nomad.Job {
 	if s.NodePool != "" {
 		job.NodePool = &s.NodePool
 	}
-	job.Meta = map[string]string{"llorch_pool": s.Name, "llorch_model": s.ModelName}
+	job.Meta = map[string]string{MetaPool: s.Name, MetaModel: s.ModelName}
 
-	tg := nomad.NewTaskGroup("engine", s.Replicas)
+	tg := nomad.NewTaskGroup(Group, s.Replicas)
+	if s.Max > 0 {
+		// The range lives in meta for the router and in the scaling block,
+		// so Nomad itself refuses a count outside it (whoever scales). The
+		// block stays disabled: the router scales, unless a team enables it
+		// for the Nomad Autoscaler (deploy/nomad/autoscaler-policy.hcl).
+		job.Meta[MetaMin] = strconv.Itoa(*s.Min)
+		job.Meta[MetaMax] = strconv.Itoa(s.Max)
+		job.Meta[MetaIdle] = s.Idle
+		tg.Scaling = &nomad.ScalingPolicy{Min: ptr(int64(*s.Min)), Max: ptr(int64(s.Max)), Enabled: ptr(false)}
+	}
 	tg.Networks = []*nomad.NetworkResource{{DynamicPorts: []nomad.Port{{Label: PortLabel}}}}
 
 	// The driver must be present; Nomad itself only places on nodes where

@@ -12,6 +12,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -29,8 +30,16 @@ type PoolSpec struct {
 	// name without extension, which is also its catalog name.
 	ModelName string `yaml:"model_name"`
 	Engine    string `yaml:"engine"`   // default llamacpp
-	Replicas  int    `yaml:"replicas"` // default 1
-	Ctx       int    `yaml:"ctx"`      // per slot
+	Replicas  int    `yaml:"replicas"` // default 1, or min when max is set
+	// Min and Max are the range the router may scale the pool in (kept in
+	// the job's meta and scaling block); Max 0 means a fixed-size pool.
+	// Min may be 0: the pool then sleeps until a request wakes it.
+	Min *int `yaml:"min"` // default 1 when max is set
+	Max int  `yaml:"max"`
+	// Idle is how long without requests before the router scales the pool
+	// down to min (a Go duration; default 10m).
+	Idle      string `yaml:"idle"`
+	Ctx       int    `yaml:"ctx"` // per slot
 	Slots     int    `yaml:"slots"`
 	GPUs      int    `yaml:"gpus"`     // GPUs per replica; 0 = CPU
 	VRAMMiB   int    `yaml:"vram_mib"` // per GPU; 0 = estimate when the model file is readable here
@@ -72,7 +81,18 @@ func (s *PoolSpec) Defaults() {
 	if s.Engine == "" {
 		s.Engine = "llamacpp"
 	}
-	if s.Replicas == 0 {
+	if s.Max > 0 {
+		if s.Min == nil {
+			s.Min = ptr(1)
+		}
+		if s.Idle == "" {
+			s.Idle = DefaultIdle.String()
+		}
+		if s.Replicas == 0 {
+			s.Replicas = *s.Min
+		}
+	}
+	if s.Replicas == 0 && s.Max == 0 {
 		s.Replicas = 1
 	}
 	if s.ModelName == "" && s.Model != "" {
@@ -102,8 +122,16 @@ func (s PoolSpec) Validate() error {
 		return fmt.Errorf("model: required (the model file's path on the nodes)")
 	case !knownEngines[s.Engine]:
 		return fmt.Errorf("engine: %q is not one of llamacpp, vllm, ollama, sglang, tgi", s.Engine)
-	case s.Replicas < 1 || s.Replicas > 1000:
+	case s.Max == 0 && (s.Min != nil || s.Idle != ""):
+		return fmt.Errorf("min/idle: set, but max is 0 (a scaling range needs max)")
+	case s.Max == 0 && (s.Replicas < 1 || s.Replicas > 1000):
 		return fmt.Errorf("replicas: %d is out of range 1..1000", s.Replicas)
+	case s.Max > 1000:
+		return fmt.Errorf("max: %d is over 1000", s.Max)
+	case s.Max > 0 && (*s.Min < 0 || *s.Min > s.Max):
+		return fmt.Errorf("min: %d is out of range 0..max (%d)", *s.Min, s.Max)
+	case s.Max > 0 && (s.Replicas < *s.Min || s.Replicas > s.Max):
+		return fmt.Errorf("replicas: %d is outside min..max (%d..%d)", s.Replicas, *s.Min, s.Max)
 	case s.Ctx < 0:
 		return fmt.Errorf("ctx: %d is negative", s.Ctx)
 	case s.Slots < 0:
@@ -114,6 +142,11 @@ func (s PoolSpec) Validate() error {
 		return fmt.Errorf("vram_mib: %d is negative", s.VRAMMiB)
 	case s.VRAMMiB > 0 && s.GPUs == 0:
 		return fmt.Errorf("vram_mib: set, but gpus is 0 (VRAM is per GPU)")
+	}
+	if s.Max > 0 {
+		if d, err := time.ParseDuration(s.Idle); err != nil || d <= 0 {
+			return fmt.Errorf("idle: %q is not a positive duration (e.g. 10m)", s.Idle)
+		}
 	}
 	for i, a := range s.Affinities {
 		if a.Attribute == "" || a.Value == "" {

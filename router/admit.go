@@ -22,16 +22,27 @@ func (rt *Router) placeAdmitted(ctx context.Context, pr PlaceRequest, prio admis
 
 // placeWithTicket is placeAdmitted for a request that may already hold a
 // queue ticket (a /v2 task queued when it was submitted).
-func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time, t *admission.Ticket) ([]registry.Instance, error) {
+func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio admission.Priority, deadline time.Time, t *admission.Ticket) (cands []registry.Instance, err error) {
+	if rt.demand != nil {
+		rt.demand.Begin(pr.Model)
+		defer func() {
+			if err != nil {
+				rt.demand.End(pr.Model) // a placed request ends in finished
+			}
+		}()
+	}
 	if t != nil {
 		if err := t.Wait(ctx, deadline); err != nil {
 			return nil, err
 		}
 	}
 	for {
-		cands, err := rt.placer.Place(pr, *rt.view.Current())
+		cands, err = rt.placer.Place(pr, *rt.view.Current())
 		var nc *NoCapacityError
-		if !errors.As(err, &nc) || !nc.Saturated {
+		// No ready instance but Demand is bringing one (a pool at zero, a
+		// model not loaded): wait in the queue as if every slot were busy.
+		waking := rt.wakeable(pr.Model, err) && rt.demand.Wake(pr.Model)
+		if !waking && (!errors.As(err, &nc) || !nc.Saturated) {
 			if t != nil {
 				t.Leave("admitted")
 			}
@@ -55,6 +66,9 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 
 // finished tells the model's queue a slot may be free.
 func (rt *Router) finished(model string, took time.Duration) {
+	if rt.demand != nil {
+		rt.demand.End(model)
+	}
 	rt.queues.Observe(took)
 	rt.queues.Notify(model)
 }

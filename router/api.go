@@ -37,6 +37,9 @@ type modelObject struct {
 	Object  string `json:"object"`
 	Created int64  `json:"created"`
 	OwnedBy string `json:"owned_by"`
+	// State is set when the router scales or loads models on demand:
+	// loaded, loading or stopped.
+	State string `json:"state,omitempty"`
 }
 
 type modelList struct {
@@ -67,8 +70,13 @@ func (rt *Router) serveModels(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	list := modelList{Object: "list", Data: []modelObject{}}
+	if rt.demand != nil {
+		list.Data = rt.demandModels(availableModels(rt.view.Current()))
+	}
 	for _, m := range availableModels(rt.view.Current()) {
-		list.Data = append(list.Data, modelObject{ID: m, Object: "model", OwnedBy: "llorch"})
+		if rt.demand == nil {
+			list.Data = append(list.Data, modelObject{ID: m, Object: "model", OwnedBy: "llorch"})
+		}
 	}
 	writeJSON(w, http.StatusOK, list)
 }

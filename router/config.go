@@ -47,6 +47,15 @@ type Config struct {
 	QueueTimeout      time.Duration
 	OTLPEndpoint      string
 	DrainTimeout      time.Duration
+	// Pools that follow demand (router/scaler); NomadAddr "" = off.
+	NomadAddr         string
+	NomadTokenFile    string
+	NomadNamespace    string
+	ScaleInterval     time.Duration
+	ScaleSustain      time.Duration
+	ScaleUpCooldown   time.Duration
+	ScaleDownCooldown time.Duration
+	ScaleBusyPercent  int
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -162,6 +171,14 @@ func Options() []Option {
 		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight, \"round-robin\" = nginx-style rotation", func(c *Config) *string { return &c.SchedulerProfile }),
 		durOpt("engine-poll-interval", "LLORCH_ENGINE_POLL_INTERVAL", "200ms", "how often the router asks each engine for its load (busy slots, queue, KV and prompt-cache use); 0 = never (placement then sees only this router's own requests)", func(c *Config) *time.Duration { return &c.EnginePoll }),
 		durOpt("engine-stale-after", "LLORCH_ENGINE_STALE_AFTER", "1s", "age after which an engine's last load report counts as unknown (never as idle)", func(c *Config) *time.Duration { return &c.EngineStaleAfter }),
+		strOpt("nomad-addr", "LLORCH_NOMAD_ADDR", "", "Nomad HTTP API address for pools that follow demand (jobs run with -max); empty = the router scales nothing", func(c *Config) *string { return &c.NomadAddr }),
+		strOpt("nomad-token-file", "LLORCH_NOMAD_TOKEN_FILE", "", "file holding the Nomad ACL token (deploy/nomad/router-scaler-policy.hcl: list-jobs, read-job, scale-job; NOMAD_TOKEN is used when no file is set)", func(c *Config) *string { return &c.NomadTokenFile }),
+		strOpt("nomad-namespace", "LLORCH_NOMAD_NAMESPACE", "default", "Nomad namespace whose pools the router scales", func(c *Config) *string { return &c.NomadNamespace }),
+		durOpt("scale-interval", "LLORCH_SCALE_INTERVAL", "2s", "how often the router reads pool counts and decides", func(c *Config) *time.Duration { return &c.ScaleInterval }),
+		durOpt("scale-sustain", "LLORCH_SCALE_SUSTAIN", "10s", "how long queueing or busy slots must last before a pool scales up", func(c *Config) *time.Duration { return &c.ScaleSustain }),
+		durOpt("scale-up-cooldown", "LLORCH_SCALE_UP_COOLDOWN", "30s", "least time between two scale-ups of a pool", func(c *Config) *time.Duration { return &c.ScaleUpCooldown }),
+		durOpt("scale-down-cooldown", "LLORCH_SCALE_DOWN_COOLDOWN", "1m", "least time after any change of a pool's count before it scales down", func(c *Config) *time.Duration { return &c.ScaleDownCooldown }),
+		intOpt("scale-busy-percent", "LLORCH_SCALE_BUSY_PERCENT", "80", "in-flight requests as a percentage of a pool's slots above which it is busy (scale-up pressure)", 1, func(c *Config) *int { return &c.ScaleBusyPercent }),
 	}
 }
 

@@ -134,7 +134,7 @@ func TestDashboardQueriesUseExportedMetrics(t *testing.T) {
 
 // driverMetric names the driver's series (tested in driver/).
 func driverMetric(n string) bool {
-	for _, p := range []string{"llorch_driver_", "llorch_engine_", "llorch_gpu"} {
+	for _, p := range []string{"llorch_driver_", "llorch_engine_", "llorch_gpu", "llorch_pool_"} { // pool: router/scaler's own test
 		if strings.HasPrefix(n, p) {
 			return true
 		}

@@ -47,6 +47,8 @@ type Router struct {
 	tasks       *taskStore
 	errors      recentErrors
 	engines     *enginestate.Poller // nil when engine polling is off
+	demand      Demand              // nil: no scaling or on-demand loading
+	readyBefore map[string]bool     // models with a ready instance in the last snapshot (drainWoken)
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -220,6 +222,7 @@ func (rt *Router) Run(ctx context.Context) error {
 		rt.view.Store(s)
 		cur := rt.view.Current()
 		rt.state.prune(cur)
+		rt.drainWoken(cur)
 		if n := len(cur.Instances); n != last {
 			rt.log.Info("instance view changed", "instances", n, "index", cur.Index)
 			last = n

@@ -64,6 +64,7 @@ func (rt *Router) serveUIState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"queue":         map[string]int{"interactive": i, "batch": b},
 		"recent_errors": rt.errors.snapshot(),
+		"pools":         rt.demandPools(),
 		"snapshot_age_ms": func() int64 {
 			if a := rt.view.Age(); a >= 0 {
 				return a.Milliseconds()

@@ -98,7 +98,11 @@ func contains(l []string, s string) bool {
 // serveNodes handles GET /v2/nodes.
 func (rt *Router) serveNodes(w http.ResponseWriter, r *http.Request) {
 	n := rt.nodes()
-	writeJSON(w, http.StatusOK, map[string]any{"nodes": n, "count": len(n)})
+	body := map[string]any{"nodes": n, "count": len(n)}
+	if p := rt.demandPools(); p != nil {
+		body["pools"] = p // scaling / on-demand state per pool
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 type modelAvailability struct {

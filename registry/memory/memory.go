@@ -68,6 +68,24 @@ func (r *Registry) SetHealth(_ context.Context, id string, h registry.Health, _ 
 	return nil
 }
 
+// Drain marks an instance draining: placement sends it nothing new while
+// the requests it has finish (the home profile does this before stopping
+// an engine). False when the id is not registered.
+func (r *Registry) Drain(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	in, ok := r.insts[id]
+	if !ok {
+		return false
+	}
+	if !in.Draining {
+		in.Draining = true
+		r.insts[id] = in
+		r.bump()
+	}
+	return true
+}
+
 // Deregister implements registry.Registrar; unknown ids are fine.
 func (r *Registry) Deregister(_ context.Context, id string) error {
 	r.mu.Lock()

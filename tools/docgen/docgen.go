@@ -18,6 +18,7 @@ import (
 	"github.com/llorch/llorch/engine"
 	"github.com/llorch/llorch/home"
 	"github.com/llorch/llorch/internal/nomadpb/hclspec"
+	"github.com/llorch/llorch/jobs"
 	"github.com/llorch/llorch/router"
 )
 
@@ -147,7 +148,7 @@ func Configuration() (string, error) {
 	for _, f := range HomeFlags() {
 		fmt.Fprintf(&b, "| `--%s` | %s | %s |\n", f.Name, code(f.Default), esc(f.Help))
 	}
-	b.WriteString("\n## Home profile config file (`llorch home --config home.yaml`)\n\nYAML. Unknown keys are errors that name the key. Example:\n\n```yaml\naddr: 127.0.0.1:8080\npools:\n  - name: tiny\n    model: /models/tiny.gguf\n    slots: 2\n    ctx: 2048\n```\n\n| key | type | what it does |\n|---|---|---|\n")
+	b.WriteString("\n## Home profile config file (`llorch home --config home.yaml`)\n\nYAML. Unknown keys are errors that name the key. Example:\n\n```yaml\naddr: 127.0.0.1:8080\non_demand: true        # each model starts on its first request\nidle: 10m              # and stops after 10 minutes without one\nram_budget_mib: 16384  # CPU pools; GPU pools use vram_budget_mib\npools:\n  - name: tiny\n    model: /models/tiny.gguf\n    slots: 2\n    ctx: 2048\n```\n\nWith `on_demand`, a request for a stopped model waits (up to `queue_timeout`) while it loads; to make room under a budget the least recently used unpinned pools are stopped first. Each pool counts by its estimate (`llorch estimate model.gguf -ctx N -slots N`) unless `memory_mib` says otherwise. `/v1/models` lists every configured model with `state` (`loaded`, `loading`, `stopped`).\n\n| key | type | what it does |\n|---|---|---|\n")
 	hf := YAMLFields(reflect.TypeOf(home.Config{}), "")
 	for _, f := range hf {
 		h, ok := homeHelp[f.Name]
@@ -157,6 +158,18 @@ func Configuration() (string, error) {
 		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", f.Name, code(f.Type), esc(h))
 	}
 	if err := unknownHelp(homeHelp, hf); err != nil {
+		return "", err
+	}
+	b.WriteString("\n## Pool spec (`llorch jobs render|run -f pool.yaml`, or the same as flags)\n\nA pool is a Nomad job for the llorch driver. With `max` it follows demand: the router (`--nomad-addr`) scales it between `min` and `max` (kept in the job's meta `llorch_min`, `llorch_max`, `llorch_idle` and in a disabled `scaling` block, so Nomad refuses counts outside the range). For example `llorch jobs run -name tiny -model /models/tiny.gguf -min 0 -max 4 -idle 10m`.\n\n| key | type | what it does |\n|---|---|---|\n")
+	pf := YAMLFields(reflect.TypeOf(jobs.PoolSpec{}), "")
+	for _, f := range pf {
+		h, ok := poolHelp[f.Name]
+		if !ok {
+			return "", fmt.Errorf("no help text for pool spec key %q: add it to tools/docgen", f.Name)
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", f.Name, code(strings.TrimPrefix(f.Type, "*")), esc(h))
+	}
+	if err := unknownHelp(poolHelp, pf); err != nil {
 		return "", err
 	}
 	b.WriteString("\n## Other environment variables\n\n| variable | read by | meaning |\n|---|---|---|\n")
@@ -223,6 +236,34 @@ var taskHelp = map[string]string{
 	"service.tags": "extra Consul tags",
 }
 
+var poolHelp = map[string]string{
+	"name":                   "pool name: the Nomad job ID and the pool id engines register under",
+	"model":                  "model file's path on the nodes (required)",
+	"model_name":             "name clients send as `model` (default: the file's base name)",
+	"engine":                 "llamacpp (default), vllm, ollama, sglang or tgi",
+	"replicas":               "replicas (default 1; with `max`: `min`)",
+	"min":                    "with `max`: fewest replicas the router scales down to; 0 = scale to zero, woken by the next request (default 1; flag `-min`)",
+	"max":                    "most replicas the router scales up to while requests queue or slots stay busy; 0 = a fixed-size pool (flag `-max`)",
+	"idle":                   "with `max`: time without requests before the router scales down to `min` (default `10m`; flag `-idle`)",
+	"ctx":                    "context per slot",
+	"slots":                  "parallel slots per replica",
+	"gpus":                   "GPUs per replica (0 = CPU)",
+	"vram_mib":               "VRAM per GPU for the placement constraint (default: estimated from the model when readable here)",
+	"gpu_layers":             "layers to offload to the GPU",
+	"datacenters":            "datacenters (default all)",
+	"node_pool":              "Nomad node pool",
+	"namespace":              "Nomad namespace",
+	"region":                 "Nomad region",
+	"cpu":                    "CPU MHz per replica (default 1000)",
+	"memory_mb":              "memory MB per replica (default 1024)",
+	"distinct_hosts":         "one replica per node",
+	"affinities[].attribute": "node attribute, e.g. `${node.class}`",
+	"affinities[].operator":  "comparison (default `=`)",
+	"affinities[].value":     "value to compare with",
+	"affinities[].weight":    "-100..100; negative = anti-affinity",
+	"require_model_present":  "constrain to nodes whose catalog lists the model (default true)",
+}
+
 var homeHelp = map[string]string{
 	"addr":               "router address (default `127.0.0.1:8080`)",
 	"state_dir":          "tokens, engine logs, and the state file that lets a restart clean up engines left by a crash (default `$XDG_STATE_HOME/llorch` or `~/.local/state/llorch`)",
@@ -237,6 +278,15 @@ var homeHelp = map[string]string{
 	"pools[].threads":    "CPU threads",
 	"pools[].gpu_layers": "layers to offload to the GPU",
 	"pools[].extra_args": "more engine arguments",
+	"on_demand":          "start each pool on its first request and stop it after `idle` or to make room under a budget (default false: every pool starts at start-up and runs until exit)",
+	"idle":               "with on_demand: time without requests before a pool is stopped (default `10m`)",
+	"vram_budget_mib":    "with on_demand: VRAM the GPU pools (gpu_layers ≠ 0, vLLM, SGLang, TGI) may hold at once, by their estimates; least recently used unpinned pools are stopped to make room (0 = no bound)",
+	"ram_budget_mib":     "with on_demand: the same bound for CPU pools (gpu_layers 0), in RAM",
+	"queue_timeout":      "longest wait for a loading model or a busy slot before 503 DEADLINE_UNMET (default `2m`)",
+	"queue_capacity":     "requests that may wait per model (default 32)",
+	"pools[].pinned":     "with on_demand: start at start-up and never stop for idleness or eviction",
+	"pools[].idle":       "this pool's idle time (default: the top-level idle)",
+	"pools[].memory_mib": "what the pool counts against its budget (default: the model's estimate for its ctx and slots; required under a budget when the engine has no estimate)",
 }
 
 var otherEnv = [][3]string{
