@@ -40,6 +40,10 @@ type MiddlewareConfig struct {
 	TrustForwardedFor bool
 	// Exempt requests skip auth (e.g. /healthz for load balancers).
 	Exempt func(*http.Request) bool
+	// Keys, when set, is asked about every well-formed token besides
+	// Tokens: per-team API keys (router/keys). Both are always checked, so
+	// the time an answer takes does not say which kind of token matched.
+	Keys   KeyChecker
 	Logger hclog.Logger
 }
 
@@ -50,6 +54,30 @@ func AuthOptionalFromEnv() bool {
 }
 
 type ctxKey struct{}
+
+// keyCtxKey carries the KeyVerdict.Value of a request made with a key.
+type keyCtxKey struct{}
+
+// KeyChecker looks a presented token up among per-team keys in constant
+// time (see router/keys).
+type KeyChecker interface {
+	CheckKey(token string) KeyVerdict
+}
+
+// KeyVerdict is a KeyChecker's answer. Known: the token is a key's secret;
+// then Identity names it in logs ("key:team-a"), DenyCode and DenyMessage,
+// when set, say why it may not be used now (401), and Value is what
+// KeyFrom returns to the handlers.
+type KeyVerdict struct {
+	Known                 bool
+	Identity              string
+	DenyCode, DenyMessage string
+	Value                 any
+}
+
+// KeyFrom is the KeyVerdict.Value of a request authenticated by a key (nil
+// otherwise).
+func KeyFrom(ctx context.Context) any { return ctx.Value(keyCtxKey{}) }
 
 // IdentityLocalhost is the identity of a tokenless loopback request let in
 // by AuthOptional.
@@ -80,6 +108,13 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, IdentityLocalhost)))
 			return
 		}
+		okTok, kv := false, KeyVerdict{}
+		if err == nil {
+			okTok = cfg.Tokens.Check(tok)
+			if cfg.Keys != nil {
+				kv = cfg.Keys.CheckKey(tok)
+			}
+		}
 		switch {
 		case errors.Is(err, ErrMissing):
 			log.Info("auth denied", "code", CodeMissingToken, "peer", peer, "path", r.URL.Path)
@@ -92,14 +127,23 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 				"identity", Identity(presented(r.Header.Get("Authorization"))))
 			deny(w, CodeBadToken, "malformed bearer token: "+err.Error(), hintSend)
 			return
-		case !cfg.Tokens.Check(tok):
+		case kv.Known && kv.DenyCode != "":
+			log.Info("auth denied", "code", kv.DenyCode, "peer", peer, "path", r.URL.Path, "identity", kv.Identity)
+			deny(w, kv.DenyCode, kv.DenyMessage, "ask the operator for a new key")
+			return
+		case !okTok && !kv.Known:
 			log.Info("auth denied", "code", CodeBadToken, "peer", peer, "path", r.URL.Path, "identity", Identity(tok))
 			deny(w, CodeBadToken, "invalid bearer token", hintCheck)
 			return
 		}
 		id := Identity(tok)
+		ctx := r.Context()
+		if kv.Known {
+			id = kv.Identity
+			ctx = context.WithValue(ctx, keyCtxKey{}, kv.Value)
+		}
 		log.Debug("auth ok", "identity", id, "path", r.URL.Path)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(ctx, ctxKey{}, id)))
 	})
 }
 

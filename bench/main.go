@@ -100,6 +100,10 @@ func main() {
 		fmt.Println("== prefix-affinity simulation")
 		prefixSim(*quick)
 	}
+	if run("churn") {
+		fmt.Println("== placement under snapshot churn")
+		churnBench(*quick)
+	}
 	if run("discovery") {
 		fmt.Println("== discovery in Consul")
 		discoveryBench(env, *quick)
@@ -116,6 +120,10 @@ func main() {
 		fmt.Println("== cold start: request to a model not loaded → first token (home, real llama-server)")
 		coldStartBench(*quick)
 	}
+	if run("resume") {
+		fmt.Println("== mid-stream failover (real llama-server)")
+		resumeBench(env, *quick)
+	}
 	if run("driver") {
 		fmt.Println("== driver: StartTask → Consul passing (real llama-server)")
 		driverBench(env, *quick)
@@ -129,7 +137,7 @@ func main() {
 }
 
 // sectionNames are the parts -only can pick, in the order they run.
-var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "discovery", "failure", "placement", "coldstart", "driver"}
+var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "churn", "discovery", "failure", "placement", "coldstart", "resume", "driver"}
 
 func machine() string {
 	model := "unknown CPU"

@@ -91,6 +91,7 @@ func runRouter(args []string) int {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	src := &consul.Watcher{Client: cc, Service: cfg.ServiceName, Logger: log.Named("discovery")}
+	cfg.Consul = cc // API keys from KV, and the live routers that share their limits
 	rt, err := router.New(cfg, src, nil, log, reg)
 	if err != nil {
 		// CheckBind's error carries its code (NON_LOOPBACK_WITHOUT_TOKEN).

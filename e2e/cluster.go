@@ -45,6 +45,7 @@ type cluster struct {
 	apiToken, engineToken        string
 	driverToken, routerToken     string
 	apiTokFile, engineTokFile    string
+	keySecret, keysFile          string // a per-team API key the run uses (the leak scan looks for it)
 	driverTokFile, routerTokFile string
 	agentTokens                  map[string]string // client host → its Consul agent token
 
@@ -73,6 +74,7 @@ func newCluster(t *testing.T, f *fabric) *cluster {
 	c.engineToken = "eng-" + strings.ReplaceAll(uuid.NewString(), "-", "")
 	c.apiTokFile = c.secret("api.token", c.apiToken)
 	c.engineTokFile = c.secret("engine.token", c.engineToken)
+	c.writeKeys()
 	return c
 }
 
@@ -220,7 +222,7 @@ func (c *cluster) makeTokens() {
 // startRouter runs `llorch router` on the control host.
 func (c *cluster) startRouter() {
 	c.router = c.spawn("ctl", "router", []string{
-		"LLORCH_ADDR=" + subnet + "1:8080", "LLORCH_API_TOKEN_FILE=" + c.apiTokFile,
+		"LLORCH_ADDR=" + subnet + "1:8080", "LLORCH_API_TOKEN_FILE=" + c.apiTokFile, "LLORCH_KEYS_FILE=" + c.keysFile,
 		"LLORCH_ENGINE_TOKEN_FILE=" + c.engineTokFile, "CONSUL_HTTP_ADDR=127.0.0.1:8500",
 		"CONSUL_HTTP_TOKEN_FILE=" + c.routerTokFile, "LLORCH_CONNECT_TIMEOUT=500ms", "LLORCH_LOG_LEVEL=debug", "LLORCH_QUEUE_CAPACITY=64",
 	}, c.bin, "router")

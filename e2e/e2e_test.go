@@ -324,7 +324,10 @@ func TestE2E(t *testing.T) {
 	stillThere := c.view().has("n1", "tiny")
 	must(t, "10. plugin restart → task recovered, engine kept", real, before != 0 && before == after && stillThere, "pid %d → %d, registered %v", before, after, stillThere)
 
-	// 11. No raw token in any log of the run.
+	// 11. No raw token in any log of the run (a per-team key included).
+	if err := c.useKey(); err != nil {
+		t.Errorf("per-team key: %v", err)
+	}
 	leaks := c.scanLeaks()
 	must(t, "11. token leak scan over every log", real, len(leaks) == 0, "%d files scanned, %d raw tokens%s", c.scanned, len(leaks), strings.Join(append([]string{""}, leaks...), " in "))
 

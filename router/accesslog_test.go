@@ -56,7 +56,9 @@ func TestLogLinesCarryCorrelationID(t *testing.T) {
 		t.Fatalf("%v %v", resp, err)
 	}
 	resp.Body.Close()
-	time.Sleep(50 * time.Millisecond)
+	// The access line is written when the handler returns, which can be
+	// just after the client has the answer: wait for it, not a fixed time.
+	waitFor(t, 5*time.Second, "the access line", func() bool { return strings.Contains(buf.String(), `"@message":"request"`) })
 	lines := 0
 	access := false
 	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {

@@ -31,6 +31,14 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 			}
 		}()
 	}
+	if t == nil && rt.queues.Waiting(pr.Model, prio) {
+		// Strict priority, then FIFO: a new request never overtakes a
+		// waiting one of the same or higher priority, even when a slot
+		// looks free to it (it is the head's).
+		if t, err = rt.queues.Enqueue(pr.Model, prio); err != nil {
+			return nil, err
+		}
+	}
 	if t != nil {
 		if err := t.Wait(ctx, deadline); err != nil {
 			return nil, err
@@ -38,6 +46,14 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 	}
 	for {
 		cands, err = rt.placer.Place(pr, *rt.view.Current())
+		if err == nil {
+			// Instances whose engine said "not now" (429, 503 +
+			// Retry-After) are full until then: if that is all of them,
+			// the request queues like any saturated one.
+			if cands = rt.notBusy(cands); len(cands) == 0 {
+				err = &NoCapacityError{Model: pr.Model, RetryAfter: time.Second, Saturated: true}
+			}
+		}
 		var nc *NoCapacityError
 		// No ready instance but Demand is bringing one (a pool at zero, a
 		// model not loaded): wait in the queue as if every slot were busy.
@@ -53,7 +69,7 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 				return nil, err
 			}
 		} else {
-			t.Requeue() // woken but the slot went elsewhere: back to the front
+			t.Requeue() // the slot went elsewhere: keep the place, wait again
 		}
 		_, span := tracer.Start(ctx, "llorch.admission.wait", trace.WithAttributes(attribute.String("llorch.priority", prio.String())))
 		err = t.Wait(ctx, deadline)
@@ -62,6 +78,20 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 			return nil, err
 		}
 	}
+}
+
+// notBusy drops the candidates inside an engine-given Retry-After.
+func (rt *Router) notBusy(cands []registry.Instance) []registry.Instance {
+	out := cands[:0:0]
+	for _, c := range cands {
+		if rt.state.BusyFor(c.ID) == 0 {
+			out = append(out, c)
+		}
+	}
+	if len(out) == len(cands) {
+		return cands
+	}
+	return out
 }
 
 // finished tells the model's queue a slot may be free.

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"time"
 
 	"github.com/llorch/llorch/internal/apierr"
 	"github.com/llorch/llorch/registry"
@@ -14,6 +15,22 @@ type healthBody struct {
 	Status        string `json:"status"` // ok, degraded (snapshot old), starting (no snapshot yet)
 	SnapshotAgeMs int64  `json:"snapshot_age_ms"`
 	Instances     int    `json:"instances"`
+	Synced        bool   `json:"synced"` // a first snapshot has arrived
+}
+
+// notSyncedRetry is the retry hint before the first snapshot: discovery's
+// first blocking query returns at once, so it is short.
+const notSyncedRetry = time.Second
+
+// notSynced is the answer to a request that needs placement before the
+// first snapshot: not "no such model" (the router does not know yet) but
+// retriable 503.
+func (rt *Router) notSynced() *apierr.Error {
+	if rt.view.Synced() {
+		return nil
+	}
+	return &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodeNotSynced, Retriable: true, RetryAfter: notSyncedRetry,
+		Message: "the router has not received the instance list from the registry yet"}
 }
 
 // serveHealth answers 200 while the router can serve, with "degraded" when
@@ -21,11 +38,12 @@ type healthBody struct {
 // still routes on its last snapshot then. 503 only before the first one.
 func (rt *Router) serveHealth(w http.ResponseWriter, r *http.Request) {
 	age := rt.view.Age()
-	b := healthBody{Status: "ok", SnapshotAgeMs: age.Milliseconds(), Instances: len(rt.view.Current().Instances)}
+	b := healthBody{Status: "ok", SnapshotAgeMs: age.Milliseconds(), Instances: len(rt.view.Current().Instances), Synced: rt.view.Synced()}
 	status := http.StatusOK
 	switch {
-	case age < 0:
+	case age < 0 || !b.Synced:
 		b.Status, b.SnapshotAgeMs, status = "starting", -1, http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", apierr.RetryAfterSeconds(notSyncedRetry))
 	case age > rt.cfg.DegradedAfter:
 		b.Status = "degraded"
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
+
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 )
@@ -27,26 +29,37 @@ type Config struct {
 	MaxBodyBytes      int64
 	MetricsAuth       bool
 	Retries           int
+	ResumeAttempts    int
 	RetryBudget       time.Duration
 	ConnectTimeout    time.Duration
 	FirstByteTimeout  time.Duration
 	IdleStreamTimeout time.Duration
-	EjectAfter        int
-	EjectBackoff      time.Duration
-	EjectBackoffMax   time.Duration
-	DegradedAfter     time.Duration
-	MaxIdleConns      int
-	TokenGrace        time.Duration
-	LogLevel          string
-	LogJSON           bool
-	SchedulerProfile  string
-	EnginePoll        time.Duration
-	EngineStaleAfter  time.Duration
-	QueueCapacity     int
-	QueuePolicy       string
-	QueueTimeout      time.Duration
-	OTLPEndpoint      string
-	DrainTimeout      time.Duration
+	// GenerationTimeout bounds a non-streamed answer (headers come only
+	// when it is done); GenerationTimeoutPerModel overrides it per model
+	// ("model=duration,…").
+	GenerationTimeout         time.Duration
+	GenerationTimeoutPerModel string
+	ClientWriteTimeout        time.Duration
+	EjectAfter                int
+	EjectMaxPercent           int
+	EjectSuccessRatePercent   int
+	EjectSuccessRateMinReqs   int
+	SlowStart                 time.Duration
+	EjectBackoff              time.Duration
+	EjectBackoffMax           time.Duration
+	DegradedAfter             time.Duration
+	MaxIdleConns              int
+	TokenGrace                time.Duration
+	LogLevel                  string
+	LogJSON                   bool
+	SchedulerProfile          string
+	EnginePoll                time.Duration
+	EngineStaleAfter          time.Duration
+	QueueCapacity             int
+	QueuePolicy               string
+	QueueTimeout              time.Duration
+	OTLPEndpoint              string
+	DrainTimeout              time.Duration
 	// Pools that follow demand (router/scaler); NomadAddr "" = off.
 	NomadAddr         string
 	NomadTokenFile    string
@@ -56,6 +69,9 @@ type Config struct {
 	ScaleUpCooldown   time.Duration
 	ScaleDownCooldown time.Duration
 	ScaleBusyPercent  int
+	KeysFile          string
+	KeysConsulPrefix  string
+	RouterService     string
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -65,6 +81,13 @@ type Config struct {
 	APIToken string
 	// EngineToken is presented to engines as "Authorization: Bearer".
 	EngineToken string
+	// Consul is the router's Consul client: it reads keys under
+	// KeysConsulPrefix and counts the live routers that share each key's
+	// limits. nil: neither (one router, keys from the file only).
+	Consul *consulapi.Client
+	// KeyWindow is the window of the keys' rpm and tpm limits: a minute
+	// (zero). Tests shorten it; the limits then count per KeyWindow.
+	KeyWindow time.Duration
 }
 
 // Option is one configuration setting: its flag, its environment variable,
@@ -151,11 +174,19 @@ func Options() []Option {
 		bytesOpt("max-body-bytes", "LLORCH_MAX_BODY_BYTES", "4MiB", "largest request body accepted (bytes, or with KiB/MiB suffix); larger gets 413", func(c *Config) *int64 { return &c.MaxBodyBytes }),
 		boolOpt("metrics-auth", "LLORCH_METRICS_AUTH", "false", "require the API token on /metrics", func(c *Config) *bool { return &c.MetricsAuth }),
 		intOpt("retries", "LLORCH_RETRIES", "2", "further instances tried after a failure before the first byte (0 = no retry)", 0, func(c *Config) *int { return &c.Retries }),
+		intOpt("resume-attempts", "LLORCH_RESUME_ATTEMPTS", "2", "other instances tried to continue a stream whose engine failed after the first byte (0 = end it with an error event)", 0, func(c *Config) *int { return &c.ResumeAttempts }),
 		durOpt("retry-budget", "LLORCH_RETRY_BUDGET", "30s", "time after which no further instance is tried", func(c *Config) *time.Duration { return &c.RetryBudget }),
 		durOpt("connect-timeout", "LLORCH_CONNECT_TIMEOUT", "2s", "TCP connect timeout to an engine", func(c *Config) *time.Duration { return &c.ConnectTimeout }),
-		durOpt("first-byte-timeout", "LLORCH_FIRST_BYTE_TIMEOUT", "120s", "time an engine has to start answering (prompt processing included)", func(c *Config) *time.Duration { return &c.FirstByteTimeout }),
-		durOpt("idle-stream-timeout", "LLORCH_IDLE_STREAM_TIMEOUT", "60s", "longest silence allowed inside an answer before it is cut", func(c *Config) *time.Duration { return &c.IdleStreamTimeout }),
-		intOpt("eject-after", "LLORCH_EJECT_AFTER", "3", "consecutive faults (connect errors, resets, 5xx, timeouts; never 4xx) that eject an instance", 1, func(c *Config) *int { return &c.EjectAfter }),
+		durOpt("first-byte-timeout", "LLORCH_FIRST_BYTE_TIMEOUT", "120s", "streams (stream:true): time an engine has to send the first event (prompt processing included); past it the attempt is a gateway failure and the next instance is tried", func(c *Config) *time.Duration { return &c.FirstByteTimeout }),
+		durOpt("generation-timeout", "LLORCH_GENERATION_TIMEOUT", "30m", "non-streamed answers: time an engine has to produce the whole answer (it sends nothing before); past it the client gets 504 GENERATION_TIMEOUT, the instance is not blamed and the request is never re-run elsewhere", func(c *Config) *time.Duration { return &c.GenerationTimeout }),
+		strOpt("generation-timeout-per-model", "LLORCH_GENERATION_TIMEOUT_PER_MODEL", "", "generation-timeout per model, e.g. \"llama-70b=2h,tiny=5m\"", func(c *Config) *string { return &c.GenerationTimeoutPerModel }),
+		durOpt("idle-stream-timeout", "LLORCH_IDLE_STREAM_TIMEOUT", "60s", "longest silence allowed inside an answer (between events, or between body bytes) before it is cut", func(c *Config) *time.Duration { return &c.IdleStreamTimeout }),
+		durOpt("client-write-timeout", "LLORCH_CLIENT_WRITE_TIMEOUT", "30s", "longest a single write to a client may block; a client that stops reading is cut and its slot freed (0 = no limit)", func(c *Config) *time.Duration { return &c.ClientWriteTimeout }),
+		intOpt("eject-after", "LLORCH_EJECT_AFTER", "3", "consecutive gateway failures (connect errors, resets, timeouts, 502, 504, 503 without Retry-After) that eject an instance", 1, func(c *Config) *int { return &c.EjectAfter }),
+		intOpt("eject-max-percent", "LLORCH_EJECT_MAX_PERCENT", "50", "most of a model's instances (percent, rounded down) ejected at once; a model with one instance is never emptied", 0, func(c *Config) *int { return &c.EjectMaxPercent }),
+		intOpt("eject-success-rate-percent", "LLORCH_EJECT_SUCCESS_RATE_PERCENT", "50", "an instance whose recent answers (the last 64) succeed less often than this percent is ejected: the only way 500s eject (0 = never)", 0, func(c *Config) *int { return &c.EjectSuccessRatePercent }),
+		intOpt("eject-success-rate-min-requests", "LLORCH_EJECT_SUCCESS_RATE_MIN_REQUESTS", "20", "answers an instance must have given (at most 64) before the success-rate rule judges it", 1, func(c *Config) *int { return &c.EjectSuccessRateMinReqs }),
+		durOpt("slow-start", "LLORCH_SLOW_START", "30s", "after an ejection the instance looks busier to placement, the extra falling to nothing over this time", func(c *Config) *time.Duration { return &c.SlowStart }),
 		durOpt("eject-backoff", "LLORCH_EJECT_BACKOFF", "5s", "first ejection period; doubles while the instance keeps failing", func(c *Config) *time.Duration { return &c.EjectBackoff }),
 		durOpt("eject-backoff-max", "LLORCH_EJECT_BACKOFF_MAX", "2m", "cap on the ejection period", func(c *Config) *time.Duration { return &c.EjectBackoffMax }),
 		durOpt("degraded-after", "LLORCH_DEGRADED_AFTER", "90s", "snapshot age after which /healthz reports degraded", func(c *Config) *time.Duration { return &c.DegradedAfter }),
@@ -171,6 +202,9 @@ func Options() []Option {
 		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight, \"round-robin\" = nginx-style rotation", func(c *Config) *string { return &c.SchedulerProfile }),
 		durOpt("engine-poll-interval", "LLORCH_ENGINE_POLL_INTERVAL", "200ms", "how often the router asks each engine for its load (busy slots, queue, KV and prompt-cache use); 0 = never (placement then sees only this router's own requests)", func(c *Config) *time.Duration { return &c.EnginePoll }),
 		durOpt("engine-stale-after", "LLORCH_ENGINE_STALE_AFTER", "1s", "age after which an engine's last load report counts as unknown (never as idle)", func(c *Config) *time.Duration { return &c.EngineStaleAfter }),
+		strOpt("keys-file", "LLORCH_KEYS_FILE", "", "per-team API keys (YAML/JSON: name, digest, models, priority, rpm, tpm, concurrent, expires, disabled; `llorch key new` writes it); re-read on SIGHUP or change. The API token keeps working beside them", func(c *Config) *string { return &c.KeysFile }),
+		strOpt("keys-consul-prefix", "LLORCH_KEYS_CONSUL_PREFIX", "", "Consul KV prefix holding more API keys, one per entry (e.g. llorch/keys/); followed with blocking queries", func(c *Config) *string { return &c.KeysConsulPrefix }),
+		strOpt("router-service", "LLORCH_ROUTER_SERVICE", "llorch-router", "Consul service the routers register as; each router enforces 1/n of every key limit, n = its passing instances", func(c *Config) *string { return &c.RouterService }),
 		strOpt("nomad-addr", "LLORCH_NOMAD_ADDR", "", "Nomad HTTP API address for pools that follow demand (jobs run with -max); empty = the router scales nothing", func(c *Config) *string { return &c.NomadAddr }),
 		strOpt("nomad-token-file", "LLORCH_NOMAD_TOKEN_FILE", "", "file holding the Nomad ACL token (deploy/nomad/router-scaler-policy.hcl: list-jobs, read-job, scale-job; NOMAD_TOKEN is used when no file is set)", func(c *Config) *string { return &c.NomadTokenFile }),
 		strOpt("nomad-namespace", "LLORCH_NOMAD_NAMESPACE", "default", "Nomad namespace whose pools the router scales", func(c *Config) *string { return &c.NomadNamespace }),
@@ -253,6 +287,15 @@ func (c *Config) Validate() error {
 	if c.EnginePoll > 0 && c.EngineStaleAfter < c.EnginePoll {
 		bad = append(bad, "engine-stale-after: must be at least engine-poll-interval")
 	}
+	if _, err := c.generationTimeouts(); err != nil {
+		bad = append(bad, "generation-timeout-per-model: "+err.Error())
+	}
+	if c.EjectMaxPercent > 100 || c.EjectSuccessRatePercent > 100 {
+		bad = append(bad, "eject-max-percent and eject-success-rate-percent: at most 100")
+	}
+	if c.EjectSuccessRateMinReqs > srWindowLen {
+		bad = append(bad, fmt.Sprintf("eject-success-rate-min-requests: at most %d", srWindowLen))
+	}
 	if c.QueuePolicy != string(admission.Reject) && c.QueuePolicy != string(admission.DropLRU) {
 		bad = append(bad, fmt.Sprintf("queue-policy: %q is not reject or drop-lru", c.QueuePolicy))
 	}
@@ -260,6 +303,23 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("router config: %s", strings.Join(bad, "; "))
 	}
 	return nil
+}
+
+// generationTimeouts parses GenerationTimeoutPerModel.
+func (c *Config) generationTimeouts() (map[string]time.Duration, error) {
+	out := map[string]time.Duration{}
+	for _, kv := range strings.Split(c.GenerationTimeoutPerModel, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		model, dur, ok := strings.Cut(kv, "=")
+		d, err := time.ParseDuration(strings.TrimSpace(dur))
+		if !ok || strings.TrimSpace(model) == "" || err != nil || d <= 0 {
+			return nil, fmt.Errorf("want model=duration pairs such as llama-70b=2h, got %q", kv)
+		}
+		out[strings.TrimSpace(model)] = d
+	}
+	return out, nil
 }
 
 func parseBytes(v string) (int64, error) {

@@ -69,6 +69,15 @@ func (v liveLoad) Load(id string) scheduler.Load {
 		if v.resv != nil {
 			out.InFlight += v.resv.pending(id, startedOf(v.l, id), time.Now())
 		}
+		if ls, ok := v.l.(*localState); ok {
+			if ls.BusyFor(id) > 0 {
+				// The engine said "not now" (429, 503 + Retry-After): full
+				// until then, so the request goes elsewhere or queues.
+				out.SlotsBusy = 1 << 20
+				return out
+			}
+			out.InFlight += ls.slowStartExtra(id)
+		}
 	}
 	if v.engines == nil {
 		return out

@@ -13,4 +13,8 @@ const (
 	CodeMethodNotAllowed  = "METHOD_NOT_ALLOWED"  // 405
 	CodeNotFound          = "NOT_FOUND"           // 404: no such endpoint
 	CodeInternal          = "INTERNAL"            // 500
+	CodeGenerationTimeout = "GENERATION_TIMEOUT"  // 504: a non-streamed answer ran past generation-timeout (not re-run)
+	CodeEnginesBusy       = "ENGINES_BUSY"        // 429: every instance answered 429/503 + Retry-After until the queue timeout
+	CodeNotSynced         = "NOT_SYNCED"          // 503: the router has not heard from the registry yet
+	CodeEngineError       = "ENGINE_ERROR"        // /v2 error event: the engine refused the task (its status inside)
 )

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -88,24 +87,13 @@ func checkSDKError(t *testing.T, baseURL string, c errCase) {
 	}
 }
 
-// closedURL is an address nothing listens on.
-func closedURL(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := "http://" + l.Addr().String()
-	l.Close()
-	return u
-}
-
 // Every route × every error path it has: each body is the OpenAI
 // envelope the official SDK reads (code, message, type, param), plus
 // retriable.
 func TestEveryErrorIsTheSDKEnvelope(t *testing.T) {
 	_, u := startFixture(t)
 	h := newHarness(t, func(c *Config) { c.MaxBodyBytes = 1024; c.Retries = 0 },
-		inst(t, "a", "n1", testModel, u), inst(t, "dead", "n2", "dead", closedURL(t)))
+		inst(t, "a", "n1", testModel, u), inst(t, "dead", "n2", "dead", closedPortURL(t)))
 	var cases []errCase
 	exempt := map[string]bool{"/healthz": true, "/ui": true, "/metrics": true}
 	concrete := func(p string) string {

@@ -11,6 +11,7 @@ type metrics struct {
 	retries     *prometheus.CounterVec // by reason
 	ejections   prometheus.Counter
 	streamErrs  *prometheus.CounterVec   // SSE error events sent, by code
+	resumes     *prometheus.CounterVec   // mid-stream continuations, by model and outcome
 	firstByte   *prometheus.HistogramVec // time to the first byte sent to the client
 	inFlight    prometheus.Gauge
 	snapshotAge prometheus.GaugeFunc
@@ -49,6 +50,10 @@ func newMetrics(reg prometheus.Registerer, snapshotAgeSeconds, instances func() 
 			Name: "llorch_router_stream_errors_total",
 			Help: "Streams ended with an SSE error event, by code.",
 		}, []string{"code"}),
+		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "llorch_stream_resumes_total",
+			Help: "Streams whose engine failed after the first byte, by model and what the router did: resumed, failed, no_instance, not_resumable, client_gone.",
+		}, []string{"model", "outcome"}),
 		firstByte: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "llorch_router_first_byte_seconds",
 			Help:    "Time from request arrival to the first response byte sent to the client.",
@@ -94,7 +99,7 @@ func newMetrics(reg prometheus.Registerer, snapshotAgeSeconds, instances func() 
 		Buckets: []float64{.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
 	})
 	m.byNode = &nodeCollector{}
-	for _, c := range []prometheus.Collector{m.requests, m.retries, m.ejections, m.streamErrs, m.firstByte, m.inFlight, m.snapshotAge, m.instances,
+	for _, c := range []prometheus.Collector{m.requests, m.retries, m.ejections, m.streamErrs, m.resumes, m.firstByte, m.inFlight, m.snapshotAge, m.instances,
 		m.admission, m.queueDepth, m.placements, m.candidates, m.tokensOut, m.decode, m.byNode} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -75,40 +75,40 @@ func TestLeastInFlight(t *testing.T) {
 func TestLocalStateEjection(t *testing.T) {
 	now := time.Unix(1000, 0)
 	var ejections []time.Duration
-	s := newLocalState(3, time.Second, 4*time.Second, func(_ string, d time.Duration) { ejections = append(ejections, d) })
+	s := newLocalState(outlierConfig{consecutive: 3, base: time.Second, cap: 4 * time.Second, maxShare: 0.5}, func(_ string, d time.Duration) { ejections = append(ejections, d) })
 	s.now = func() time.Time { return now }
 
-	s.fault("a")
-	s.fault("a")
+	s.gatewayFailure("a")
+	s.gatewayFailure("a")
 	s.success("a") // a success (2xx or 4xx) breaks the run
-	s.fault("a")
-	s.fault("a")
+	s.gatewayFailure("a")
+	s.gatewayFailure("a")
 	if s.EjectedFor("a") != 0 {
 		t.Fatal("ejected without three consecutive faults")
 	}
-	s.fault("a")
+	s.gatewayFailure("a")
 	if d := s.EjectedFor("a"); d != time.Second {
 		t.Fatalf("ejected for %v, want 1s", d)
 	}
-	s.fault("a") // a late report from a request started before: no stacking
+	s.gatewayFailure("a") // a late report from a request started before: no stacking
 	if d := s.EjectedFor("a"); d != time.Second {
 		t.Fatalf("late fault changed the ejection to %v", d)
 	}
 	now = now.Add(time.Second)
-	s.fault("a") // on probation: one fault re-ejects, for twice as long
+	s.gatewayFailure("a") // on probation: one fault re-ejects, for twice as long
 	if d := s.EjectedFor("a"); d != 2*time.Second {
 		t.Fatalf("probation fault: ejected for %v, want 2s", d)
 	}
 	now = now.Add(2 * time.Second)
-	s.fault("a")
+	s.gatewayFailure("a")
 	now = now.Add(4 * time.Second)
-	s.fault("a")
+	s.gatewayFailure("a")
 	if d := s.EjectedFor("a"); d != 4*time.Second {
 		t.Fatalf("back-off must cap at 4s, got %v", d)
 	}
 	now = now.Add(4 * time.Second)
 	s.success("a") // proven healthy: back to the base back-off, no probation
-	s.fault("a")
+	s.gatewayFailure("a")
 	if s.EjectedFor("a") != 0 {
 		t.Fatal("a single fault after recovery ejected")
 	}
@@ -120,12 +120,12 @@ func TestLocalStateEjection(t *testing.T) {
 	if s.InFlight("b") != 1 {
 		t.Fatal("in-flight not counted")
 	}
-	s.prune(&registry.Snapshot{})
+	s.sync(&registry.Snapshot{})
 	if s.InFlight("b") != 1 {
 		t.Fatal("pruned an instance with requests in flight")
 	}
 	release()
-	s.prune(&registry.Snapshot{})
+	s.sync(&registry.Snapshot{})
 	if _, ok := s.m["a"]; ok {
 		t.Fatal("departed instance not pruned")
 	}

@@ -40,6 +40,9 @@ type reqInfo struct {
 	model string       // metrics label; set by handlers that know the model
 	// instance and node that answered, for the access log.
 	instance, node string
+	// identity is who authenticated ("token:9f86d0", "key:team-a"): the
+	// access log names the key, never its secret.
+	identity string
 }
 
 // logger is the request's logger, carrying its correlation id. It is built
@@ -60,8 +63,10 @@ func infoFrom(ctx context.Context) *reqInfo {
 	return &reqInfo{base: hclog.NewNullLogger()}
 }
 
-// statusWriter remembers the status for metrics; Unwrap lets
-// http.ResponseController reach the connection's Flush.
+// statusWriter remembers the status for metrics. FlushError passes the
+// connection's flush error on (a plain Flush would swallow it, and
+// http.ResponseController prefers FlushError); Unwrap lets the controller
+// reach the connection's other methods (SetWriteDeadline).
 type statusWriter struct {
 	http.ResponseWriter
 	status int
@@ -81,10 +86,14 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
-func (w *statusWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
+// Flush is for http.Flusher users; errors are only seen through FlushError.
+func (w *statusWriter) Flush() { _ = w.FlushError() }
+
+func (w *statusWriter) FlushError() error {
+	if w.status == 0 {
+		w.status = http.StatusOK
 	}
+	return http.NewResponseController(w.ResponseWriter).Flush()
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -116,7 +125,7 @@ func (rt *Router) withRequestContext(next http.Handler) http.Handler {
 			// turns it off), carrying the correlation id like every line.
 			if rt.log.IsInfo() {
 				ri.logger().Info("request", "method", r.Method, "path", r.URL.Path, "status", status, "model", ri.model,
-					"instance_id", ri.instance, "node_id", ri.node, "duration_ms", float64(time.Since(start).Microseconds())/1000)
+					"instance_id", ri.instance, "node_id", ri.node, "identity", ri.identity, "duration_ms", float64(time.Since(start).Microseconds())/1000)
 			}
 		}()
 		next.ServeHTTP(sw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, ri)))
@@ -133,7 +142,7 @@ func pathLabel(p string) string {
 		return "/v1/models/{model}"
 	}
 	switch {
-	case p == "/v2/tasks", p == "/v2/nodes", p == "/v2/catalog/availability", p == "/v2/meta/capabilities", p == "/v2/sd/prometheus", p == "/v2/ui/state", p == "/ui":
+	case p == "/v2/tasks", p == "/v2/nodes", p == "/v2/catalog/availability", p == "/v2/meta/capabilities", p == "/v2/sd/prometheus", p == "/v2/ui/state", p == "/v2/usage", p == "/ui":
 		return p
 	case strings.HasPrefix(p, "/v2/tasks/") && strings.HasSuffix(p, "/events"):
 		return "/v2/tasks/{id}/events"

@@ -25,30 +25,35 @@ import (
 	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/router/discovery"
 	"github.com/llorch/llorch/router/enginestate"
+	"github.com/llorch/llorch/router/keys"
 	"github.com/llorch/llorch/scheduler"
 )
 
 // Router is one router process's state. Create it with New, serve Handler,
 // and run Run for discovery.
 type Router struct {
-	cfg         Config
-	source      registry.Source
-	placer      Placer
-	log         hclog.Logger
-	view        *discovery.View
-	state       *localState
-	metrics     *metrics
-	promReg     *prometheus.Registry
-	transport   *http.Transport
-	tokens      *authmin.TokenSet
-	engineToken string
-	handler     http.Handler
-	queues      *admission.Queues
-	tasks       *taskStore
-	errors      recentErrors
-	engines     *enginestate.Poller // nil when engine polling is off
-	demand      Demand              // nil: no scaling or on-demand loading
-	readyBefore map[string]bool     // models with a ready instance in the last snapshot (drainWoken)
+	cfg          Config
+	source       registry.Source
+	placer       Placer
+	log          hclog.Logger
+	view         *discovery.View
+	state        *localState
+	metrics      *metrics
+	promReg      *prometheus.Registry
+	transport    *http.Transport
+	resumeClient *http.Client // continues broken streams over the same connections
+	tokens       *authmin.TokenSet
+	engineToken  string
+	handler      http.Handler
+	queues       *admission.Queues
+	tasks        *taskStore
+	genTimeouts  map[string]time.Duration
+	errors       recentErrors
+	demand       Demand              // nil: no scaling or on-demand loading
+	readyBefore  map[string]bool     // models with a ready instance in the last snapshot (drainWoken)
+	keys         *keys.Gate          // per-team keys; nil in single-token mode
+	keysIndex    uint64              // the Consul KV index the keys were read at
+	engines      *enginestate.Poller // nil when engine polling is off
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -89,7 +94,12 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 	} else {
 		rt.tokens = authmin.NewTokenSet()
 	}
-	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil {
+	if rt.keys, err = newKeyGate(cfg, rt); err != nil {
+		return nil, fmt.Errorf("router: API keys: %w", err)
+	}
+	// With per-team keys every request needs a key (or the token): a
+	// non-loopback listener without the single token is then fine.
+	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil && !(rt.keys != nil && rt.tokens.Empty()) {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	rt.engineToken = cfg.EngineToken
@@ -143,11 +153,16 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 			rt.metrics.candidates.Observe(float64(d.Considered))
 		})
 	}
-	rt.state = newLocalState(cfg.EjectAfter, cfg.EjectBackoff, cfg.EjectBackoffMax, func(id string, d time.Duration) {
+	rt.genTimeouts, _ = cfg.generationTimeouts() // Validate checked it
+	rt.state = newLocalState(outlierFromConfig(cfg), func(id string, d time.Duration) {
 		rt.metrics.ejections.Inc()
-		rt.log.Warn("instance ejected after consecutive faults", "instance_id", id, "for", d.String())
+		rt.log.Warn("instance ejected (outlier detection)", "instance_id", id, "for", d.String())
 	})
+	rt.state.onSkip = func(id string) {
+		rt.log.Info("outlier kept in: the model's max-ejection share is reached", "instance_id", id)
+	}
 	rt.transport = newTransport(cfg)
+	rt.resumeClient = &http.Client{Transport: rt.transport}
 	rt.engines = rt.newEnginePoller()
 	rt.handler = rt.buildHandler()
 	return rt, nil
@@ -163,15 +178,16 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 // non-idempotent requests, and every candidate can be stale at once.
 func newTransport(cfg Config) *http.Transport {
 	return &http.Transport{
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          0, // no global cap; the per-host cap bounds it
-		MaxIdleConnsPerHost:   cfg.MaxIdleConns,
-		IdleConnTimeout:       4 * time.Second, // under the engines' keep-alive: see above
-		ResponseHeaderTimeout: cfg.FirstByteTimeout,
-		DisableCompression:    true,
-		ForceAttemptHTTP2:     false,
-		Protocols:             http1Only(),
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        0, // no global cap; the per-host cap bounds it
+		MaxIdleConnsPerHost: cfg.MaxIdleConns,
+		IdleConnTimeout:     4 * time.Second, // under the engines' keep-alive: see above
+		// No ResponseHeaderTimeout: a non-streamed answer's headers come
+		// when the whole answer is done. attempt times each phase itself.
+		DisableCompression: true,
+		ForceAttemptHTTP2:  false,
+		Protocols:          http1Only(),
 		// Small buffers: a router holds one per open stream, and at 1,000
 		// streams 32 KiB ones were half its heap; requests and SSE events
 		// are far smaller, and longer lines still pass (bufio grows reads).
@@ -217,23 +233,42 @@ func (rt *Router) Run(ctx context.Context) error {
 			rt.engines.Run(ctx)
 		}()
 	}
-	var last int = -1
-	err := rt.source.Watch(ctx, func(s registry.Snapshot) {
-		rt.view.Store(s)
-		cur := rt.view.Current()
-		rt.state.prune(cur)
-		rt.drainWoken(cur)
-		if n := len(cur.Instances); n != last {
-			rt.log.Info("instance view changed", "instances", n, "index", cur.Index)
-			last = n
-		}
-	})
+	rt.runKeys(ctx, func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() })
+	last := -1
+	err := rt.source.Watch(ctx, rt.onSnapshot(&last))
 	wg.Wait()
 	rt.transport.CloseIdleConnections()
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return nil
 	}
 	return err
+}
+
+// indexPreparer is a placer that builds per-snapshot state ahead of use.
+type indexPreparer interface{ Prepare(registry.Snapshot) }
+
+// onSnapshot takes each delivery off the request path: a delivery with
+// Consul's index unchanged (a blocking query that timed out) only resets
+// the age; a new one is normalized, the placer's index is built for it,
+// and only then is it published, so requests always read a finished index.
+func (rt *Router) onSnapshot(last *int) func(registry.Snapshot) {
+	return func(s registry.Snapshot) {
+		if cur := rt.view.Current(); rt.view.Synced() && s.Index != 0 && s.Index == cur.Index && len(s.Instances) == len(cur.Instances) {
+			rt.view.Touch()
+			return
+		}
+		snap := discovery.Normalize(s)
+		if p, ok := rt.placer.(indexPreparer); ok {
+			p.Prepare(*snap)
+		}
+		rt.view.Publish(snap)
+		rt.state.sync(snap)
+		rt.drainWoken(snap)
+		if n := len(snap.Instances); n != *last {
+			rt.log.Info("instance view changed", "instances", n, "index", snap.Index)
+			*last = n
+		}
+	}
 }
 
 func (rt *Router) buildHandler() http.Handler {
@@ -255,6 +290,7 @@ func (rt *Router) buildHandler() http.Handler {
 	handle("GET", "/v2/sd/prometheus", rt.servePrometheusSD)
 	handle("GET", "/v2/ui/state", rt.serveUIState)
 	handle("GET", "/ui", rt.serveUI)
+	handle("GET", "/v2/usage", rt.serveUsage)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, &apierr.Error{Status: http.StatusNotFound, Code: CodeNotFound, Message: "no endpoint " + r.Method + " " + r.URL.Path})
 	})
@@ -267,7 +303,8 @@ func (rt *Router) buildHandler() http.Handler {
 			return r.URL.Path == "/healthz" || r.URL.Path == "/ui" || (r.URL.Path == "/metrics" && !metricsAuth)
 		},
 		Logger: rt.log,
-	}, mux)
+		Keys:   rt.keyChecker(),
+	}, withIdentity(mux))
 	return rt.withRequestContext(authed)
 }
 
@@ -286,7 +323,7 @@ func handleMethod(mux *http.ServeMux, method, path string, h http.HandlerFunc) {
 func Routes() [][2]string {
 	out := [][2]string{{"GET", "/healthz"}, {"GET", "/metrics"}, {"GET", "/v1/models"}, {"GET", "/v1/models/{model}"},
 		{"POST", "/v2/tasks"}, {"GET", "/v2/tasks/{id}/events"}, {"POST", "/v2/tasks/{id}/cancel"},
-		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}, {"GET", "/v2/ui/state"}, {"GET", "/ui"}}
+		{"GET", "/v2/nodes"}, {"GET", "/v2/catalog/availability"}, {"GET", "/v2/meta/capabilities"}, {"GET", "/v2/sd/prometheus"}, {"GET", "/v2/ui/state"}, {"GET", "/ui"}, {"GET", "/v2/usage"}}
 	for _, p := range proxiedPaths {
 		out = append(out, [2]string{"POST", p})
 	}

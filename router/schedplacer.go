@@ -14,8 +14,8 @@ import (
 // SchedulerPlacer places requests with the scheduler's filter/scorer
 // profile: session affinity (X-Session-Id or the body's "user"), prompt-
 // prefix affinity, load and KV headroom. It owns the scheduler's mutable
-// state (the prefix table) and a per-snapshot index, rebuilt only when the
-// discovery snapshot changes.
+// state (the prefix table) and a per-snapshot index, built by Prepare when
+// a snapshot arrives (off the request path) and read lock-free.
 type SchedulerPlacer struct {
 	sched  *scheduler.Scheduler
 	prefix *scheduler.PrefixTable
@@ -34,11 +34,23 @@ type SchedulerPlacer struct {
 	resv    reservations
 	placeMu sync.Mutex
 
-	mu      sync.Mutex
-	ixKey   *registry.Instance // identity of the snapshot the index was built from
-	ixLen   int
-	ix      *scheduler.Index
-	observe func(scheduler.Decision)
+	// cur is the index of the newest prepared snapshot, prev the one
+	// before (a request that read the view just before a publish still
+	// finds its index). mu serializes builds only.
+	cur, prev atomic.Pointer[builtIndex]
+	mu        sync.Mutex
+	observe   func(scheduler.Decision)
+}
+
+// builtIndex is a finished index and the identity of its snapshot.
+type builtIndex struct {
+	key *registry.Instance // snapshots are immutable: same array, same snapshot
+	n   int
+	ix  *scheduler.Index
+}
+
+func (b *builtIndex) of(snap registry.Snapshot) bool {
+	return b != nil && b.key == unsafe.SliceData(snap.Instances) && b.n == len(snap.Instances)
 }
 
 // NewSchedulerPlacer builds a placer from a profile config.
@@ -72,14 +84,34 @@ func PlacerFromConfig(profile string) (Placer, error) {
 // OnDecision registers a hook called with every decision (metrics).
 func (p *SchedulerPlacer) OnDecision(fn func(scheduler.Decision)) { p.observe = fn }
 
+// Prepare builds the index for a snapshot about to be published (the
+// router calls it from discovery's goroutine).
+func (p *SchedulerPlacer) Prepare(snap registry.Snapshot) {
+	b := &builtIndex{key: unsafe.SliceData(snap.Instances), n: len(snap.Instances), ix: scheduler.NewIndex(snap)}
+	p.mu.Lock()
+	p.prev.Store(p.cur.Load())
+	p.cur.Store(b)
+	p.mu.Unlock()
+}
+
+// index is the snapshot's finished index. A snapshot nobody prepared (a
+// caller outside the router) is indexed here, once.
 func (p *SchedulerPlacer) index(snap registry.Snapshot) *scheduler.Index {
-	key := unsafe.SliceData(snap.Instances) // snapshots are immutable: same array, same snapshot
+	if b := p.cur.Load(); b.of(snap) {
+		return b.ix
+	}
+	if b := p.prev.Load(); b.of(snap) {
+		return b.ix
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.ix == nil || key != p.ixKey || len(snap.Instances) != p.ixLen {
-		p.ix, p.ixKey, p.ixLen = scheduler.NewIndex(snap), key, len(snap.Instances)
+	if b := p.cur.Load(); b.of(snap) {
+		return b.ix
 	}
-	return p.ix
+	b := &builtIndex{key: unsafe.SliceData(snap.Instances), n: len(snap.Instances), ix: scheduler.NewIndex(snap)}
+	p.prev.Store(p.cur.Load())
+	p.cur.Store(b)
+	return b.ix
 }
 
 // Place implements Placer.

@@ -9,27 +9,36 @@ import (
 	"github.com/llorch/llorch/registry"
 )
 
-// localState tracks, per instance id, the router's in-flight requests and
-// passive ejection (outlier detection). It implements LocalState.
+// localState tracks, per instance id, the router's in-flight requests,
+// outlier detection (see outlier.go) and engine-reported busy periods. It
+// implements LocalState.
 type localState struct {
-	ejectAfter int
-	base, cap  time.Duration
-	now        func() time.Time
-	onEject    func(id string, d time.Duration)
+	od      outlierConfig
+	now     func() time.Time
+	onEject func(id string, d time.Duration)
+	// onSkip is told when the max-ejection share kept an outlier in.
+	onSkip func(id string)
 
 	mu sync.RWMutex
 	m  map[string]*instState
+	// models counts each model's instances in the latest snapshot: the
+	// base of the max-ejection share.
+	models map[string]int
 }
 
 type instState struct {
 	inFlight     atomic.Int64
 	started      atomic.Int64 // requests ever started: engine reports are joined with those started since (engineload.go)
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 = never ejected
+	busyUntil    atomic.Int64 // unix nanoseconds: the engine said 429/503 + Retry-After
+	model        atomic.Pointer[string]
 
 	mu          sync.Mutex
-	consecutive int
+	consecutive int           // gateway failures in a row
 	backoff     time.Duration // the next ejection's length
 	probation   bool          // back from an ejection, not yet proven healthy
+	returnedAt  time.Time     // when the last ejection ended (slow start)
+	window      srWindow      // recent answers, for the success-rate rule
 	// waiting holds the cancels of attempts that have not had their first
 	// byte yet: when the instance leaves the registry (its node died, its
 	// check went critical) they are cancelled and retried elsewhere rather
@@ -59,8 +68,9 @@ func (s *localState) watchGone(id string, cancel func(error)) func() {
 	}
 }
 
-func newLocalState(ejectAfter int, base, cap time.Duration, onEject func(string, time.Duration)) *localState {
-	return &localState{ejectAfter: ejectAfter, base: base, cap: cap, now: time.Now, onEject: onEject, m: map[string]*instState{}}
+func newLocalState(od outlierConfig, onEject func(string, time.Duration)) *localState {
+	od = od.withDefaults()
+	return &localState{od: od, now: time.Now, onEject: onEject, m: map[string]*instState{}, models: map[string]int{}}
 }
 
 func (s *localState) get(id string) *instState {
@@ -73,21 +83,24 @@ func (s *localState) get(id string) *instState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if st = s.m[id]; st == nil {
-		st = &instState{backoff: s.base}
+		st = &instState{backoff: s.od.base}
 		s.m[id] = st
 	}
 	return st
 }
 
+func (s *localState) lookup(id string) *instState {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.m[id]
+}
+
 // InFlight implements LocalState.
 func (s *localState) InFlight(id string) int {
-	s.mu.RLock()
-	st := s.m[id]
-	s.mu.RUnlock()
-	if st == nil {
-		return 0
+	if st := s.lookup(id); st != nil {
+		return int(st.inFlight.Load())
 	}
-	return int(st.inFlight.Load())
+	return 0
 }
 
 // Started is how many requests the router ever started on id.
@@ -103,20 +116,45 @@ func (s *localState) Started(id string) int64 {
 
 // EjectedFor implements LocalState.
 func (s *localState) EjectedFor(id string) time.Duration {
-	s.mu.RLock()
-	st := s.m[id]
-	s.mu.RUnlock()
+	st := s.lookup(id)
 	if st == nil {
 		return 0
 	}
-	until := st.ejectedUntil.Load()
-	if until == 0 {
+	return s.left(st.ejectedUntil.Load())
+}
+
+// BusyFor is how much longer the engine asked not to be sent requests
+// (its 429, or 503 with Retry-After); 0 if it did not.
+func (s *localState) BusyFor(id string) time.Duration {
+	st := s.lookup(id)
+	if st == nil {
 		return 0
 	}
-	if d := time.Duration(until - s.now().UnixNano()); d > 0 {
+	return s.left(st.busyUntil.Load())
+}
+
+func (s *localState) left(untilNanos int64) time.Duration {
+	if untilNanos == 0 {
+		return 0
+	}
+	if d := time.Duration(untilNanos - s.now().UnixNano()); d > 0 {
 		return d
 	}
 	return 0
+}
+
+// busy records an engine's "not now" for d: the placer sees the instance
+// as full until then, so a request goes elsewhere or waits in the queue.
+// It is not a fault.
+func (s *localState) busy(id string, d time.Duration) {
+	st := s.get(id)
+	until := s.now().Add(d).UnixNano()
+	for {
+		old := st.busyUntil.Load()
+		if old >= until || st.busyUntil.CompareAndSwap(old, until) {
+			return
+		}
+	}
 }
 
 // acquire counts a request in flight on id; call the returned func once.
@@ -127,63 +165,24 @@ func (s *localState) acquire(id string) func() {
 	return func() { st.inFlight.Add(-1) }
 }
 
-// fault records a real failure (connect error, reset, 5xx, timeout). The
-// ejectAfter-th in a row ejects the instance; one fault right after an
-// ejection ends ejects it again for twice as long.
-func (s *localState) fault(id string) {
-	st := s.get(id)
-	st.mu.Lock()
-	now := s.now()
-	if until := st.ejectedUntil.Load(); until != 0 && now.UnixNano() >= until {
-		// The previous ejection ran out: this instance is on probation.
-		st.probation = true
-	}
-	if until := st.ejectedUntil.Load(); until > now.UnixNano() {
-		// Requests that started before the ejection still report; they
-		// neither extend nor stack it.
-		st.mu.Unlock()
-		return
-	}
-	st.consecutive++
-	var ejectFor time.Duration
-	if st.consecutive >= s.ejectAfter || st.probation {
-		ejectFor = st.backoff
-		st.ejectedUntil.Store(now.Add(ejectFor).UnixNano())
-		st.backoff = min(st.backoff*2, s.cap)
-		st.consecutive, st.probation = 0, false
-	}
-	st.mu.Unlock()
-	if ejectFor > 0 && s.onEject != nil {
-		s.onEject(id, ejectFor)
-	}
-}
-
-// success records an answer that shows the instance works (2xx, and 4xx:
-// a client error says nothing bad about the engine).
-func (s *localState) success(id string) {
-	st := s.get(id)
-	st.mu.Lock()
-	st.consecutive = 0
-	if until := st.ejectedUntil.Load(); until == 0 || s.now().UnixNano() >= until {
-		// Not ejected (any more): the instance has proven itself.
-		st.ejectedUntil.Store(0)
-		st.probation = false
-		st.backoff = s.base
-	}
-	st.mu.Unlock()
-}
-
-// prune forgets instances that left the registry and have nothing in
-// flight, so the map does not grow with every instance ever seen.
-func (s *localState) prune(snap *registry.Snapshot) {
-	live := make(map[string]bool, len(snap.Instances))
+// sync takes a new snapshot: it learns each instance's model (for the
+// max-ejection share), forgets instances that left and have nothing in
+// flight, and cancels attempts still waiting on those that left.
+func (s *localState) sync(snap *registry.Snapshot) {
+	live := make(map[string]string, len(snap.Instances))
+	models := map[string]int{}
 	for _, in := range snap.Instances {
-		live[in.ID] = true
+		live[in.ID] = in.Model
+		models[in.Model]++
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.models = models
 	for id, st := range s.m {
-		if live[id] {
+		if m, ok := live[id]; ok {
+			if p := st.model.Load(); p == nil || *p != m {
+				st.model.Store(&m)
+			}
 			continue
 		}
 		st.mu.Lock()
@@ -194,6 +193,14 @@ func (s *localState) prune(snap *registry.Snapshot) {
 		st.mu.Unlock()
 		if st.inFlight.Load() == 0 {
 			delete(s.m, id)
+		}
+	}
+	for _, in := range snap.Instances {
+		if _, ok := s.m[in.ID]; !ok {
+			st := &instState{backoff: s.od.base}
+			m := in.Model
+			st.model.Store(&m)
+			s.m[in.ID] = st
 		}
 	}
 }

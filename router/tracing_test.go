@@ -3,6 +3,7 @@ package router
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -31,6 +32,9 @@ func TestTraceContextReachesEngine(t *testing.T) {
 	if len(seen) != 1 || !strings.HasPrefix(seen[0].Traceparent, "00-"+traceID+"-") || strings.Contains(seen[0].Traceparent, "00f067aa0ba902b7") {
 		t.Fatalf("engine saw traceparent %q; want trace %s with the router's span as parent", seen[0].Traceparent, traceID)
 	}
+	// The spans end when the handler returns, which can be just after the
+	// client has read the whole answer: wait for them.
+	waitFor(t, 5*time.Second, "the router's spans to end", func() bool { return len(rec.Ended()) >= 3 })
 	names := map[string]bool{}
 	for _, s := range rec.Ended() {
 		if s.SpanContext().TraceID().String() != traceID {

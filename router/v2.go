@@ -1,7 +1,6 @@
 package router
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -14,10 +13,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/hashicorp/go-hclog"
 
 	"github.com/llorch/llorch/internal/apierr"
-	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/scheduler"
 )
@@ -74,6 +71,7 @@ type task struct {
 	id, model, corr string
 	prio            admission.Priority
 	cancel          context.CancelFunc
+	key             *keyUse // the API key's hold (nil: no key); only runTask touches it after submit
 	created         time.Time
 
 	mu       sync.Mutex
@@ -195,6 +193,16 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 		apierr.Write(w, &apierr.Error{Status: http.StatusBadRequest, Code: admission.CodeDeadlineUnmet, Param: "deadline_ms", Message: "deadline_ms must be positive: the deadline has already passed"})
 		return
 	}
+	ku, ok := rt.admitKey(w, r, model, &prio)
+	if !ok {
+		return
+	}
+	started := false
+	defer func() {
+		if !started {
+			ku.end(false) // refused after admission: costs nothing
+		}
+	}()
 	if tr.TaskID == "" {
 		tr.TaskID = uuid.NewString()
 	}
@@ -208,6 +216,10 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 	} else {
 		pr.Prefix = promptPrefix(body)
 	}
+	if e := rt.notSynced(); e != nil {
+		apierr.Write(w, e)
+		return
+	}
 	// One placement now: errors that waiting cannot fix (unknown model, a
 	// bad pin) are HTTP statuses; a busy fleet is a queue position.
 	var ticket *admission.Ticket
@@ -215,7 +227,9 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 	var nc *NoCapacityError
 	var se *scheduler.Error
 	switch {
-	case errors.As(err, &nc) && nc.Saturated:
+	case errors.As(err, &nc) && nc.Saturated, err == nil && rt.queues.Waiting(model, prio):
+		// Saturated, or others wait already (a task never overtakes a
+		// waiting request of the same or higher priority): queue.
 		if ticket, err = rt.queues.Enqueue(model, prio); err != nil {
 			var ae *admission.Error
 			if errors.As(err, &ae) {
@@ -263,6 +277,7 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 	if ticket != nil {
 		pos, predicted = ticket.Position(), ticket.PredictedStartMs()
 	}
+	t.key, started = ku, true
 	go rt.runTask(ctx, t, tr, pr, path, ticket, deadline, pos, predicted, ri.logger().With("task_id", t.id))
 	writeJSON(w, http.StatusAccepted, map[string]any{
 		"task_id": t.id, "queue_position": pos, "predicted_start_ms": predicted, "backoff_ms": 0,
@@ -282,200 +297,4 @@ func placementOf(p *TaskPlacement) scheduler.Placement {
 		sp.PinNode, sp.PinPool = p.PinNodeID, p.PinPoolID
 	}
 	return sp
-}
-
-// runTask executes a task: admission, placement, the engine's streaming
-// endpoint, events.
-func (rt *Router) runTask(ctx context.Context, t *task, tr TaskRequest, pr PlaceRequest, path string, ticket *admission.Ticket, deadline time.Time, pos int, predicted int64, log hclog.Logger) {
-	defer t.cancel()
-	start := time.Now()
-	cands, err := rt.placeWithTicket(ctx, pr, t.prio, deadline, ticket)
-	if err != nil {
-		t.emit("error", errorEvent(err))
-		return
-	}
-	defer func() { rt.finished(t.model, time.Since(start)) }()
-	t.emit("started", map[string]any{"queue_position": pos, "predicted_start_ms": predicted, "instance_id": cands[0].ID, "node_id": cands[0].NodeID})
-
-	reqBody := map[string]any{"model": t.model, "max_tokens": tr.MaxTokens, "stream": true}
-	if tr.Prompt != nil {
-		reqBody["prompt"] = *tr.Prompt
-	} else {
-		reqBody["messages"] = tr.Messages
-	}
-	if tr.Temperature != nil {
-		reqBody["temperature"] = *tr.Temperature
-	}
-	if tr.Seed != nil {
-		reqBody["seed"] = *tr.Seed
-	}
-	body, _ := json.Marshal(reqBody)
-	var failures []string
-	for i, inst := range cands {
-		if i > rt.cfg.Retries {
-			break
-		}
-		release := rt.state.acquire(inst.ID)
-		resp, err := rt.taskUpstream(ctx, inst, path, body, t.corr)
-		if err != nil {
-			release()
-			if ctx.Err() != nil {
-				break
-			}
-			failures = append(failures, inst.ID+": "+err.Error())
-			log.Warn("task: instance failed before answering", "instance_id", inst.ID, "error", err)
-			continue
-		}
-		rt.relayTask(ctx, t, resp, inst, time.Now())
-		release()
-		return
-	}
-	if ctx.Err() != nil {
-		t.emit("error", map[string]any{"code": codeCancelled, "message": "task cancelled", "retriable": false})
-		return
-	}
-	t.emit("error", map[string]any{"code": CodeReplicaExhausted, "message": "no instance answered: " + strings.Join(failures, "; "), "retriable": true, "retry_after_ms": 1000})
-}
-
-func errorEvent(err error) map[string]any {
-	var ae *admission.Error
-	var se *scheduler.Error
-	switch {
-	case errors.As(err, &ae):
-		return map[string]any{"code": ae.Code, "message": ae.Message, "retriable": ae.Retriable, "retry_after_ms": ae.RetryAfter.Milliseconds()}
-	case errors.As(err, &se):
-		return map[string]any{"code": se.Code, "message": se.Message, "retriable": se.Retriable}
-	case errors.Is(err, context.Canceled):
-		return map[string]any{"code": codeCancelled, "message": "task cancelled", "retriable": false}
-	}
-	return map[string]any{"code": CodeInternal, "message": err.Error(), "retriable": true}
-}
-
-// taskUpstream opens the engine's stream; an error means nothing was
-// received (retry on the next instance).
-func (rt *Router) taskUpstream(ctx context.Context, inst registry.Instance, path string, body []byte, corr string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, inst.URL()+path, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set(CorrelationHeader, corr)
-	markReplayable(req.Header)
-	if rt.engineToken != "" {
-		req.Header.Set("Authorization", "Bearer "+rt.engineToken)
-	}
-	resp, err := rt.transport.RoundTrip(req)
-	if err != nil {
-		rt.state.fault(inst.ID)
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		if resp.StatusCode >= 500 {
-			rt.state.fault(inst.ID)
-		}
-		return nil, fmt.Errorf("engine answered %d", resp.StatusCode)
-	}
-	return resp, nil
-}
-
-// relayTask turns the engine's OpenAI SSE stream into token events.
-func (rt *Router) relayTask(ctx context.Context, t *task, resp *http.Response, inst registry.Instance, begin time.Time) {
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	n := 0
-	for sc.Scan() {
-		line := sc.Bytes()
-		if !bytes.HasPrefix(line, []byte("data:")) {
-			continue
-		}
-		data := bytes.TrimSpace(line[len("data:"):])
-		if string(data) == "[DONE]" {
-			break
-		}
-		var chunk struct {
-			Choices []struct {
-				Text  string `json:"text"`
-				Delta struct {
-					Content string `json:"content"`
-				} `json:"delta"`
-			} `json:"choices"`
-		}
-		if json.Unmarshal(data, &chunk) != nil || len(chunk.Choices) == 0 {
-			continue
-		}
-		tok := chunk.Choices[0].Delta.Content + chunk.Choices[0].Text
-		if tok == "" {
-			continue
-		}
-		t.emit("token", map[string]any{"t": tok, "i": n})
-		rt.metrics.tokensOut.Inc()
-		n++
-	}
-	switch {
-	case ctx.Err() != nil:
-		t.emit("error", map[string]any{"code": codeCancelled, "message": "task cancelled", "retriable": false})
-	case sc.Err() != nil:
-		rt.state.fault(inst.ID)
-		t.emit("error", map[string]any{"code": CodeWorkerReset, "message": "the engine failed mid-answer: " + sc.Err().Error(), "engine": inst.Engine, "retriable": true})
-	default:
-		rt.state.success(inst.ID)
-		rt.metrics.decode.Observe(time.Since(begin).Seconds())
-		ms := time.Since(begin).Milliseconds()
-		t.emit("metrics", map[string]any{"instance_id": inst.ID, "node_id": inst.NodeID, "tokens_out": n})
-		t.emit("end", map[string]any{"tokens_out": n, "decode_time_ms": ms, "decode_ms": ms})
-	}
-}
-
-// serveTaskEvents handles GET /v2/tasks/{id}/events: the whole event log
-// from the start, then live events until the end.
-func (rt *Router) serveTaskEvents(w http.ResponseWriter, r *http.Request) {
-	t := rt.tasks.get(r.PathValue("id"))
-	if t == nil {
-		apierr.Write(w, &apierr.Error{Status: http.StatusNotFound, Code: codeTaskUnknown, Message: "no task " + r.PathValue("id")})
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	next := 0
-	for {
-		evs, done, changed := t.since(next)
-		for _, e := range evs {
-			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", e.name, e.data)
-		}
-		next += len(evs)
-		if err := rc.Flush(); err != nil {
-			return
-		}
-		if done {
-			return
-		}
-		select {
-		case <-changed:
-		case <-r.Context().Done():
-			return
-		}
-	}
-}
-
-// serveTaskCancel handles POST /v2/tasks/{id}/cancel: 204, and no token
-// event after it; the stream ends with error CANCELLED.
-func (rt *Router) serveTaskCancel(w http.ResponseWriter, r *http.Request) {
-	t := rt.tasks.get(r.PathValue("id"))
-	if t == nil {
-		apierr.Write(w, &apierr.Error{Status: http.StatusNotFound, Code: codeTaskUnknown, Message: "no task " + r.PathValue("id")})
-		return
-	}
-	t.mu.Lock()
-	t.canceled = true
-	t.mu.Unlock()
-	t.cancel()
-	t.emit("error", map[string]any{"code": codeCancelled, "message": "task cancelled", "retriable": false})
-	w.WriteHeader(http.StatusNoContent)
 }

@@ -283,3 +283,35 @@ func TestV1AdmissionQueue(t *testing.T) {
 		t.Errorf("bad priority: %d %s", st, raw)
 	}
 }
+
+// /v2 tasks take the /v1 upstream path: an engine's 4xx is reported, not
+// retried elsewhere; a stream without a first byte within the first-byte
+// timeout is retried on the next instance.
+func TestV2SharesTheUpstreamPath(t *testing.T) {
+	refusing, ur := startFixture(t)
+	refusing.SetBehavior(openaifixture.Behavior{Fault: openaifixture.FaultStatus, Status: 400})
+	other, uo := startFixture(t)
+	h := newHarness(t, func(c *Config) { c.SchedulerProfile = "least-in-flight" },
+		inst(t, "a", "n1", testModel, ur), inst(t, "b", "n2", testModel, uo))
+	_, _, s, raw := h.submit(t, taskBody(testModel, ""))
+	evs := h.events(t, s.TaskID)
+	if last := evs[len(evs)-1]; last.event != "error" || !strings.Contains(last.data, CodeEngineError) || !strings.Contains(last.data, `"status":400`) {
+		t.Fatalf("a 4xx from the engine: %s %v", raw, evs)
+	}
+	if other.Requests() != 0 {
+		t.Fatal("a task the engine refused with 400 was re-run elsewhere")
+	}
+
+	const firstByte = 2 * time.Second
+	refusing.SetBehavior(openaifixture.Behavior{FirstByteDelay: 30 * firstByte})
+	h2 := newHarness(t, func(c *Config) { c.SchedulerProfile = "least-in-flight"; c.FirstByteTimeout = firstByte },
+		inst(t, "a", "n1", testModel, ur), inst(t, "b", "n2", testModel, uo))
+	_, _, s, _ = h2.submit(t, taskBody(testModel, ""))
+	if got := names(h2.events(t, s.TaskID)); got != "started,token,metrics,end" {
+		t.Fatalf("a stalled first instance: events %s", got)
+	}
+	if other.Finished() != 1 {
+		t.Fatalf("the next instance finished %d tasks, want 1", other.Finished())
+	}
+	waitFor(t, 5*time.Second, "the stalled request cancelled", func() bool { return refusing.Canceled() == 1 })
+}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -44,6 +45,11 @@ type Behavior struct {
 	DieAfter       int // for FaultDieMidStream
 	// FaultTimes limits the fault to the next n requests; 0 = every request.
 	FaultTimes int
+	// FaultMatch, when set, limits the fault to requests whose body
+	// contains it (a "poison prompt").
+	FaultMatch string
+	// RetryAfter, when set, is sent as Retry-After with FaultStatus.
+	RetryAfter string
 	// RequireToken, when set, answers 401 to requests without
 	// "Authorization: Bearer <RequireToken>".
 	RequireToken string
@@ -58,6 +64,9 @@ type Seen struct {
 	Authorization string
 	CorrelationID string
 	Traceparent   string
+	// IncludeUsage: the request asked for a streamed usage chunk
+	// (stream_options.include_usage).
+	IncludeUsage bool
 }
 
 const maxSeen = 4096
@@ -127,7 +136,7 @@ func (s *Server) Reset() {
 
 // behaviorFor returns the script for one request, consuming a fault when
 // the fault is limited to a number of requests.
-func (s *Server) behaviorFor(seen Seen) Behavior {
+func (s *Server) behaviorFor(seen Seen, body []byte) Behavior {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.seen) >= maxSeen {
@@ -135,6 +144,9 @@ func (s *Server) behaviorFor(seen Seen) Behavior {
 	}
 	s.seen = append(s.seen, seen)
 	b := s.b
+	if b.FaultMatch != "" && !strings.Contains(string(body), b.FaultMatch) {
+		b.Fault = FaultNone
+	}
 	if b.Fault != FaultNone && b.FaultTimes > 0 {
 		if s.faultsN >= b.FaultTimes {
 			b.Fault = FaultNone
@@ -152,8 +164,11 @@ func (s *Server) behaviorFor(seen Seen) Behavior {
 }
 
 type request struct {
-	Model  string `json:"model"`
-	Stream bool   `json:"stream"`
+	Model         string `json:"model"`
+	Stream        bool   `json:"stream"`
+	StreamOptions struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
 }
 
 // ServeHTTP implements http.Handler.
@@ -162,8 +177,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.inFlight.Add(1)
 	defer s.inFlight.Add(-1)
 	var req request
+	var body []byte
 	if r.Method == http.MethodPost {
-		body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+		var err error
+		body, err = io.ReadAll(io.LimitReader(r.Body, 16<<20))
 		if err != nil {
 			return
 		}
@@ -177,7 +194,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Authorization: r.Header.Get("Authorization"),
 		CorrelationID: r.Header.Get("X-Correlation-Id"),
 		Traceparent:   r.Header.Get("Traceparent"),
-	})
+		IncludeUsage:  req.StreamOptions.IncludeUsage,
+	}, body)
 	if b.RequireToken != "" && r.Header.Get("Authorization") != "Bearer "+b.RequireToken {
 		writeError(w, http.StatusUnauthorized, "invalid api key", "authentication_error")
 		return
@@ -196,6 +214,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		panic(http.ErrAbortHandler)
 	case FaultStatus:
+		if b.RetryAfter != "" {
+			w.Header().Set("Retry-After", b.RetryAfter)
+		}
 		writeError(w, b.Status, "injected failure "+strconv.Itoa(b.Status), "server_error")
 		return
 	}
@@ -210,7 +231,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/chat/completions", "/v1/completions":
 		chat := r.URL.Path == "/v1/chat/completions"
 		if req.Stream {
-			s.stream(w, r, req.Model, chat, b)
+			s.stream(w, r, req.Model, chat, b, req.StreamOptions.IncludeUsage)
 		} else {
 			s.complete(w, r, req.Model, chat, b)
 		}
@@ -243,7 +264,7 @@ func pause(r *http.Request, d time.Duration) bool {
 	}
 }
 
-func (s *Server) stream(w http.ResponseWriter, r *http.Request, model string, chat bool, b Behavior) {
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, model string, chat bool, b Behavior, usage bool) {
 	fl, _ := w.(http.Flusher)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -275,6 +296,10 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, model string, ch
 		panic(http.ErrAbortHandler)
 	}
 	buf = appendChunk(buf[:0], chat, qm, created, `""`, `"stop"`, false)
+	if usage {
+		// OpenAI's usage chunk: no choices, the totals (as complete() reports them).
+		buf = append(buf, `data: {"id":"fx-1","created":`+created+`,"model":`+qm+`,"object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":`+strconv.Itoa(b.Tokens)+`,"total_tokens":`+strconv.Itoa(1+b.Tokens)+`}}`+"\n\n"...)
+	}
 	buf = append(buf, "data: [DONE]\n\n"...)
 	if _, err := w.Write(buf); err != nil {
 		s.canceled.Add(1)

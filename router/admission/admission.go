@@ -1,9 +1,15 @@
 // Package admission holds requests the scheduler could not place because
 // every candidate of their model was busy: a bounded queue per model with
-// two priority classes (interactive before batch, FIFO within a class) and
-// a policy for a full queue — reject the newcomer, or drop the oldest
-// waiter (batch first) to admit it. A waiter is woken when a request of
-// its model finishes (Notify) and then tries placement again.
+// two priority classes and a policy for a full queue — reject the
+// newcomer, or drop the oldest waiter (batch first) to admit it.
+//
+// Order is strict priority, then FIFO: interactive before batch, and
+// within a class the oldest first. A newcomer never overtakes a waiter of
+// the same or higher priority (the router asks Waiting before it tries
+// placement); the head of the queue is woken when a request of its model
+// finishes (Notify) and stays counted as waiting until it has placed, so
+// nothing slips in between. A waiter that gives up (cancelled, deadline)
+// leaves at once, handing on a wake-up it had not used.
 package admission
 
 import (
@@ -56,7 +62,7 @@ const (
 const (
 	CodeAdmissionReject = "ADMISSION_REJECT"    // 429, label reject
 	CodeQueueFullDrop   = "QUEUE_FULL_DROP_LRU" // 429, label drop-lru: the evicted waiter
-	CodeDeadlineUnmet   = "DEADLINE_UNMET"      // 400 before queueing; also a waiter whose deadline passed
+	CodeDeadlineUnmet   = "DEADLINE_UNMET"      // 400 before queueing; 429 + Retry-After for a waiter whose deadline (the queue timeout) passed
 )
 
 // Error is an admission outcome with everything its HTTP answer needs.
@@ -129,6 +135,7 @@ type Ticket struct {
 	prio  Priority
 	elem  *list.Element
 	wake  chan struct{}
+	woken bool   // Notify chose it; it has not placed yet
 	err   *Error // set when evicted
 }
 
@@ -183,7 +190,10 @@ func (q *Queues) Enqueue(model string, p Priority) (*Ticket, error) {
 		victim.err = &Error{Status: http.StatusTooManyRequests, Code: CodeQueueFullDrop, Retriable: true,
 			RetryAfter: max(time.Second, backoff), PolicyLabel: string(DropLRU),
 			Message: fmt.Sprintf("dropped from the full queue of model %q for a newer request", model)}
-		close(victim.wake)
+		if !victim.woken {
+			victim.woken = true
+			close(victim.wake)
+		}
 		q.outcome(model, vp, "dropped")
 	}
 	t := &Ticket{q: q, model: model, prio: p, wake: make(chan struct{})}
@@ -193,25 +203,61 @@ func (q *Queues) Enqueue(model string, p Priority) (*Ticket, error) {
 	return t, nil
 }
 
-// Notify wakes the first waiter of the model (interactive first): a
-// request finished, so a slot may be free.
+// Notify wakes the first waiter of the model not already woken
+// (interactive first, then FIFO): a request finished, so a slot may be
+// free. The woken ticket keeps its place until it leaves.
 func (q *Queues) Notify(model string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.notifyLocked(model)
+}
+
+func (q *Queues) notifyLocked(model string) {
 	mq, ok := q.models[model]
 	if !ok {
 		return
 	}
 	for _, c := range mq.classes {
-		if f := c.Front(); f != nil {
-			t := f.Value.(*Ticket)
-			c.Remove(f)
-			t.elem = nil
-			close(t.wake)
-			q.depth(model, mq)
-			return
+		for e := c.Front(); e != nil; e = e.Next() {
+			if t := e.Value.(*Ticket); !t.woken {
+				t.woken = true
+				close(t.wake)
+				return
+			}
 		}
 	}
+}
+
+// Waiting reports whether a new request of priority p must queue behind
+// waiters: any of the same or higher priority waits for model.
+func (q *Queues) Waiting(model string, p Priority) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	mq, ok := q.models[model]
+	if !ok {
+		return false
+	}
+	for c := Interactive; c <= p; c++ {
+		if mq.classes[c].Len() > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// head reports whether t is first in line for its model. Called with
+// q.mu held.
+func (t *Ticket) head() bool {
+	mq := t.q.models[t.model]
+	if t.elem == nil || mq == nil {
+		return false
+	}
+	for c := Interactive; c < t.prio; c++ {
+		if mq.classes[c].Len() > 0 {
+			return false
+		}
+	}
+	return mq.classes[t.prio].Front() == t.elem
 }
 
 // Observe feeds a finished request's service time into the prediction.
@@ -222,7 +268,7 @@ func (q *Queues) Observe(d time.Duration) {
 }
 
 // Position is the ticket's 0-based place within its class; -1 once it has
-// been woken or has left.
+// left.
 func (t *Ticket) Position() int {
 	t.q.mu.Lock()
 	defer t.q.mu.Unlock()
@@ -251,8 +297,10 @@ func (t *Ticket) PredictedStartMs() int64 {
 }
 
 // Wait blocks until the ticket is woken (try placement again), evicted
-// (its *Error), ctx ends, the deadline passes (DEADLINE_UNMET), or Recheck
-// elapses (try again anyway). Only a nil return means "place again".
+// (its *Error), ctx ends (it leaves at once), the deadline passes
+// (DEADLINE_UNMET, 429 + Retry-After), or, for the head of the queue,
+// Recheck elapses (try again anyway: a wake-up lost to a race never
+// strands it). Only a nil return means "place again".
 func (t *Ticket) Wait(ctx context.Context, deadline time.Time) error {
 	var dl <-chan time.Time
 	if !deadline.IsZero() {
@@ -260,41 +308,58 @@ func (t *Ticket) Wait(ctx context.Context, deadline time.Time) error {
 		defer timer.Stop()
 		dl = timer.C
 	}
-	recheck := time.NewTimer(t.q.cfg.Recheck)
+	recheck := time.NewTicker(t.q.cfg.Recheck)
 	defer recheck.Stop()
-	select {
-	case <-t.wake:
-		if t.err != nil {
-			return t.err
+	t.q.mu.Lock()
+	wake := t.wake
+	t.q.mu.Unlock()
+	for {
+		select {
+		case <-wake:
+			if t.err != nil {
+				return t.err
+			}
+			return nil
+		case <-recheck.C:
+			t.q.mu.Lock()
+			head := t.head()
+			t.q.mu.Unlock()
+			if head {
+				return nil
+			}
+		case <-dl:
+			retry := time.Duration(t.PredictedStartMs()) * time.Millisecond
+			t.Leave("deadline")
+			return &Error{Status: http.StatusTooManyRequests, Code: CodeDeadlineUnmet, Retriable: true, RetryAfter: max(time.Second, retry),
+				Message: fmt.Sprintf("the queue timeout passed while waiting for model %q", t.model)}
+		case <-ctx.Done():
+			t.Leave("canceled")
+			return ctx.Err()
 		}
-		return nil
-	case <-recheck.C:
-		return nil
-	case <-dl:
-		t.Leave("deadline")
-		return &Error{Status: http.StatusServiceUnavailable, Code: CodeDeadlineUnmet, Retriable: false,
-			Message: fmt.Sprintf("the deadline passed while queued for model %q", t.model)}
-	case <-ctx.Done():
-		t.Leave("canceled")
-		return ctx.Err()
 	}
 }
 
-// Requeue puts a woken ticket back at the front of its class (placement
-// lost the race for the freed slot).
+// Requeue re-arms a woken ticket that lost the freed slot to another
+// request: it keeps its place (the front) and waits for the next wake-up.
 func (t *Ticket) Requeue() {
 	t.q.mu.Lock()
 	defer t.q.mu.Unlock()
-	if t.elem != nil || t.err != nil {
+	if t.err != nil {
 		return
 	}
-	t.wake = make(chan struct{})
-	mq := t.q.queue(t.model)
-	t.elem = mq.classes[t.prio].PushFront(t)
-	t.q.depth(t.model, mq)
+	if t.woken {
+		t.woken = false
+		t.wake = make(chan struct{})
+	}
+	if t.elem == nil {
+		mq := t.q.queue(t.model)
+		t.elem = mq.classes[t.prio].PushFront(t)
+		t.q.depth(t.model, mq)
+	}
 }
 
-// Leave removes the ticket (placed, canceled or timed out).
+// Leave removes the ticket (placed, canceled or timed out). A ticket that
+// was woken and leaves without placing hands the wake-up on.
 func (t *Ticket) Leave(outcome string) {
 	t.q.mu.Lock()
 	defer t.q.mu.Unlock()
@@ -303,6 +368,9 @@ func (t *Ticket) Leave(outcome string) {
 		mq.classes[t.prio].Remove(t.elem)
 		t.elem = nil
 		t.q.depth(t.model, mq)
+		if t.woken && outcome != "admitted" {
+			t.q.notifyLocked(t.model)
+		}
 	}
 	t.q.outcome(t.model, t.prio, outcome)
 }

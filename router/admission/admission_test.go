@@ -171,3 +171,37 @@ func TestPredictedStartAndHooks(t *testing.T) {
 		t.Error("bad priority accepted")
 	}
 }
+
+// Waiting says whether a newcomer must queue: waiters of the same or a
+// higher priority exist. A woken ticket still counts until it leaves, and
+// one that leaves without placing hands its wake-up to the next.
+func TestWaitingAndHandOn(t *testing.T) {
+	q := New(Config{Capacity: 10}, Hooks{})
+	if q.Waiting("m", Batch) {
+		t.Fatal("empty queue: nothing waits")
+	}
+	b := mustEnqueue(t, q, "m", Batch)
+	if q.Waiting("m", Interactive) || !q.Waiting("m", Batch) {
+		t.Fatal("a batch waiter holds back batch newcomers only")
+	}
+	i1 := mustEnqueue(t, q, "m", Interactive)
+	i2 := mustEnqueue(t, q, "m", Interactive)
+	if !q.Waiting("m", Interactive) {
+		t.Fatal("an interactive waiter holds back interactive newcomers")
+	}
+	q.Notify("m")
+	if !woken(i1) || woken(i2) || woken(b) || !q.Waiting("m", Interactive) || i1.Position() != 0 {
+		t.Fatal("the woken head keeps its place until it leaves")
+	}
+	i1.Leave("canceled") // gave up without placing: i2 gets the wake-up
+	if !woken(i2) || woken(b) {
+		t.Fatal("a cancelled woken ticket did not hand its wake-up on")
+	}
+	if i, _ := q.Depth("m"); i != 1 {
+		t.Fatalf("the cancelled ticket still holds a place: %d interactive waiting", i)
+	}
+	i2.Leave("admitted")
+	if woken(b) {
+		t.Fatal("an admitted ticket used its wake-up: nothing to hand on")
+	}
+}

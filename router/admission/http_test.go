@@ -111,13 +111,18 @@ func TestHooksOutcomesInOrder(t *testing.T) {
 // Many requests contend for a few slots the way the router uses the
 // queue: enqueue when saturated, wait, try to take a slot, requeue when
 // another took it, notify on finish. Everyone is served, the slots are
-// never oversubscribed, and interactive requests are not starved by batch.
+// never oversubscribed, and batch never starves interactive: with every
+// request queued before the first slot frees, all interactive ones are
+// admitted before the batch ones (at most `slots` batch admissions may
+// race ahead of the last interactive one, through a recheck taking a slot
+// a woken ticket was about to take).
 func TestConcurrentContention(t *testing.T) {
 	const slots, workers = 3, 60
 	q := New(Config{Capacity: workers, Recheck: 20 * time.Millisecond}, Hooks{})
 	var mu sync.Mutex
 	busy, peak := 0, 0
-	take := func() bool {
+	var order []Priority
+	take := func(p Priority) bool {
 		mu.Lock()
 		defer mu.Unlock()
 		if busy == slots {
@@ -125,31 +130,35 @@ func TestConcurrentContention(t *testing.T) {
 		}
 		busy++
 		peak = max(peak, busy)
+		order = append(order, p)
 		return true
 	}
 	var served atomic.Int32
-	var wg sync.WaitGroup
+	var enqueued, wg sync.WaitGroup
+	start := make(chan struct{})
+	tickets := make([]*Ticket, workers)
+	for k := 0; k < workers; k++ {
+		p := Interactive
+		if k%2 == 1 {
+			p = Batch
+		}
+		tickets[k] = mustEnqueue(t, q, "m", p)
+	}
 	for k := 0; k < workers; k++ {
 		wg.Add(1)
-		go func(k int) {
+		enqueued.Add(1)
+		go func(tk *Ticket) {
 			defer wg.Done()
-			p := Interactive
-			if k%2 == 1 {
-				p = Batch
-			}
-			tk, err := q.Enqueue("m", p)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			enqueued.Done()
+			<-start
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			for {
 				if err := tk.Wait(ctx, time.Time{}); err != nil {
 					t.Error(err)
 					return
 				}
-				if take() {
+				if take(tk.prio) {
 					tk.Leave("admitted")
 					break
 				}
@@ -161,13 +170,29 @@ func TestConcurrentContention(t *testing.T) {
 			mu.Unlock()
 			served.Add(1)
 			q.Notify("m")
-		}(k)
+		}(tickets[k])
 	}
+	enqueued.Wait()
+	close(start)
 	wg.Wait()
 	if served.Load() != workers || peak > slots {
 		t.Errorf("served %d of %d, peak %d slots of %d", served.Load(), workers, peak, slots)
 	}
 	if i, b := q.Depth("m"); i+b != 0 {
 		t.Errorf("queue not empty: %d/%d", i, b)
+	}
+	lastInteractive, batchBefore := -1, 0
+	for k, p := range order {
+		if p == Interactive {
+			lastInteractive = k
+		}
+	}
+	for _, p := range order[:lastInteractive+1] {
+		if p == Batch {
+			batchBefore++
+		}
+	}
+	if batchBefore > slots {
+		t.Errorf("%d batch requests were admitted before the last interactive one (at most %d may race): %v", batchBefore, slots, order)
 	}
 }

@@ -57,17 +57,31 @@ func (v *View) Age() time.Duration {
 	return v.now().Sub(time.Unix(0, n))
 }
 
-// Store publishes a snapshot. The instance list is copied and sorted so the
-// view owns an immutable, deterministically ordered slice whatever the source
-// does with its own.
-func (v *View) Store(s registry.Snapshot) {
+// Store publishes a snapshot: Publish(Normalize(s)).
+func (v *View) Store(s registry.Snapshot) { v.Publish(Normalize(s)) }
+
+// Normalize copies and sorts the instance list, so the view owns an
+// immutable, deterministically ordered slice whatever the source does with
+// its own. A reader that prepares per-snapshot state (the placement index)
+// does it on the normalized snapshot before Publish makes it current.
+func Normalize(s registry.Snapshot) *registry.Snapshot {
 	list := make([]registry.Instance, len(s.Instances))
 	copy(list, s.Instances)
 	registry.Sort(list)
-	v.snap.Store(&registry.Snapshot{Instances: list, Index: s.Index})
-	v.lastSuccess.Store(v.now().UnixNano())
+	return &registry.Snapshot{Instances: list, Index: s.Index}
+}
+
+// Publish makes a normalized snapshot current (do not modify it after).
+func (v *View) Publish(p *registry.Snapshot) {
+	v.snap.Store(p)
+	v.Touch()
 	v.updates.Add(1)
 }
+
+// Touch records a contact with the registry that changed nothing (a
+// blocking query that returned the same index): the age resets, the
+// snapshot stays.
+func (v *View) Touch() { v.lastSuccess.Store(v.now().UnixNano()) }
 
 // Run feeds the view from src until ctx ends. It returns src.Watch's error
 // (ctx.Err() on a normal stop).

@@ -20,6 +20,7 @@ import (
 	"github.com/llorch/llorch/internal/nomadpb/hclspec"
 	"github.com/llorch/llorch/jobs"
 	"github.com/llorch/llorch/router"
+	"github.com/llorch/llorch/router/keys"
 )
 
 // Field is one documented setting.
@@ -117,6 +118,24 @@ func Configuration() (string, error) {
 		fmt.Fprintf(&b, "| `--%s` | `%s` | %s | %s |\n", o.Flag, o.Env, code(o.Default), esc(o.Help))
 	}
 	b.WriteString("\nAlso read from the environment only: `LLORCH_API_TOKEN` (when no token file is set), `CONSUL_HTTP_TOKEN` (likewise), `LLORCH_AUTH_OPTIONAL`.\n\n")
+
+	b.WriteString("## API keys file (`--keys-file`, and one key per entry under `--keys-consul-prefix`)\n\n" +
+		"YAML or JSON; unknown keys are errors. `llorch key new` writes entries and prints each secret once; only its SHA-256 digest is stored. " +
+		"Limits are per key across all routers: each router enforces 1/n of them, n = the passing instances of `--router-service` (see docs/security.md). Example:\n\n" +
+		"```yaml\nkeys:\n  - name: team-a\n    digest: sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n    models: [\"llama-*\"]\n    rpm: 600\n    tpm: 200000\n    concurrent: 16\n```\n\n" +
+		"| key | type | what it does |\n|---|---|---|\n")
+	kf := YAMLFields(reflect.TypeOf(keys.File{}), "")
+	for _, f := range kf {
+		h, ok := keysHelp[f.Name]
+		if !ok {
+			return "", fmt.Errorf("no help text for keys file key %q: add it to tools/docgen", f.Name)
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", f.Name, code(f.Type), esc(h))
+	}
+	if err := unknownHelp(keysHelp, kf); err != nil {
+		return "", err
+	}
+	b.WriteString("\n")
 
 	for _, sec := range []struct {
 		title, intro string
@@ -304,4 +323,16 @@ var otherEnv = [][3]string{
 	{"LLORCH_E2E_KEEP", "e2e tests", "`1` keeps the e2e run directory (logs of every host) after a passing run; a failed run always keeps it"},
 	{"LLORCH_SCHED_BENCH", "scheduler tests", "a duration: TestBenchDecide measures for that long instead of a smoke run"},
 	{"LLORCH_ARTIFACTS", "tests", "where the /ui test writes its screenshot (default: a temporary directory)"},
+}
+
+var keysHelp = map[string]string{
+	"keys[].name":       "the key's name (a-z, 0-9, `.`, `_`, `-`; at most 63): logs (`identity=key:<name>`), metric labels and `/v2/usage` show it; in Consul KV the entry's last path segment when absent",
+	"keys[].digest":     "`sha256:` and the hex SHA-256 of the secret (`llorch key new` prints the secret once); the secret itself is never stored",
+	"keys[].models":     "model globs (`path.Match`: `llama-*`) the key may use; any other model is 403 `MODEL_NOT_ALLOWED`; empty = every model",
+	"keys[].priority":   "admission class: `interactive` (default; `X-Priority: batch` may lower it) or `batch` (always batch)",
+	"keys[].rpm":        "requests per minute (answered by an engine; refused ones cost nothing); over it: 429 `rate_limit_exceeded` with Retry-After; 0 = none",
+	"keys[].tpm":        "prompt + completion tokens per minute, as the engines report them in usage (streams: the router asks for `stream_options.include_usage`); admitted while under the limit, so the last request may overshoot by its own size; 0 = none",
+	"keys[].concurrent": "requests at once; 0 = none",
+	"keys[].expires":    "RFC 3339 time after which the key is refused (401 `KEY_EXPIRED`)",
+	"keys[].disabled":   "`true` refuses the key (401 `KEY_DISABLED`) without removing it",
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/llorch/llorch/home"
+	"github.com/llorch/llorch/router/keys"
 )
 
 var update = flag.Bool("update", false, "rewrite docs/configuration.md")
@@ -100,7 +101,7 @@ func TestHomeExampleParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindStringSubmatch(got)
+	m := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindStringSubmatch(got[strings.Index(got, "## Home profile config file"):])
 	if m == nil {
 		t.Fatal("no yaml example")
 	}
@@ -133,5 +134,21 @@ func TestDocLinksResolve(t *testing.T) {
 				t.Errorf("%s links to %s, which does not exist", filepath.Base(d), target)
 			}
 		}
+	}
+}
+
+// The keys file example in the reference parses as a keys file.
+func TestKeysExampleParses(t *testing.T) {
+	got, err := Configuration()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindStringSubmatch(got[strings.Index(got, "## API keys file"):])
+	if m == nil {
+		t.Fatal("no keys example")
+	}
+	f, err := keys.ParseFile([]byte(m[1]))
+	if err != nil || len(f.Keys) != 1 || f.Keys[0].TPM != 200000 {
+		t.Fatalf("keys example: %+v %v", f, err)
 	}
 }
