@@ -371,7 +371,7 @@ func TestE2E(t *testing.T) {
 	stillThere := c.view().has("n1", "tiny")
 	must(t, "10. plugin restart → task recovered, engine kept", real, before != 0 && before == after && stillThere, "pid %d → %d, registered %v", before, after, stillThere)
 
-	// 11. Streams survive their node's link going down (e2e/resume.go).
+	// 11. Streams survive their node's link going down (e2e/resume_test.go).
 	streamsSurviveNodeLoss(t, c, tasks)
 
 	// 12. No raw token in any log of the run (a per-team key included).

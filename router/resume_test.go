@@ -275,7 +275,8 @@ func TestBreakInsideToolCallEndsCleanly(t *testing.T) {
 	// placement ranks first, the stream ends up on a) and counts
 	// continuation calls, which must never come.
 	other := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/v1/chat/completions" {
+		// /slots and /metrics are the router's engine-load polls.
+		if p := r.URL.Path; p != "/v1/chat/completions" && p != "/slots" && p != "/metrics" {
 			asked.Add(1)
 		}
 		w.WriteHeader(http.StatusBadGateway)
