@@ -47,6 +47,7 @@ type Router struct {
 	handler      http.Handler
 	queues       *admission.Queues
 	tasks        *taskStore
+	taskRuns     *taskGroup // the goroutines running /v2 tasks; Run stops them
 	genTimeouts  map[string]time.Duration
 	errors       recentErrors
 	routes       modelRoutes         // aliases and fallbacks (aliases.go)
@@ -83,6 +84,7 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 	}
 	rt := &Router{cfg: cfg, source: source, placer: placer, log: logger, view: discovery.NewView(), promReg: reg}
 	rt.tasks = newTaskStore()
+	rt.taskRuns = newTaskGroup()
 
 	var err error
 	if cfg.APITokenFile != "" {
@@ -240,6 +242,7 @@ func (rt *Router) Run(ctx context.Context) error {
 	rt.runKeys(ctx, func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() })
 	last := -1
 	err := rt.source.Watch(ctx, rt.onSnapshot(&last))
+	rt.taskRuns.stop()
 	wg.Wait()
 	rt.transport.CloseIdleConnections()
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
