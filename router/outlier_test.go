@@ -1,6 +1,7 @@
 package router
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -157,9 +158,9 @@ func TestServerErrorsEjectOnlyBySuccessRate(t *testing.T) {
 		t.Fatalf("%d 500s ejected before the success-rate rule had %d answers", minReqs-1, minReqs)
 	}
 	h.do("POST", "/v1/chat/completions", chatBody(testModel, false))
-	if d := h.rt.state.EjectedFor("a"); d <= 0 {
-		t.Fatalf("success rate 0%% over %d answers did not eject", minReqs)
-	}
+	// The answer is accounted just after the client has it: wait for it.
+	waitFor(t, 5*time.Second, fmt.Sprintf("ejection after a 0%% success rate over %d answers", minReqs),
+		func() bool { return h.rt.state.EjectedFor("a") > 0 })
 	if bad.Requests() != minReqs {
 		t.Fatalf("500s were retried: the engine saw %d requests for %d", bad.Requests(), minReqs)
 	}
