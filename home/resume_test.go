@@ -44,7 +44,20 @@ func TestHomeStreamSurvivesItsEngine(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() { _ = h.cmd.Wait(); close(h.done) }()
-	t.Cleanup(func() { _ = h.cmd.Process.Signal(syscall.SIGKILL); <-h.done })
+	// SIGTERM stops the engines with llorch home (a SIGKILL would leave
+	// them running for the next start to adopt); any left are killed.
+	t.Cleanup(func() {
+		_ = h.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-h.done:
+		case <-time.After(20 * time.Second):
+			_ = h.cmd.Process.Signal(syscall.SIGKILL)
+			<-h.done
+		}
+		for _, pid := range engines(state) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
 	cl := h.client(t)
 	waitFor(t, 60*time.Second, "the model answering", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
