@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -136,7 +137,23 @@ type Limits struct {
 // cgroup as /proc/self/cgroup lists it, named after the task.
 func Resolve(m Mounts, agentPath, self, name string) (Group, error) {
 	if agentPath != "" {
-		return fromAgent(m, agentPath)
+		g, err := fromAgent(m, agentPath)
+		if err != nil || g.Version == 2 || perTask(agentPath) {
+			return g, err
+		}
+		// A v1 cpuset cgroup shared by tasks (Nomad 1.6 sends
+		// .../cpuset/nomad/shared to every task without reserved cores):
+		// the engine joins it for cpuset only, as the agent's own drivers
+		// do, and gets cgroups of its own for every other controller, so
+		// one task's memory limit never lands on the others.
+		own, err := Resolve(m, "", self, name)
+		if err != nil {
+			return Group{}, err
+		}
+		if p, ok := g.Paths["cpuset"]; ok {
+			own.Paths["cpuset"], own.Roots["cpuset"] = p, g.Roots["cpuset"]
+		}
+		return own, nil
 	}
 	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
 		return Group{}, fmt.Errorf("cgroup name %q is not a single path element", name)
@@ -194,6 +211,14 @@ func fromAgent(m Mounts, p string) (Group, error) {
 	}
 	return g, nil
 }
+
+// allocIDRe matches a Nomad allocation id (a UUID).
+var allocIDRe = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`)
+
+// perTask reports whether an agent's cgroup path is one task's own: its
+// last element names the allocation (<alloc id>.<task> on Nomad 1.7+), as
+// opposed to a partition every task shares (.../nomad/shared on 1.6).
+func perTask(p string) bool { return allocIDRe.MatchString(filepath.Base(p)) }
 
 // dropPartition removes the agent's cpuset partition element (the
 // second-to-last "share" or "reserve") from a relative cgroup path.

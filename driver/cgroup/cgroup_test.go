@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -49,7 +50,8 @@ func TestResolveAgentV1DerivesEveryController(t *testing.T) {
 	for _, c := range []string{"cpuset", "memory", "cpu", "pids", "freezer"} {
 		m.V1[c] = filepath.Join(root, c)
 	}
-	cpuset := filepath.Join(root, "cpuset", "nomad", "share", "a1.web")
+	const task = "0b3c5a1e-8d2f-4c6a-9e1b-7f2d4a6c8e0f.web" // <alloc id>.<task>, as Nomad 1.7+ names it
+	cpuset := filepath.Join(root, "cpuset", "nomad", "share", task)
 	if err := os.MkdirAll(cpuset, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -63,11 +65,47 @@ func TestResolveAgentV1DerivesEveryController(t *testing.T) {
 	if g.Paths["cpuset"] != cpuset {
 		t.Errorf("cpuset = %q", g.Paths["cpuset"])
 	}
-	if want := filepath.Join(root, "memory", "nomad", "a1.web"); g.Paths["memory"] != want {
+	if want := filepath.Join(root, "memory", "nomad", task); g.Paths["memory"] != want {
 		t.Errorf("memory = %q, want %q (the partition element is the cpuset's alone)", g.Paths["memory"], want)
 	}
 	if _, err := Resolve(m, "/elsewhere/x", "", ""); err == nil {
 		t.Error("a path under no cgroup mount was accepted")
+	}
+}
+
+// Nomad 1.6 sends every task without reserved cores the same v1 cpuset
+// cgroup (.../cpuset/nomad/shared), seen on a real 1.6.5 agent. The engine
+// joins it for cpuset only; memory and the rest are the task's own, so one
+// task's limit never lands on every engine of the node.
+func TestResolveAgentV1SharedCpusetKeepsLimitsPerTask(t *testing.T) {
+	root := t.TempDir()
+	m := Mounts{V1: map[string]string{}}
+	for _, c := range []string{"cpuset", "memory", "cpu", "pids"} {
+		m.V1[c] = filepath.Join(root, c)
+	}
+	shared := filepath.Join(root, "cpuset", "nomad", "shared")
+	if err := os.MkdirAll(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	self := "4:memory:/system.slice/nomad.service\n3:cpu:/\n2:pids:/\n1:cpuset:/\n"
+	a, err := Resolve(m, shared, self, "alloc-a.engine.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Resolve(m, shared, self, "alloc-b.engine.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Paths["cpuset"] != shared || b.Paths["cpuset"] != shared {
+		t.Errorf("cpuset = %q, %q; want the agent's shared %q", a.Paths["cpuset"], b.Paths["cpuset"], shared)
+	}
+	for _, c := range []string{"memory", "cpu", "pids"} {
+		if a.Paths[c] == b.Paths[c] || !strings.Contains(a.Paths[c], "alloc-a.engine.0") {
+			t.Errorf("%s: %q and %q, want one cgroup per task", c, a.Paths[c], b.Paths[c])
+		}
+	}
+	if want := filepath.Join(root, "memory", "system.slice/nomad.service", "llorch", "alloc-a.engine.0"); a.Paths["memory"] != want {
+		t.Errorf("memory = %q, want %q", a.Paths["memory"], want)
 	}
 }
 
