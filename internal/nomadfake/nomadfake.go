@@ -80,8 +80,20 @@ func (s *Server) AddJob(j *nomad.Job) {
 	j.Namespace = &ns
 	j.ModifyIndex = ptr(s.index)
 	j.CreateIndex = ptr(s.index)
-	j.Status = ptr("running")
+	j.Status = ptr(jobStatus(j))
 	s.jobs[ns+"/"+*j.ID] = j
+}
+
+// jobStatus is what Nomad reports for a service job: "dead" once no group
+// has a count (a pool scaled to zero, as a real 1.6 agent shows it), else
+// "running".
+func jobStatus(j *nomad.Job) string {
+	for _, tg := range j.TaskGroups {
+		if tg.Count != nil && *tg.Count > 0 {
+			return "running"
+		}
+	}
+	return "dead"
 }
 
 // Grant makes token hold the capabilities of an HCL Nomad ACL policy's
@@ -237,6 +249,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		from := *tg.Count
 		tg.Count = ptr(int(*req.Count))
+		job.Status = ptr(jobStatus(job))
 		s.index++
 		job.ModifyIndex = ptr(s.index)
 		sc := Scale{Job: *job.ID, Group: *tg.Name, From: from, To: *tg.Count, Message: req.Message, Meta: req.Meta, At: time.Now()}

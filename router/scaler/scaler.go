@@ -261,7 +261,9 @@ func (s *Scaler) refresh(ctx context.Context) {
 			s.log.Warn("ignoring a pool with bad scaling meta", "pool", st.ID, "error", err)
 			continue
 		}
-		if p == nil || st.Stop || st.Status == "dead" {
+		// A pool at zero is "dead" to Nomad but still ours to wake; only
+		// a stopped job (nomad job stop) is out.
+		if p == nil || st.Stop {
 			continue
 		}
 		found[p.id] = true
