@@ -38,12 +38,12 @@ func TestWakeFromZeroThenIdleDown(t *testing.T) {
 		t.Fatalf("scale requests after the wake: %+v", scales)
 	}
 	t.Logf("request to a pool at zero answered in %v (scale %v after the request, engine announced at once by the fake)", took.Round(time.Millisecond), scales[0].At.Sub(start).Round(time.Millisecond))
-	if got := r.metric(t, "llorch_pool_desired", map[string]string{"pool": poolID}); got != 1 {
-		t.Fatalf("llorch_pool_desired = %v, want 1", got)
-	}
-	if got := r.metric(t, "llorch_pool_scale_actions_total", map[string]string{"pool": poolID, "reason": "wake"}); got != 1 {
-		t.Fatalf("wake actions = %v, want 1", got)
-	}
+	// The scaler records its action once Nomad has answered the scale
+	// call, which can be after the fake's engine already answered.
+	waitFor(t, 5*time.Second, "llorch_pool_desired 1 and one wake action", func() bool {
+		return r.metric(t, "llorch_pool_desired", map[string]string{"pool": poolID}) == 1 &&
+			r.metric(t, "llorch_pool_scale_actions_total", map[string]string{"pool": poolID, "reason": "wake"}) == 1
+	})
 	if got := modelState(t, r, model); got != "loaded" {
 		t.Fatalf("/v1/models state after the wake = %q, want loaded", got)
 	}
