@@ -1,0 +1,39 @@
+job "h-env" {
+  datacenters = ["*"]
+  type        = "service"
+  group "engine" {
+    count = 1
+    network {
+      port "http" {}
+    }
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+    task "llamacpp" {
+      driver = "llorch"
+      user = "nobody"
+      config {
+        engine     = "llamacpp"
+        model      = "/tmp/nomadrun/w/models/tiny.gguf"
+        model_name = "tiny"
+        port       = "http"
+        ctx        = 512
+        slots      = 1
+        env {
+          LLAMA_API_KEY = ""
+        }
+      }
+      kill_timeout = "10s"
+      resources {
+        cpu = 500
+        memory = 256
+        memory_max = 512
+      }
+    }
+  }
+}
