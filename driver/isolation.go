@@ -54,7 +54,7 @@ type relaySpec struct {
 func (d *Driver) isolationFor(tc *drivers.TaskConfig, st *taskState, adapter engine.Adapter, apiKey string) (isolation, error) {
 	cfg := d.config()
 	var iso isolation
-	spec, from := tc.GetUser(), "task user"
+	spec, from := tc.GetUser(), "the job's user"
 	if spec == "" {
 		spec, from = cfg.DefaultUser, "plugin default_user"
 	}
@@ -66,10 +66,10 @@ func (d *Driver) isolationFor(tc *drivers.TaskConfig, st *taskState, adapter eng
 		iso.User, err = users.Lookup(spec)
 	}
 	if err != nil {
-		return iso, permanentError(codes.InvalidArgument, "task user (%s %q): %v", from, spec, err)
+		return iso, permanentError(codes.InvalidArgument, "task user %q from %s: %v", spec, from, err)
 	}
 	if err := users.Check(iso.User, cfg.DeniedHostUIDs, cfg.DeniedHostGIDs); err != nil {
-		return iso, permanentError(codes.PermissionDenied, "task user (%s): %v", from, err)
+		return iso, permanentError(codes.PermissionDenied, "task user from %s: %v", from, err)
 	}
 	if !iso.User.IsCurrent() {
 		if os.Geteuid() != 0 {
