@@ -47,3 +47,39 @@ func TestInstanceLeavingRegistryRetriesWaitingRequests(t *testing.T) {
 		t.Fatal("request still waiting 10 s after its instance left the registry")
 	}
 }
+
+// The same when the instance that left was the only one placement ranked
+// (the others were full, or came up just now): the request is placed again
+// on the view as it is, not answered 503 (seen in e2e under load).
+func TestOnlyRankedInstanceLeavingPlacesAgain(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	_, good := startFixture(t)
+	hole := inst(t, "a-hole", "n1", testModel, "http://"+l.Addr().String())
+	ok := inst(t, "b-good", "n2", testModel, good)
+	h := newHarness(t, func(c *Config) { c.FirstByteTimeout = 30 * time.Second }, hole)
+	done := make(chan int, 1)
+	go func() { st, _, _ := h.do("POST", "/v1/chat/completions", chatBody(testModel, false)); done <- st }()
+	waitFor(t, 5*time.Second, "request waiting on the black hole", func() bool { return h.rt.state.InFlight("a-hole") == 1 })
+	h.src.Set(ok) // the hole's node failed; another instance is there now
+	select {
+	case st := <-done:
+		if st != 200 {
+			t.Fatalf("status %d, want 200 from the instance now in the view", st)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("request still waiting 10 s after its instance left the registry")
+	}
+}

@@ -98,6 +98,9 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 		call.model = pr.Model // an alias or a fallback may have changed it
 		ku.wasPlaced()
 		res := rt.relayToClient(w, r, call, cands)
+		if res.again {
+			continue // every instance tried left the registry: place again
+		}
 		if res.busyFor <= 0 {
 			return
 		}

@@ -80,7 +80,11 @@ type relayResult struct {
 	answered bool          // an answer was committed, or the client left
 	abort    bool          // a committed non-SSE answer broke: abort the response
 	busyFor  time.Duration // > 0: every instance tried was busy; queue and place again
-	err      *apierr.Error // nothing answered: tell the client this
+	// again: every instance tried left the registry before answering
+	// (its node failed); nothing was sent, so place again on the view
+	// as it is now.
+	again bool
+	err   *apierr.Error // nothing answered: tell the client this
 }
 
 // Timeouts that cancel an attempt, by what they mean.
@@ -122,7 +126,7 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 	attempts := 1 + rt.cfg.Retries
 	deadline := call.start.Add(rt.cfg.RetryBudget)
 	var failures []string
-	tried, busy := 0, 0
+	tried, busy, gone := 0, 0, 0
 	var busyFor time.Duration
 	for _, inst := range cands {
 		if tried >= attempts {
@@ -154,6 +158,9 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 			busy++
 			busyFor = max(busyFor, out.retryAfter)
 		}
+		if out.label == "gone" {
+			gone++
+		}
 		failures = append(failures, inst.ID+": "+out.reason)
 		rt.metrics.retries.WithLabelValues(out.label).Inc()
 		call.ri.logger().Warn("instance did not take the request; trying the next", "instance_id", inst.ID, "model", call.model, "reason", out.reason)
@@ -163,6 +170,9 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 	}
 	if busy > 0 && busy == tried {
 		return relayResult{busyFor: busyFor}
+	}
+	if gone > 0 && gone == tried && time.Now().Before(deadline) {
+		return relayResult{again: true}
 	}
 	return relayResult{err: &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodeReplicaExhausted, Retriable: true, RetryAfter: time.Second,
 		Message: fmt.Sprintf("no instance of model %q answered (%d tried: %s)", call.model, tried, strings.Join(failures, "; "))}}

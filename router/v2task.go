@@ -62,6 +62,8 @@ func (rt *Router) runTask(ctx context.Context, t *task, tr TaskRequest, pr Place
 		}
 		res := rt.relayTask(ctx, t, call, cands)
 		switch {
+		case res.again && ctx.Err() == nil:
+			continue // every instance tried left the registry: place again
 		case res.busyFor > 0 && time.Now().Add(res.busyFor).Before(deadline):
 			continue // every instance said "not now": place again, which queues
 		case res.busyFor > 0:
