@@ -48,9 +48,8 @@ func TestInstanceLeavingRegistryRetriesWaitingRequests(t *testing.T) {
 	}
 }
 
-// The same when the instance that left was the only one placement ranked
-// (the others were full, or came up just now): the request is placed again
-// on the view as it is, not answered 503 (seen in e2e under load).
+// The same when the instance that left was the only one in the view when
+// the request was placed: it is answered by the instance there now.
 func TestOnlyRankedInstanceLeavingPlacesAgain(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
