@@ -53,6 +53,7 @@ type Router struct {
 	readyBefore  map[string]bool // models with a ready instance in the last snapshot (drainWoken)
 	keys         *keys.Gate      // per-team keys; nil in single-token mode
 	keysIndex    uint64          // the Consul KV index the keys were read at
+	tls          routerTLS       // listener certificate, engine client side (tls.go)
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -99,6 +100,9 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 	// With per-team keys every request needs a key (or the token): a
 	// non-loopback listener without the single token is then fine.
 	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil && !(rt.keys != nil && rt.tokens.Empty()) {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	if rt.tls, err = loadTLS(cfg); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	if rt.routes, err = newModelRoutes(cfg.ModelAliases, cfg.ModelFallbacks); err != nil {
@@ -164,6 +168,7 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 		rt.log.Info("outlier kept in: the model's max-ejection share is reached", "instance_id", id)
 	}
 	rt.transport = newTransport(cfg)
+	rt.transport.TLSClientConfig = rt.tls.engine // nil: system roots, for engines announcing tls=1
 	rt.resumeClient = &http.Client{Transport: rt.transport}
 	rt.handler = rt.buildHandler()
 	return rt, nil
@@ -227,6 +232,7 @@ func (rt *Router) Run(ctx context.Context) error {
 			rt.tokens.Watch(ctx, rt.cfg.APITokenFile, rt.log)
 		}()
 	}
+	rt.watchTLS(ctx, &wg)
 	rt.runKeys(ctx, func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() })
 	last := -1
 	err := rt.source.Watch(ctx, rt.onSnapshot(&last))

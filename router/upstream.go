@@ -122,7 +122,7 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 	attempts := 1 + rt.cfg.Retries
 	deadline := call.start.Add(rt.cfg.RetryBudget)
 	var failures []string
-	tried, busy := 0, 0
+	tried, busy, tlsFailed := 0, 0, 0
 	var busyFor time.Duration
 	for _, inst := range cands {
 		if tried >= attempts {
@@ -154,6 +154,9 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 			busy++
 			busyFor = max(busyFor, out.retryAfter)
 		}
+		if out.label == "tls" {
+			tlsFailed++
+		}
 		failures = append(failures, inst.ID+": "+out.reason)
 		rt.metrics.retries.WithLabelValues(out.label).Inc()
 		call.ri.logger().Warn("instance did not take the request; trying the next", "instance_id", inst.ID, "model", call.model, "reason", out.reason)
@@ -163,6 +166,12 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 	}
 	if busy > 0 && busy == tried {
 		return relayResult{busyFor: busyFor}
+	}
+	if tlsFailed > 0 && tlsFailed == tried {
+		// A configuration fault (CA bundle, certificate names, client
+		// certificate), not a busy fleet: say so, in the log too.
+		return relayResult{err: &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodeEngineTLS, Retriable: true, RetryAfter: time.Second,
+			Message: fmt.Sprintf("no instance of model %q could be reached over TLS (%d tried: %s)", call.model, tried, strings.Join(failures, "; "))}}
 	}
 	return relayResult{err: &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodeReplicaExhausted, Retriable: true, RetryAfter: time.Second,
 		Message: fmt.Sprintf("no instance of model %q answered (%d tried: %s)", call.model, tried, strings.Join(failures, "; "))}}
@@ -432,6 +441,8 @@ func classify(err, cause error) (label, reason string) {
 		return "gone", errInstanceGone.Error()
 	case errors.As(err, &ne) && ne.Timeout():
 		return "timeout", "timed out: " + err.Error()
+	case isTLSError(err):
+		return "tls", "TLS handshake failed: " + err.Error()
 	case errors.As(err, &oe) && oe.Op == "dial":
 		return "connect", "connect failed: " + err.Error()
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
