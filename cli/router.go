@@ -70,6 +70,12 @@ func runRouter(args []string) int {
 	if cfg.ConsulTokenFile != "" {
 		ccfg.TokenFile = cfg.ConsulTokenFile
 	}
+	// Blocking queries outlast any fixed timeout: none here (each call has
+	// its context).
+	if err := (consul.TLS{CAFile: cfg.ConsulCAFile, CertFile: cfg.ConsulCertFile, KeyFile: cfg.ConsulKeyFile}).Apply(ccfg, 0); err != nil {
+		log.Error("consul TLS", "error", err)
+		return 1
+	}
 	cc, err := consulapi.NewClient(ccfg)
 	if err != nil {
 		log.Error("consul client", "error", err)

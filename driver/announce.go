@@ -134,7 +134,7 @@ func (d *Driver) registrar() (registry.Registrar, error) {
 		return nil, nil
 	}
 	r, err := consul.NewRegistrar(consul.RegistrarConfig{
-		Address: c.Address, TokenFile: c.TokenFile, Service: c.ServiceName,
+		Address: c.Address, TokenFile: c.TokenFile, Service: c.ServiceName, TLS: c.TLS(),
 		Logger: d.log.Named("consul"),
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/llorch/llorch/driver/users"
 	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/registry/consul"
 )
 
 // Defaults of the plugin config; the schema below states the same values as
@@ -22,6 +23,16 @@ type ConsulConfig struct {
 	Address     string `json:"address,omitempty"`
 	TokenFile   string `json:"token_file,omitempty"`
 	ServiceName string `json:"service_name,omitempty"`
+	// HTTPS to the agent (any of them set: https); empty = the CONSUL_*
+	// environment's settings.
+	CAFile   string `json:"ca_file,omitempty"`
+	CertFile string `json:"cert_file,omitempty"`
+	KeyFile  string `json:"key_file,omitempty"`
+}
+
+// TLS is the block's HTTPS settings.
+func (c ConsulConfig) TLS() consul.TLS {
+	return consul.TLS{CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
 }
 
 // PluginConfig is `plugin "llorch" { config { ... } }` on a client.

@@ -27,6 +27,9 @@ func DecodePluginConfig(data []byte) (PluginConfig, error) {
 		Consul: ConsulConfig{
 			Address:     c.str("address", ""),
 			TokenFile:   c.str("token_file", ""),
+			CAFile:      c.str("ca_file", ""),
+			CertFile:    c.str("cert_file", ""),
+			KeyFile:     c.str("key_file", ""),
 			ServiceName: c.str("service_name", d.Consul.ServiceName),
 		},
 		Engines:          f.strMap("engines"),

@@ -44,6 +44,9 @@ func PluginConfigSpec() *hclspec.Spec {
 		"consul": sBlock(sObject(map[string]*hclspec.Spec{
 			"address":      sAttr("string", false),
 			"token_file":   sAttr("string", false),
+			"ca_file":      sAttr("string", false),
+			"cert_file":    sAttr("string", false),
+			"key_file":     sAttr("string", false),
 			"service_name": sDefault("service_name", "string", fmt.Sprintf("%q", registry.DefaultServiceName)),
 		})),
 		"engines":                        sBlockAttrs("string"),

@@ -26,6 +26,9 @@ type Config struct {
 	EngineTokenFile   string
 	ConsulAddr        string
 	ConsulTokenFile   string
+	ConsulCAFile      string
+	ConsulCertFile    string
+	ConsulKeyFile     string
 	ServiceName       string
 	MaxBodyBytes      int64
 	MetricsAuth       bool
@@ -186,6 +189,9 @@ func Options() []Option {
 		strOpt("engine-key-file", "LLORCH_ENGINE_KEY_FILE", "", "PEM private key of engine-cert-file", func(c *Config) *string { return &c.EngineKeyFile }),
 		strOpt("consul-addr", "CONSUL_HTTP_ADDR", "127.0.0.1:8500", "Consul HTTP API address", func(c *Config) *string { return &c.ConsulAddr }),
 		strOpt("consul-token-file", "CONSUL_HTTP_TOKEN_FILE", "", "file holding the Consul ACL token (read policy; CONSUL_HTTP_TOKEN is used when no file is set)", func(c *Config) *string { return &c.ConsulTokenFile }),
+		strOpt("consul-ca-file", "CONSUL_CACERT", "", "PEM CA bundle Consul's HTTPS certificate is verified against; set (or CONSUL_HTTP_SSL=true) for an HTTPS-only agent", func(c *Config) *string { return &c.ConsulCAFile }),
+		strOpt("consul-cert-file", "CONSUL_CLIENT_CERT", "", "client certificate for a Consul agent that verifies clients (verify_incoming), with consul-key-file", func(c *Config) *string { return &c.ConsulCertFile }),
+		strOpt("consul-key-file", "CONSUL_CLIENT_KEY", "", "PEM private key of consul-cert-file", func(c *Config) *string { return &c.ConsulKeyFile }),
 		strOpt("service-name", "LLORCH_SERVICE_NAME", registry.DefaultServiceName, "Consul service the engines register under", func(c *Config) *string { return &c.ServiceName }),
 		bytesOpt("max-body-bytes", "LLORCH_MAX_BODY_BYTES", "4MiB", "largest request body accepted (bytes, or with KiB/MiB suffix); larger gets 413", func(c *Config) *int64 { return &c.MaxBodyBytes }),
 		boolOpt("metrics-auth", "LLORCH_METRICS_AUTH", "false", "require the API token on /metrics", func(c *Config) *bool { return &c.MetricsAuth }),
@@ -320,6 +326,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := tlsfiles.ParseMinVersion(c.TLSMinVersion); err != nil {
 		bad = append(bad, "tls-min-version: "+err.Error())
+	}
+	if (c.ConsulCertFile == "") != (c.ConsulKeyFile == "") {
+		bad = append(bad, "consul-cert-file and consul-key-file: set both or neither")
 	}
 	if (c.EngineCertFile == "") != (c.EngineKeyFile == "") {
 		bad = append(bad, "engine-cert-file and engine-key-file: set both or neither")

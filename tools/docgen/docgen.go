@@ -223,6 +223,9 @@ func esc(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
 var pluginHelp = map[string]string{
 	"consul.address":                 "Consul HTTP address engines register with (else `CONSUL_HTTP_ADDR`); without either the driver only probes engines",
 	"consul.token_file":              "file holding the driver's Consul token (policy deploy/consul/driver-policy.hcl); else `CONSUL_HTTP_TOKEN`",
+	"consul.ca_file":                 "PEM CA bundle the agent's HTTPS certificate is verified against (any TLS file set: HTTPS); else `CONSUL_CACERT` / `CONSUL_HTTP_SSL`",
+	"consul.cert_file":               "client certificate for an agent that verifies clients (verify_incoming), with `consul.key_file`; else `CONSUL_CLIENT_CERT`",
+	"consul.key_file":                "PEM private key of `consul.cert_file`; else `CONSUL_CLIENT_KEY`",
 	"consul.service_name":            "Consul service engines register under",
 	"engines":                        "engine name → binary path, e.g. `llamacpp = \"/usr/local/bin/llama-server\"`; the fingerprint lists the engines found",
 	"default_engine":                 "engine of tasks that name none",
