@@ -41,4 +41,3 @@ func (t TLS) Apply(cc *consulapi.Config, timeout time.Duration) error {
 	cc.HttpClient = hc
 	return nil
 }
-
