@@ -102,6 +102,14 @@ type TaskConfig struct {
 	Env       map[string]string `json:"env,omitempty"`
 	Pool      string            `json:"pool,omitempty"`
 	Service   ServiceConfig     `json:"service"`
+	// The task's certificate and key (relative paths are in the task
+	// directory, e.g. "secrets/tls.crt" from a template block): the engine
+	// serves HTTPS with them where it can, else the relay does, and the
+	// instance is announced with tls=1. TLSClientCAFile makes the relay
+	// demand client certificates from that CA.
+	TLSCertFile     string `json:"tls_cert_file,omitempty"`
+	TLSKeyFile      string `json:"tls_key_file,omitempty"`
+	TLSClientCAFile string `json:"tls_client_ca_file,omitempty"`
 }
 
 // WantsGPUs reports whether the task asked for any GPU.
