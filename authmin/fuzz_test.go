@@ -5,9 +5,12 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Hostile Authorization headers seen in the wild or built to hit edge
@@ -29,20 +32,54 @@ func FuzzParseBearer(f *testing.F) {
 			if tok != "" {
 				t.Fatalf("error %v with a token", err)
 			}
+			if errors.Is(err, ErrMissing) != (strings.TrimFunc(header, unicode.IsSpace) == "") {
+				t.Fatalf("header %q: ErrMissing is for blank headers only, got %v", header, err)
+			}
+			// The fuzzed string as a token: when it is one a client may
+			// send, ParseBearer must return exactly it, whatever
+			// whitespace surrounds it.
+			if wellFormedToken(header) {
+				for _, h := range []string{"Bearer " + header, " \tBearer  " + header + " \r\n"} {
+					if got, err := ParseBearer(h); err != nil || got != header {
+						t.Fatalf("ParseBearer(%q) = %q, %v; want the token %q", h, got, err, header)
+					}
+				}
+			}
 			return
 		}
-		if tok == "" || len(tok) > MaxTokenBytes || tok != strings.TrimSpace(tok) {
+		// Accepted: the header is whitespace, "Bearer", a space, more
+		// whitespace, the token, whitespace; and the token is well formed.
+		// Checked by taking the header apart from the right, not the way
+		// ParseBearer does it.
+		right := strings.TrimRightFunc(header, unicode.IsSpace)
+		if !strings.HasSuffix(right, tok) {
+			t.Fatalf("header %q: token %q is not what the header ends with", header, tok)
+		}
+		before := strings.TrimLeftFunc(right[:len(right)-len(tok)], unicode.IsSpace)
+		if !strings.HasPrefix(before, "Bearer ") || strings.TrimFunc(before[len("Bearer "):], unicode.IsSpace) != "" {
+			t.Fatalf("header %q: %q precedes the token %q, want \"Bearer \" and whitespace", header, before, tok)
+		}
+		if !wellFormedToken(tok) {
 			t.Fatalf("accepted bad token %q", tok)
 		}
-		for i := 0; i < len(tok); i++ {
-			if tok[i] < 0x20 || tok[i] == 0x7f {
-				t.Fatalf("accepted control character in %q", tok)
-			}
-		}
-		if !strings.HasPrefix(strings.TrimSpace(header), "Bearer ") {
-			t.Fatalf("accepted a header without the Bearer prefix: %q", header)
-		}
 	})
+}
+
+// wellFormedToken is the reference for what ParseBearer accepts as a
+// token, from its documentation: 1..MaxTokenBytes bytes, no control
+// character (C0 or DEL), not starting or ending with whitespace.
+func wellFormedToken(tok string) bool {
+	if tok == "" || len(tok) > MaxTokenBytes {
+		return false
+	}
+	for _, b := range []byte(tok) {
+		if b < 0x20 || b == 0x7f {
+			return false
+		}
+	}
+	first, _ := utf8.DecodeRuneInString(tok)
+	last, _ := utf8.DecodeLastRuneInString(tok)
+	return !unicode.IsSpace(first) && !unicode.IsSpace(last)
 }
 
 // allowedMessages are the only 401 messages the middleware writes: each is
@@ -54,6 +91,17 @@ var allowedMessages = func() map[string]bool {
 	}
 	return m
 }()
+
+// The reference grammar for FuzzMiddleware. ws is Unicode White_Space,
+// spelled out (what strings.TrimSpace trims): \t-\r, NEL, the Zs
+// category (space, NBSP, U+1680, U+2000-200A, U+202F, U+205F, U+3000) and
+// the line/paragraph separators.
+const ws = `[\t-\r\x{85}\p{Zs}\x{2028}\x{2029}]`
+
+var (
+	blankHeader = regexp.MustCompile(`^` + ws + `*$`)
+	goodHeader  = regexp.MustCompile(`^` + ws + `*Bearer ` + ws + `*` + regexp.QuoteMeta(goodToken) + ws + `*$`)
+)
 
 func FuzzMiddleware(f *testing.F) {
 	for _, h := range hostileHeaders {
@@ -76,9 +124,12 @@ func FuzzMiddleware(f *testing.F) {
 		r.Header["Authorization"] = []string{header}
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
-		tok, err := ParseBearer(header)
-		valid := err == nil && tok == goodToken
-		if !valid && !errors.Is(err, ErrMissing) {
+		// The oracle is a reference grammar of the accepted header (RFC
+		// 6750's "Bearer" SP token, with surrounding whitespace allowed),
+		// not ParseBearer.
+		blank := blankHeader.MatchString(header)
+		valid := goodHeader.MatchString(header)
+		if !valid && !blank {
 			r := httptest.NewRequest("GET", "/v1/models", nil)
 			r.RemoteAddr = peer
 			r.Header["Authorization"] = []string{header}
@@ -100,6 +151,9 @@ func FuzzMiddleware(f *testing.F) {
 		var b struct{ Error wireError }
 		if err := json.Unmarshal(w.Body.Bytes(), &b); err != nil || !allowedMessages[b.Error.Message] || b.Error.Type != "authentication_error" {
 			t.Fatalf("unexpected 401 body %q", w.Body.String())
+		}
+		if wantCode := map[bool]string{true: CodeMissingToken, false: CodeBadToken}[blank]; b.Error.Code != wantCode {
+			t.Fatalf("header %q: code %s, want %s", header, b.Error.Code, wantCode)
 		}
 		// The body is one of the fixed messages above; the headers are
 		// exactly these, so nothing the client sent can come back.

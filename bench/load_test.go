@@ -10,21 +10,46 @@ import (
 	"github.com/llorch/llorch/internal/openaifixture"
 )
 
-// An open-loop generator keeps its schedule when the server is slow: 100
-// requests at 200/s leave within ~0.5 s even though each takes 100 ms, and
-// every latency counts the 100 ms.
+// An open-loop generator keeps its schedule when the server is slow: with
+// no answer given until every one of the 100 requests (200/s for 0.5 s) has
+// arrived, they all still arrive (a generator that waited for answers would
+// stall here), and every latency counts the wait. Event-driven: no
+// wall-clock bound on the run, only a hang guard.
 func TestOpenLoopKeepsScheduleWhenServerIsSlow(t *testing.T) {
+	const want = 100
+	var mu sync.Mutex
+	arrived := 0
+	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		arrived++
+		if arrived == want {
+			close(release)
+		}
+		mu.Unlock()
+		select {
+		case <-release:
+		case <-time.After(8 * time.Second): // hang guard: the client times out at 10 s
+		}
 		time.Sleep(100 * time.Millisecond)
 	}))
 	defer srv.Close()
-	t0 := time.Now()
-	s := openLoop(newClient(64), target{url: srv.URL}, 200, 500*time.Millisecond)
-	if s.n != 100 || s.err != 0 {
-		t.Fatalf("sent %d (errors %d), want 100 without errors", s.n, s.err)
+	// Enough connections for all of them: the client pool must not be
+	// what holds requests back.
+	s := openLoop(newClient(2*want), target{url: srv.URL}, 200, 500*time.Millisecond)
+	select {
+	case <-release:
+	default:
+		mu.Lock()
+		t.Fatalf("only %d of %d requests reached the server before any was answered: the generator waited for answers", arrived, want)
 	}
-	if el := time.Since(t0); el > 900*time.Millisecond {
-		t.Errorf("took %v: the generator waited for answers instead of keeping its schedule", el)
+	if s.n != want || s.err != 0 {
+		t.Fatalf("sent %d (errors %d), want %d without errors", s.n, s.err, want)
+	}
+	// The first request was answered only after the last was sent
+	// (~495 ms later) plus 100 ms: its latency counts all of it.
+	if p := pct(s.lat, 1); p < 500*time.Millisecond {
+		t.Errorf("max latency %v, want ≥ 500 ms (schedule span + service time)", p)
 	}
 	if p := pct(s.lat, 0.01); p < 95*time.Millisecond {
 		t.Errorf("p1 latency %v, want ≥100 ms", p)

@@ -112,6 +112,10 @@ func main() {
 		fmt.Println("== failure detection (real llama-server)")
 		failureBench(env, *quick)
 	}
+	if run("placement") {
+		fmt.Println("== placement quality (3 real llama-server, multi-turn chat)")
+		placementBench(env, *quick)
+	}
 	if run("coldstart") {
 		fmt.Println("== cold start: request to a model not loaded → first token (home, real llama-server)")
 		coldStartBench(*quick)
@@ -133,7 +137,7 @@ func main() {
 }
 
 // sectionNames are the parts -only can pick, in the order they run.
-var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "churn", "discovery", "failure", "coldstart", "resume", "driver"}
+var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "churn", "discovery", "failure", "placement", "coldstart", "resume", "driver"}
 
 func machine() string {
 	model := "unknown CPU"

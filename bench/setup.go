@@ -91,7 +91,7 @@ func setup() (*env, error) {
 		return nil, err
 	}
 	if err := e.startNginx(); err != nil {
-		fmt.Println("  nginx:", err)
+		fmt.Printf("  nginx: %v: the nginx baseline is MISSING from this run (its columns read \"no nginx\"); sudo scripts/install-deps.sh installs it\n", err)
 	}
 	e.direct = target{name: "direct", url: "http://" + addr(e.uPort)}
 	e.viaRt = target{name: "llorch", url: e.routerURL, token: apiToken, pgid: e.router.cmd.Process.Pid}

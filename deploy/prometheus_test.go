@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"gopkg.in/yaml.v3"
@@ -38,19 +40,27 @@ func writeSecret(t *testing.T, dir, name, v string) string {
 	return p
 }
 
-// A stock Prometheus with deploy/prometheus.yml finds the router and the
-// engines through Consul (ACLs on) and their series arrive labelled node_id.
-func TestPrometheusFindsLlorchThroughConsul(t *testing.T) {
-	promBin := testenv.LookPath(t, "prometheus", "apt-get install prometheus")
+// fleet is one engine announced the way the driver does it and a router fed
+// by Consul, both with their tokens in files, for Prometheus to find.
+type fleet struct {
+	consul                              *testenv.Consul
+	dir                                 string
+	routerAddr                          string
+	readTokFile, engTokFile, apiTokFile string
+}
+
+func startFleet(t *testing.T) *fleet {
 	llama := testenv.LlamaServer(t)
 	c := testenv.StartConsul(t)
 	dir := t.TempDir()
 	engineToken := "engine-token-0123456789abcdef0123456789"
 	apiToken := "api-token-0123456789abcdef0123456789abcd"
-	readTok := writeSecret(t, dir, "consul-router.token", c.Token(t, consultest.RouterPolicy(t)))
+	f := &fleet{consul: c, dir: dir,
+		readTokFile: writeSecret(t, dir, "consul-router.token", c.Token(t, consultest.RouterPolicy(t))),
+		engTokFile:  writeSecret(t, dir, "engine.token", engineToken),
+		apiTokFile:  writeSecret(t, dir, "api.token", apiToken),
+	}
 	driverTok := c.Token(t, consultest.DriverPolicy(t))
-	engTokFile := writeSecret(t, dir, "engine.token", engineToken)
-	apiTokFile := writeSecret(t, dir, "api.token", apiToken)
 
 	// An engine, announced the way the driver does it.
 	ad, _ := engine.Get("llamacpp")
@@ -83,16 +93,16 @@ func TestPrometheusFindsLlorchThroughConsul(t *testing.T) {
 		t.Fatalf("engine not ready: %v", sup.Err())
 	}
 
-	// The router, fed by Consul, registered as llorch-router (the Nomad
-	// job's service block does this in production).
-	cc := c.Client(t, strings.TrimSpace(mustRead(t, readTok)))
+	// The router, fed by Consul.
+	cc := c.Client(t, strings.TrimSpace(mustRead(t, f.readTokFile)))
 	rcfg := router.DefaultConfig()
 	rl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	rcfg.Addr = rl.Addr().String()
-	rcfg.APITokenFile, rcfg.EngineTokenFile = apiTokFile, engTokFile
+	f.routerAddr = rl.Addr().String()
+	rcfg.Addr = f.routerAddr
+	rcfg.APITokenFile, rcfg.EngineTokenFile = f.apiTokFile, f.engTokFile
 	rt, err := router.New(rcfg, &consul.Watcher{Client: cc}, nil, hclog.NewNullLogger(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -101,71 +111,129 @@ func TestPrometheusFindsLlorchThroughConsul(t *testing.T) {
 	srv := &http.Server{Handler: rt.Handler()}
 	go srv.Serve(rl)
 	t.Cleanup(func() { srv.Close() })
-	// deploy/prometheus-http-sd.yml with this test's addresses and files:
-	// Debian's Prometheus has no Consul SD, so the router (fed by Consul)
-	// serves the engines as HTTP SD.
-	raw, err := os.ReadFile("prometheus-http-sd.yml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := strings.NewReplacer("ROUTER_ADDR", rl.Addr().String(), "ROUTER_NODE_ID", "ctl-1",
-		"/etc/llorch/engine.token", engTokFile, "/etc/llorch/api.token", apiTokFile,
-		"scrape_interval: 15s", "scrape_interval: 1s", "refresh_interval: 15s", "refresh_interval: 1s").Replace(string(raw))
-	cf := writeSecret(t, dir, "prometheus.yml", cfg)
-	pport := testenv.FreePort(t)
-	prom := exec.Command(promBin, "--config.file="+cf, "--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
-		"--web.listen-address=127.0.0.1:"+strconv.Itoa(pport))
-	var plog strings.Builder
-	prom.Stdout, prom.Stderr = &plog, &plog
-	prom.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := prom.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Kill(-prom.Process.Pid, syscall.SIGKILL); prom.Wait() })
+	return f
+}
 
-	query := func(q string) []map[string]string {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/query?query=%s", pport, url.QueryEscape(q)))
-		if err != nil {
-			return nil
-		}
-		defer resp.Body.Close()
-		var r struct {
-			Data struct {
-				Result []struct {
-					Metric map[string]string `json:"metric"`
-				} `json:"result"`
-			} `json:"data"`
-		}
-		json.NewDecoder(resp.Body).Decode(&r)
-		var out []map[string]string
-		for _, x := range r.Data.Result {
-			out = append(out, x.Metric)
-		}
-		return out
+// prom runs Prometheus on cfg until the test ends and returns its port.
+func (f *fleet) prom(t *testing.T, cfg string) *promServer {
+	bin := testenv.Prometheus(t)
+	cf := writeSecret(t, f.dir, "prometheus.yml", cfg)
+	p := &promServer{port: testenv.FreePort(t)}
+	cmd := exec.Command(bin, "--config.file="+cf, "--storage.tsdb.path="+filepath.Join(f.dir, "tsdb"),
+		"--web.listen-address=127.0.0.1:"+strconv.Itoa(p.port))
+	cmd.Stdout, cmd.Stderr = &p.log, &p.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	want := map[string]string{
-		`up{job="llorch-engines",node_id="node-a",model="tiny",pool_id="pool-a"} == 1`: "engine scraped, labelled from Consul meta",
-		`{job="llorch-engines",node_id="node-a",__name__=~"llamacpp:.*"}`:              "engine's own series with node_id",
-		`up{job="llorch-router",node_id="ctl-1"} == 1`:                                 "router scraped with its node_id",
-		`llorch_node_instances{node_id="node-a",state="passing"}`:                      "router's per-node series keep the engine's node_id",
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+	return p
+}
+
+type promServer struct {
+	port int
+	log  strings.Builder // written by the process until it is killed; read only on failure
+}
+
+func (p *promServer) query(q string) []map[string]string {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/query?query=%s", p.port, url.QueryEscape(q)))
+	if err != nil {
+		return nil
 	}
-	deadline := time.Now().Add(40 * time.Second)
+	defer resp.Body.Close()
+	var r struct {
+		Data struct {
+			Result []struct {
+				Metric map[string]string `json:"metric"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	json.NewDecoder(resp.Body).Decode(&r)
+	var out []map[string]string
+	for _, x := range r.Data.Result {
+		out = append(out, x.Metric)
+	}
+	return out
+}
+
+// expect waits until every query has a series. The wait is derived from
+// the 1 s scrape and refresh intervals the tests configure: a few rounds
+// of discovery and scraping, with the margin of a loaded CI machine.
+func (p *promServer) expect(t *testing.T, want map[string]string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
 	for q, what := range want {
-		for len(query(q)) == 0 {
+		for len(p.query(q)) == 0 {
 			if time.Now().After(deadline) {
-				targets, _ := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/targets", pport))
-				var tb strings.Builder
-				if targets != nil {
-					b := make([]byte, 4000)
-					n, _ := targets.Body.Read(b)
-					tb.Write(b[:n])
+				var tb []byte
+				if targets, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/api/v1/targets", p.port)); err == nil {
+					tb, _ = io.ReadAll(io.LimitReader(targets.Body, 4000))
+					targets.Body.Close()
 				}
-				t.Fatalf("%s: no series for %s\ntargets: %s\nprometheus log:\n%s", what, q, tb.String(), tail(plog.String()))
+				t.Fatalf("%s: no series for %s\ntargets: %s\nprometheus log:\n%s", what, q, tb, tail(p.log.String()))
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
 		t.Logf("ok: %s (%s)", what, q)
 	}
+}
+
+// Prometheus with the shipped deploy/prometheus.yml finds the router and
+// the engines through Consul's service discovery, with the ACL token of
+// deploy/consul/router-policy.hcl, scrapes both with their bearer tokens,
+// and labels every series node_id from the registration's meta.
+func TestPrometheusScrapesThroughConsulSD(t *testing.T) {
+	f := startFleet(t)
+	// The router registered as llorch-router with its node_id meta, as the
+	// Nomad job's service block does in production.
+	host, portS, _ := net.SplitHostPort(f.routerAddr)
+	rport, _ := strconv.Atoi(portS)
+	if err := f.consul.Client(t, f.consul.ManagementToken).Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
+		ID: "llorch-router-ctl-1", Name: "llorch-router", Address: host, Port: rport,
+		Meta: map[string]string{registry.MetaNodeID: "ctl-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile("prometheus.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.NewReplacer("CONSUL_ADDR", f.consul.Addr,
+		"/etc/llorch/consul-router.token", f.readTokFile, "/etc/llorch/engine.token", f.engTokFile, "/etc/llorch/api.token", f.apiTokFile,
+		"scrape_interval: 15s", "scrape_interval: 1s").Replace(string(raw))
+	if strings.Contains(cfg, "/etc/llorch/") || strings.Contains(cfg, "CONSUL_ADDR") {
+		t.Fatalf("deploy/prometheus.yml has placeholders this test does not fill:\n%s", cfg)
+	}
+	p := f.prom(t, cfg)
+	p.expect(t, map[string]string{
+		`up{job="llorch-engines",node_id="node-a",model="tiny",pool_id="pool-a",engine="llamacpp"} == 1`: "engine found in Consul, scraped with the engine token, labelled from its meta",
+		`{job="llorch-engines",node_id="node-a",__name__=~"llamacpp:.*"}`:                                "engine's own series with node_id",
+		`up{job="llorch-router",node_id="ctl-1"} == 1`:                                                   "router found in Consul, scraped with the API token, node_id from its meta",
+		`llorch_node_instances{job="llorch-router",node_id="node-a",state="passing"}`:                    "router's per-node series keep the engine's node_id (honor_labels)",
+	})
+	// Discovery went through Consul: the router's target carries the
+	// Consul node name (testenv's agent is "consul-test").
+	p.expect(t, map[string]string{`up{job="llorch-router",consul_node="consul-test"} == 1`: "router target labelled with its Consul node"})
+}
+
+// The same through the router's HTTP SD (deploy/prometheus-http-sd.yml),
+// for Prometheus builds without Consul SD: the router, fed by Consul,
+// serves the engines as targets.
+func TestPrometheusScrapesThroughRouterHTTPSD(t *testing.T) {
+	f := startFleet(t)
+	raw, err := os.ReadFile("prometheus-http-sd.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.NewReplacer("ROUTER_ADDR", f.routerAddr, "ROUTER_NODE_ID", "ctl-1",
+		"/etc/llorch/engine.token", f.engTokFile, "/etc/llorch/api.token", f.apiTokFile,
+		"scrape_interval: 15s", "scrape_interval: 1s", "refresh_interval: 15s", "refresh_interval: 1s").Replace(string(raw))
+	p := f.prom(t, cfg)
+	p.expect(t, map[string]string{
+		`up{job="llorch-engines",node_id="node-a",model="tiny",pool_id="pool-a"} == 1`: "engine scraped, labelled from Consul meta",
+		`{job="llorch-engines",node_id="node-a",__name__=~"llamacpp:.*"}`:              "engine's own series with node_id",
+		`up{job="llorch-router",node_id="ctl-1"} == 1`:                                 "router scraped with its node_id",
+		`llorch_node_instances{node_id="node-a",state="passing"}`:                      "router's per-node series keep the engine's node_id",
+	})
 }
 
 func mustRead(t *testing.T, p string) string {
@@ -183,9 +251,9 @@ func tail(s string) string {
 	return s
 }
 
-// deploy/prometheus.yml (for Prometheus builds with Consul SD) finds both
-// services in Consul and maps the meta to the same labels as the HTTP SD
-// file; Debian's Prometheus cannot load it, so its shape is checked here.
+// deploy/prometheus.yml finds both services in Consul and maps the meta to
+// the same labels as the HTTP SD file (checked without a Prometheus; the
+// scrape test above runs it).
 func TestConsulSDConfigShape(t *testing.T) {
 	raw, err := os.ReadFile("prometheus.yml")
 	if err != nil {

@@ -273,6 +273,11 @@ func (c *cluster) plugin(host string) *nomadclient.Plugin {
 
 // startTask starts an engine for model on host through the driver.
 func (c *cluster) startTask(host, model string, port int) *task {
+	return c.startTaskFile(host, model, c.model, port)
+}
+
+// startTaskFile starts an engine task for model served from file.
+func (c *cluster) startTaskFile(host, model, file string, port int) *task {
 	p := c.plugin(host)
 	tk := &task{host: host, allocID: uuid.NewString(), marker: uuid.NewString()}
 	tk.dir = filepath.Join(c.dir, "alloc-"+tk.allocID[:8])
@@ -285,7 +290,7 @@ func (c *cluster) startTask(host, model string, port int) *task {
 		c.t.Fatal(err)
 	}
 	b, err := nomadclient.EncodeConfig(ts.GetSpec(), map[string]interface{}{
-		"engine": "llamacpp", "model": c.model, "model_name": model, "port": "http",
+		"engine": "llamacpp", "model": file, "model_name": model, "port": "http",
 		"slots": 4, "ctx": 512, "threads": 1, "pool": model + "-pool",
 	})
 	if err != nil {
@@ -421,9 +426,14 @@ func (c *cluster) waitView(limit time.Duration, what string, cond func(nodeEngin
 	return 0
 }
 
-// taskNode submits a /v2 task and returns the node its started event names.
-func (c *cluster) taskNode(model string) (string, error) {
-	st, b, err := c.req("POST", "/v2/tasks", []byte(`{"model_ref":"`+model+`","prompt":"hello","max_tokens":32}`))
+// taskNode submits a /v2 task (pinned to pin unless empty) and returns the
+// node its started event names.
+func (c *cluster) taskNode(model, pin string) (string, error) {
+	placement := ""
+	if pin != "" {
+		placement = `,"placement":{"mode":"pin","pin_node_id":"` + pin + `"}`
+	}
+	st, b, err := c.req("POST", "/v2/tasks", []byte(`{"model_ref":"`+model+`","prompt":"hello","max_tokens":32`+placement+`}`))
 	if err != nil || st != 202 {
 		return "", fmt.Errorf("submit: %d %s %v", st, b, err)
 	}

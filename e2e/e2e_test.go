@@ -48,6 +48,19 @@ func must(t *testing.T, scenario, engine string, ok bool, format string, args ..
 	}
 }
 
+// goal records a timing or balance goal and fails the test when it is
+// missed. Each goal's limit is the documented goal itself; the comment next
+// to each call says why that bound already holds on a loaded 2-core CI
+// machine (the measured value is typically far below it) rather than
+// widening it.
+func goal(t *testing.T, scenario, engine string, ok bool, format string, args ...any) {
+	t.Helper()
+	record(scenario, engine, ok, format, args...)
+	if !ok {
+		t.Errorf("MISSED GOAL %s: %s", scenario, fmt.Sprintf(format, args...))
+	}
+}
+
 // TestMain prints the summary table after the run (make e2e shows it).
 func TestMain(m *testing.M) {
 	code := m.Run()
@@ -68,7 +81,7 @@ const real = "llama-server"
 
 func TestE2E(t *testing.T) {
 	testenv.RequireRoot(t)
-	testenv.LookPath(t, "ip", "apt-get install iproute2")
+	testenv.LookPath(t, "ip", "sudo scripts/install-deps.sh (iproute2)")
 	lockRun(t)
 	sweep()
 	f, err := newFabric()
@@ -154,7 +167,10 @@ func TestE2E(t *testing.T) {
 	t0 = time.Now()
 	c.stopTask(tasks["n3"])
 	d := c.waitView(10*time.Second, "n3 gone", func(v nodeEngines) bool { return !v.has("n3", "tiny") })
-	record("2. pool stopped → disappears", real, d < 2*time.Second, "%v", d.Round(time.Millisecond))
+	// Goal < 2 s. StopTask deregisters at once and the router's blocking
+	// query wakes on the change (tens of ms); the view is polled every
+	// 20 ms. The rest of the 2 s is the margin for a loaded machine.
+	goal(t, "2. pool stopped → disappears", real, d < 2*time.Second, "%v (goal <2s)", d.Round(time.Millisecond))
 	t0 = time.Now()
 	tasks["n3"] = c.startTask("n3", "tiny", enginePort)
 	d = c.waitView(20*time.Second, "n3 back", func(v nodeEngines) bool { return v.has("n3", "tiny") })
@@ -168,7 +184,10 @@ func TestE2E(t *testing.T) {
 	t0 = time.Now()
 	syscall.Kill(pid, syscall.SIGKILL)
 	d = c.waitView(10*time.Second, "n1 excluded after kill", func(v nodeEngines) bool { return !v.has("n1", "tiny") })
-	record("3. engine killed → excluded", real, d <= time.Second, "%v (goal ≤1s)", d.Round(time.Millisecond))
+	// Goal ≤ 1 s. The supervisor sees the exit at once (wait(2)), marks
+	// the check critical and the watcher delivers it (docs/performance.md:
+	// p50 3.5 ms); the margin for a loaded machine is the remaining ~1 s.
+	goal(t, "3. engine killed → excluded", real, d <= time.Second, "%v (goal ≤1s)", d.Round(time.Millisecond))
 	tasks["n1"] = c.startTask("n1", "tiny", enginePort)
 	c.waitView(20*time.Second, "n1 back", func(v nodeEngines) bool { return v.has("n1", "tiny") })
 
@@ -177,14 +196,20 @@ func TestE2E(t *testing.T) {
 	syscall.Kill(pid, syscall.SIGSTOP)
 	t0 = time.Now()
 	d = c.waitView(15*time.Second, "n2 excluded while hung", func(v nodeEngines) bool { return !v.has("n2", "tiny") })
-	record("4. engine hung (SIGSTOP) → excluded", real, d <= 5*time.Second, "%v (goal ≤5s)", d.Round(time.Millisecond))
+	// Goal ≤ 5 s. Detection is the supervisor's health probe (timeouts
+	// and failures before critical: measured 2.5-3.0 s); margin ≥ 2 s.
+	goal(t, "4. engine hung (SIGSTOP) → excluded", real, d <= 5*time.Second, "%v (goal ≤5s)", d.Round(time.Millisecond))
 	syscall.Kill(pid, syscall.SIGCONT)
 	c.waitView(15*time.Second, "n2 back after SIGCONT", func(v nodeEngines) bool { return v.has("n2", "tiny") })
 	plug := c.plugin("n3").Pid
 	syscall.Kill(plug, syscall.SIGSTOP)
 	t0 = time.Now()
 	d = c.waitView(15*time.Second, "n3 excluded while its driver hangs", func(v nodeEngines) bool { return !v.has("n3", "tiny") })
-	record("4. driver hung (SIGSTOP plugin) → excluded", real, d <= 5*time.Second, "%v (goal ≤5s; TTL check expiry)", d.Round(time.Millisecond))
+	// Goal ≤ 5 s. Nobody feeds the TTL check (3 s, registry/consul
+	// DefaultTTL) so Consul marks it critical 3 s after the last feed (at
+	// most 3 s before the SIGSTOP); margin 2 s for Consul's TTL timer and
+	// the blocking query on a loaded machine.
+	goal(t, "4. driver hung (SIGSTOP plugin) → excluded", real, d <= 5*time.Second, "%v (goal ≤5s; TTL check expiry)", d.Round(time.Millisecond))
 	syscall.Kill(plug, syscall.SIGCONT)
 	c.waitView(15*time.Second, "n3 back after the driver resumes", func(v nodeEngines) bool { return v.has("n3", "tiny") })
 
@@ -218,7 +243,10 @@ func TestE2E(t *testing.T) {
 	time.Sleep(time.Second)
 	close(stop)
 	wg.Wait()
-	record("5. node lost (link down) → excluded", real, d <= 5*time.Second, "%v (goal ≤5s; Consul gossip, probe 200ms)", d.Round(time.Millisecond))
+	// Goal ≤ 5 s. Gossip here probes every 200 ms with a 100 ms timeout
+	// and suspicion_mult 2 (cluster.go), so serfHealth fails the node in
+	// about 1-2 s; margin ≥ 3 s for a loaded machine.
+	goal(t, "5. node lost (link down) → excluded", real, d <= 5*time.Second, "%v (goal ≤5s; Consul gossip, probe 200ms)", d.Round(time.Millisecond))
 	must(t, "5. requests lost while the node went away", real, failed.Load() == 0, "%d of %d (goal 0)", failed.Load(), sent.Load())
 
 	// 6. Partition heals.
@@ -232,12 +260,18 @@ func TestE2E(t *testing.T) {
 	// configurable in 1.14), so this takes up to about 30 s.
 	record("6. partition heals → node back, no manual step", real, true, "%v (Consul push/pull sync ≤30s)", d.Round(time.Millisecond))
 
-	// 7. Placement by model presence.
+	// 7. Placement by model presence: solo runs only on n1 while n2 and
+	// n3 serve other models (tiny, and other2 on n2), so a request for
+	// solo could go elsewhere only if placement ignored the model.
 	tasks["solo"] = c.startTask("n1", "solo", enginePort+1)
-	c.waitView(20*time.Second, "solo on n1", func(v nodeEngines) bool { return v.has("n1", "solo") })
+	tasks["other2"] = c.startTask("n2", "other2", enginePort+1)
+	c.waitView(20*time.Second, "solo on n1, other2 on n2", func(v nodeEngines) bool { return v.has("n1", "solo") && v.has("n2", "other2") })
+	view := c.view()
+	must(t, "7. other nodes serve other models", real, view.count("solo") == 1 && view.has("n2", "other2") && view.has("n3", "tiny"),
+		"solo on %d node(s), n2 %v, n3 %v", view.count("solo"), view["n2"], view["n3"])
 	elsewhere := 0
 	for i := 0; i < 10; i++ {
-		node, err := c.taskNode("solo")
+		node, err := c.taskNode("solo", "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,10 +279,18 @@ func TestE2E(t *testing.T) {
 			elsewhere++
 		}
 	}
-	st, body, _ := c.req("POST", "/v1/chat/completions", []byte(`{"model":"nowhere","messages":[{"role":"user","content":"x"}]}`))
-	okNone := st == 404 && strings.Contains(string(body), "MODEL_NOT_AVAILABLE")
 	must(t, "7. model on one node → all requests there", real, elsewhere == 0, "10 of 10 on n1 (%d elsewhere)", elsewhere)
+	// Pinned to a node that does not serve solo: refused, not rerouted.
+	st, body, _ := c.req("POST", "/v2/tasks", []byte(`{"model_ref":"solo","prompt":"x","max_tokens":4,"placement":{"mode":"pin","pin_node_id":"n3"}}`))
+	must(t, "7. solo pinned to n3 (serves only tiny) → refused", real, st == 503 && strings.Contains(string(body), "NODE_UNAVAILABLE"), "HTTP %d %s", st, strings.TrimSpace(string(body)))
+	// And the pin works where the model is: solo pinned to n1 runs on n1.
+	node, err := c.taskNode("solo", "n1")
+	must(t, "7. solo pinned to n1 → runs there", real, err == nil && node == "n1", "node %q %v", node, err)
+	st, body, _ = c.req("POST", "/v1/chat/completions", []byte(`{"model":"nowhere","messages":[{"role":"user","content":"x"}]}`))
+	okNone := st == 404 && strings.Contains(string(body), "MODEL_NOT_AVAILABLE")
 	must(t, "7. model on no node → MODEL_NOT_AVAILABLE", real, okNone, "HTTP %d", st)
+	c.stopTask(tasks["other2"])
+	delete(tasks, "other2")
 
 	// 8. Load balance over equal nodes.
 	counts := map[string]int{}
@@ -259,7 +301,7 @@ func TestE2E(t *testing.T) {
 		lwg.Add(1)
 		go func() {
 			defer lwg.Done()
-			node, err := c.taskNode("tiny")
+			node, err := c.taskNode("tiny", "")
 			cmu.Lock()
 			defer cmu.Unlock()
 			if err != nil {
@@ -280,7 +322,12 @@ func TestE2E(t *testing.T) {
 	sort.Ints(per)
 	total := per[0] + per[1] + per[2]
 	must(t, "8. 24 concurrent tasks all answered", real, total == 24, "%d of 24", total)
-	record("8. load balance over 3 equal nodes", real, per[0] > 0, "n1/n2/n3 = %d/%d/%d, max/min %.2f", counts["n1"], counts["n2"], counts["n3"], float64(per[2])/float64(max(per[0], 1)))
+	// Goal: every equal node takes part (the spread itself is reported,
+	// not bounded: the default profile's prefix affinity sends identical
+	// prompts to the node that has them cached until its load tips it, so
+	// 24 identical tasks spread unevenly by design; measured 8/8/8 and
+	// 8/12/4 on the 2-core machine). No margin needed: it counts tasks.
+	goal(t, "8. load balance over 3 equal nodes", real, per[0] > 0, "n1/n2/n3 = %d/%d/%d, max/min %.2f (goal: each >0)", counts["n1"], counts["n2"], counts["n3"], float64(per[2])/float64(max(per[0], 1)))
 
 	// 9. Consul server restart: the router serves from its snapshot.
 	srv := c.agents["ctl"]
@@ -324,12 +371,15 @@ func TestE2E(t *testing.T) {
 	stillThere := c.view().has("n1", "tiny")
 	must(t, "10. plugin restart → task recovered, engine kept", real, before != 0 && before == after && stillThere, "pid %d → %d, registered %v", before, after, stillThere)
 
-	// 11. No raw token in any log of the run (a per-team key included).
+	// 11. Streams survive their node's link going down (e2e/resume_test.go).
+	streamsSurviveNodeLoss(t, c, tasks)
+
+	// 12. No raw token in any log of the run (a per-team key included).
 	if err := c.useKey(); err != nil {
 		t.Errorf("per-team key: %v", err)
 	}
 	leaks := c.scanLeaks()
-	must(t, "11. token leak scan over every log", real, len(leaks) == 0, "%d files scanned, %d raw tokens%s", c.scanned, len(leaks), strings.Join(append([]string{""}, leaks...), " in "))
+	must(t, "12. token leak scan over every log", real, len(leaks) == 0, "%d files scanned, %d raw tokens%s", c.scanned, len(leaks), strings.Join(append([]string{""}, leaks...), " in "))
 
 	resMu.Lock()
 	missed := 0
@@ -340,7 +390,7 @@ func TestE2E(t *testing.T) {
 	}
 	resMu.Unlock()
 	if missed > 0 {
-		t.Logf("%d scenario(s) missed their goal (see the table)", missed)
+		t.Errorf("%d scenario(s) missed their goal (see the table)", missed)
 	}
 	for _, h := range []string{"n1", "n2", "n3"} {
 		for _, tk := range tasks {

@@ -190,14 +190,14 @@ func TestLlamaCppProbes(t *testing.T) {
 		t.Errorf("Version = %q, %v", v, err)
 	}
 	l, err := a.Load(ctx(t), nil, base, s)
-	want := Load{Known: true, SlotsBusy: 2, SlotsFree: 0, QueueLen: 1}
+	want := Load{Known: true, SlotsBusy: 2, SlotsFree: 0, QueueLen: 1, Cache: CacheStats{Counters: true, PromptTokens: 8}}
 	if err != nil || l != want {
 		t.Errorf("Load = %+v, %v; want %+v", l, err, want)
 	}
 
 	idle := recorded{key: "sekrit", files: map[string]string{"/slots": "llamacpp/slots-idle.json", "/metrics": "llamacpp/metrics-idle.txt"}}.server(t)
 	l, err = a.Load(ctx(t), nil, idle, s)
-	if want := (Load{Known: true, SlotsFree: 2}); err != nil || l != want {
+	if want := (Load{Known: true, SlotsFree: 2, Cache: CacheStats{Counters: true, PromptTokens: 12, CachedTokens: 3}}); err != nil || l != want {
 		t.Errorf("idle Load = %+v, %v; want %+v", l, err, want)
 	}
 
@@ -225,13 +225,27 @@ func TestVLLMProbes(t *testing.T) {
 		t.Errorf("Version %q %v", v, err)
 	}
 	l, err := a.Load(ctx(t), nil, base, s)
-	if want := (Load{Known: true, SlotsBusy: 5, SlotsFree: 3, QueueLen: 4, KVCacheUsage: 0.42}); err != nil || l != want {
+	if want := (Load{Known: true, SlotsBusy: 5, SlotsFree: 3, QueueLen: 4, KVCacheUsage: 0.42, KVKnown: true}); err != nil || l != want {
 		t.Errorf("Load %+v %v, want %+v", l, err, want)
 	}
 	old := recorded{files: map[string]string{"/metrics": "vllm/metrics-old.txt"}}.server(t)
 	l, err = a.Load(ctx(t), nil, old, Spec{})
-	if want := (Load{Known: true, SlotsBusy: 1, KVCacheUsage: 0.05}); err != nil || l != want {
+	if want := (Load{Known: true, SlotsBusy: 1, KVCacheUsage: 0.05, KVKnown: true}); err != nil || l != want {
 		t.Errorf("old-name Load %+v %v, want %+v", l, err, want)
+	}
+	prefix := recorded{files: map[string]string{"/metrics": "vllm/metrics-prefix.txt"}}.server(t)
+	l, err = a.Load(ctx(t), nil, prefix, s)
+	if want := (Load{Known: true, SlotsBusy: 2, SlotsFree: 6, QueueLen: 1, KVCacheUsage: 0.25, KVKnown: true,
+		Cache: CacheStats{Counters: true, PromptTokens: 12000, CachedTokens: 9000}}); err != nil || l != want {
+		t.Errorf("V1 prefix-cache Load %+v %v, want %+v", l, err, want)
+	}
+	if r, ok := l.Cache.HitRate(); !ok || r != 0.75 {
+		t.Errorf("V1 hit rate %v %v, want 0.75", r, ok)
+	}
+	v0 := recorded{files: map[string]string{"/metrics": "vllm/metrics-v0-prefix.txt"}}.server(t)
+	l, err = a.Load(ctx(t), nil, v0, Spec{})
+	if want := (Load{Known: true, SlotsBusy: 1, KVCacheUsage: 0.05, KVKnown: true, Cache: CacheStats{RateKnown: true, Rate: 0.6}}); err != nil || l != want {
+		t.Errorf("V0 prefix-cache Load %+v %v, want %+v", l, err, want)
 	}
 	wrong := recorded{files: map[string]string{"/metrics": "tgi/metrics.txt"}}.server(t)
 	if _, err := a.Load(ctx(t), nil, wrong, s); err == nil {
@@ -254,7 +268,7 @@ func TestSGLangProbes(t *testing.T) {
 		t.Errorf("Version %q %v", v, err)
 	}
 	l, err := a.Load(ctx(t), nil, base, s)
-	if want := (Load{Known: true, SlotsBusy: 6, SlotsFree: 2, QueueLen: 2, KVCacheUsage: 0.28}); err != nil || l != want {
+	if want := (Load{Known: true, SlotsBusy: 6, SlotsFree: 2, QueueLen: 2, KVCacheUsage: 0.28, KVKnown: true, Cache: CacheStats{RateKnown: true, Rate: 0.0075}}); err != nil || l != want {
 		t.Errorf("Load %+v %v, want %+v", l, err, want)
 	}
 }

@@ -65,6 +65,10 @@ type Load struct {
 	SlotsFree    int
 	QueueLen     int
 	KVCacheUsage float64 // 0..1
+	KVKnown      bool    // the engine reported KVCacheUsage
+	// Cache is what the engine says about its prompt (prefix) cache; see
+	// engine/load.go.
+	Cache CacheStats
 }
 
 // Adapter is one inference engine.

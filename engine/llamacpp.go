@@ -135,8 +135,9 @@ func (LlamaCpp) Load(ctx context.Context, c *http.Client, base string, s Spec) (
 		if v, ok := m.sum("llamacpp:requests_deferred"); ok {
 			l.QueueLen = int(v)
 		}
+		l.Cache = llamaCache(m)
 		if v, ok := m.max("llamacpp:kv_cache_usage_ratio"); ok {
-			l.KVCacheUsage = clampUnit(v)
+			l.KVCacheUsage, l.KVKnown = clampUnit(v), true
 		}
 		if len(slots) == 0 {
 			if v, ok := m.sum("llamacpp:requests_processing"); ok {

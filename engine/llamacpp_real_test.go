@@ -35,7 +35,7 @@ func TestLlamaCppRealServer(t *testing.T) {
 		t.Errorf("Version = %q, %v", v, err)
 	}
 	l, err := a.Load(ctx, nil, p.Base, spec)
-	if want := (engine.Load{Known: true, SlotsFree: 2}); err != nil || l != want {
+	if want := (engine.Load{Known: true, SlotsFree: 2, Cache: engine.CacheStats{Counters: true}}); err != nil || l != want {
 		t.Errorf("idle Load = %+v, %v; want %+v", l, err, want)
 	}
 

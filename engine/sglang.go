@@ -96,8 +96,9 @@ func (SGLang) Load(ctx context.Context, c *http.Client, base string, s Spec) (Lo
 	if s.Slots > 0 {
 		l.SlotsFree = max(s.Slots-l.SlotsBusy, 0)
 	}
+	l.Cache = sglangCache(m)
 	if v, ok := m.max("sglang:token_usage"); ok {
-		l.KVCacheUsage = clampUnit(v)
+		l.KVCacheUsage, l.KVKnown = clampUnit(v), true
 	}
 	return l, nil
 }

@@ -107,8 +107,9 @@ func (VLLM) Load(ctx context.Context, c *http.Client, base string, s Spec) (Load
 	if s.Slots > 0 {
 		l.SlotsFree = max(s.Slots-l.SlotsBusy, 0)
 	}
+	l.Cache = vllmCache(m)
 	if v, ok := m.first(m.max, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"); ok {
-		l.KVCacheUsage = clampUnit(v)
+		l.KVCacheUsage, l.KVKnown = clampUnit(v), true
 	}
 	return l, nil
 }

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,8 +28,27 @@ type homeProc struct {
 	cmd   *exec.Cmd
 	state string
 	addr  string
-	log   *strings.Builder
+	log   *syncLog
 	done  chan struct{}
+}
+
+// syncLog collects a process's output: exec's copying goroutines write it
+// while the test reads it (a bare strings.Builder is a data race).
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // startHome runs the built `llorch home` binary, as a user would.
@@ -36,7 +56,7 @@ func startHome(t *testing.T, state, model string, extra ...string) *homeProc {
 	t.Helper()
 	bin := nomadclient.Binary(t)
 	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
-	h := &homeProc{state: state, addr: addr, log: &strings.Builder{}, done: make(chan struct{})}
+	h := &homeProc{state: state, addr: addr, log: &syncLog{}, done: make(chan struct{})}
 	h.cmd = exec.Command(bin, "home", "--model", model, "--state-dir", state, "--addr", addr, "--engine-bin", testenv.LlamaServer(t))
 	h.cmd.Args = append(h.cmd.Args, extra...)
 	h.cmd.Stdout, h.cmd.Stderr = h.log, h.log
@@ -204,7 +224,7 @@ func TestConfigFileTwoPools(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h := &homeProc{state: state, addr: addr, log: &strings.Builder{}, done: make(chan struct{})}
+	h := &homeProc{state: state, addr: addr, log: &syncLog{}, done: make(chan struct{})}
 	h.cmd = exec.Command(nomadclient.Binary(t), "home", "--config", cfg)
 	h.cmd.Stdout, h.cmd.Stderr = h.log, h.log
 	if err := h.cmd.Start(); err != nil {

@@ -57,6 +57,8 @@ type Config struct {
 	LogLevel                  string
 	LogJSON                   bool
 	SchedulerProfile          string
+	EnginePoll                time.Duration
+	EngineStaleAfter          time.Duration
 	QueueCapacity             int
 	QueuePolicy               string
 	QueueTimeout              time.Duration
@@ -223,10 +225,12 @@ func Options() []Option {
 		strOpt("otlp-endpoint", "LLORCH_OTLP_ENDPOINT", "", "OTLP/HTTP collector for traces (host:port or URL); empty = tracing off (traceparent is still passed on to engines)", func(c *Config) *string { return &c.OTLPEndpoint }),
 		strOpt("model-aliases", "LLORCH_MODEL_ALIASES", "", "other names for served models, alias=model[,alias=model...] (e.g. gpt-4o-mini=llama-3.1-8b); /v1/models lists them", func(c *Config) *string { return &c.ModelAliases }),
 		strOpt("model-fallbacks", "LLORCH_MODEL_FALLBACKS", "", "models tried in order when a model has no instance, none able to take requests, or a full queue: model=fallback[|fallback...][,model=...]; X-Llorch-Fallback-From marks such answers", func(c *Config) *string { return &c.ModelFallbacks }),
+		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight, \"round-robin\" = nginx-style rotation", func(c *Config) *string { return &c.SchedulerProfile }),
+		durOpt("engine-poll-interval", "LLORCH_ENGINE_POLL_INTERVAL", "200ms", "how often the router asks each engine for its load (busy slots, queue, KV and prompt-cache use); 0 = never (placement then sees only this router's own requests)", func(c *Config) *time.Duration { return &c.EnginePoll }),
+		durOpt("engine-stale-after", "LLORCH_ENGINE_STALE_AFTER", "1s", "age after which an engine's last load report counts as unknown (never as idle)", func(c *Config) *time.Duration { return &c.EngineStaleAfter }),
 		strOpt("keys-file", "LLORCH_KEYS_FILE", "", "per-team API keys (YAML/JSON: name, digest, models, priority, rpm, tpm, concurrent, expires, disabled; `llorch key new` writes it); re-read on SIGHUP or change. The API token keeps working beside them", func(c *Config) *string { return &c.KeysFile }),
 		strOpt("keys-consul-prefix", "LLORCH_KEYS_CONSUL_PREFIX", "", "Consul KV prefix holding more API keys, one per entry (e.g. llorch/keys/); followed with blocking queries", func(c *Config) *string { return &c.KeysConsulPrefix }),
 		strOpt("router-service", "LLORCH_ROUTER_SERVICE", "llorch-router", "Consul service the routers register as; each router enforces 1/n of every key limit, n = its passing instances", func(c *Config) *string { return &c.RouterService }),
-		strOpt("scheduler-profile", "LLORCH_SCHEDULER_PROFILE", "", "placement profile file (YAML/JSON: filters, weighted scorers, picker); empty = the built-in profile, \"least-in-flight\" = plain least-in-flight", func(c *Config) *string { return &c.SchedulerProfile }),
 		strOpt("nomad-addr", "LLORCH_NOMAD_ADDR", "", "Nomad HTTP API address for pools that follow demand (jobs run with -max); empty = the router scales nothing", func(c *Config) *string { return &c.NomadAddr }),
 		strOpt("nomad-token-file", "LLORCH_NOMAD_TOKEN_FILE", "", "file holding the Nomad ACL token (deploy/nomad/router-scaler-policy.hcl: list-jobs, read-job, scale-job; NOMAD_TOKEN is used when no file is set)", func(c *Config) *string { return &c.NomadTokenFile }),
 		strOpt("nomad-namespace", "LLORCH_NOMAD_NAMESPACE", "default", "Nomad namespace whose pools the router scales", func(c *Config) *string { return &c.NomadNamespace }),
@@ -305,6 +309,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ServiceName == "" {
 		bad = append(bad, "service-name: must not be empty")
+	}
+	if c.EnginePoll > 0 && c.EngineStaleAfter < c.EnginePoll {
+		bad = append(bad, "engine-stale-after: must be at least engine-poll-interval")
 	}
 	if _, err := c.generationTimeouts(); err != nil {
 		bad = append(bad, "generation-timeout-per-model: "+err.Error())

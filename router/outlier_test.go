@@ -220,7 +220,7 @@ func TestSlowStartAfterEjection(t *testing.T) {
 	if got := s.slowStartExtra("a"); got <= 0 || got >= slowStartLoad {
 		t.Fatalf("half-way through slow start: %d extra", got)
 	}
-	if ld := (localLoad{s}).Load("a"); ld.InFlight != s.slowStartExtra("a") {
+	if ld := (liveLoad{s, nil, nil}).Load("a"); ld.InFlight != s.slowStartExtra("a") {
 		t.Fatalf("the placer does not see the slow start: %+v", ld)
 	}
 	now = now.Add(5 * time.Second)

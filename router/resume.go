@@ -80,6 +80,10 @@ func (rt *Router) withResume(ctx context.Context, call *upstreamCall, cands []re
 	return &c, &resumingSink{sink: s, rt: rt, ctx: ctx, call: &c, kind: kind, body: call.body, stream: st, cands: cands, tried: map[string]bool{}}
 }
 
+// resumesOnGone: a resumable stream is broken (and continued) as soon as
+// its instance leaves the registry.
+func (s *resumingSink) resumesOnGone() bool { return true }
+
 func (s *resumingSink) commit(resp *http.Response, sse bool) error {
 	s.resp = resp
 	return s.sink.commit(resp, sse)

@@ -24,13 +24,14 @@ import (
 type resumeFleet struct {
 	h     *harness
 	procs map[string]*enginetest.Proc // instance id → engine
+	insts map[string]registry.Instance
 }
 
 func newResumeFleet(t *testing.T) *resumeFleet {
 	o := ggufgen.DefaultOptions()
 	o.Embd, o.Layers, o.FF, o.Heads, o.KVHeads, o.StopAfter = 512, 8, 2048, 8, 8, 0
 	model := ggufgen.TestModel(t, o)
-	f := &resumeFleet{procs: map[string]*enginetest.Proc{}}
+	f := &resumeFleet{procs: map[string]*enginetest.Proc{}, insts: map[string]registry.Instance{}}
 	var insts []registry.Instance
 	for _, id := range []string{"llama-a", "llama-b"} {
 		spec := enginetest.LlamaSpec(t)
@@ -40,6 +41,7 @@ func newResumeFleet(t *testing.T) *resumeFleet {
 		in.Engine, in.APIs = "llamacpp", []string{"/v1/chat/completions", "/v1/completions"}
 		insts = append(insts, in)
 		f.procs[id] = p
+		f.insts[id] = in
 	}
 	f.h = newHarness(t, func(c *Config) {
 		c.FirstByteTimeout, c.IdleStreamTimeout = 60*time.Second, 60*time.Second // a loaded CI machine
@@ -273,7 +275,8 @@ func TestBreakInsideToolCallEndsCleanly(t *testing.T) {
 	// placement ranks first, the stream ends up on a) and counts
 	// continuation calls, which must never come.
 	other := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/v1/chat/completions" {
+		// /slots and /metrics are the router's engine-load polls.
+		if p := r.URL.Path; p != "/v1/chat/completions" && p != "/slots" && p != "/metrics" {
 			asked.Add(1)
 		}
 		w.WriteHeader(http.StatusBadGateway)
@@ -474,4 +477,33 @@ func processing(p *enginetest.Proc) bool {
 		}
 	}
 	return false
+}
+
+// An instance that leaves the registry mid-stream (its node failed: the
+// connection may hang rather than reset) breaks the stream at once, and it
+// continues on the other instance with the unbroken run's content.
+func TestStreamContinuesWhenInstanceLeaves(t *testing.T) {
+	f := newResumeFleet(t)
+	want, _, _ := chatRun(t, f, 0, nil)
+	var gone string
+	got, _, _ := chatRun(t, f, 12, func() {
+		id, _ := f.busy(t)
+		gone = id
+		var rest []registry.Instance
+		for other, in := range f.insts {
+			if other != id {
+				rest = append(rest, in)
+			}
+		}
+		f.h.src.Set(rest...)
+	})
+	if got != want {
+		t.Fatalf("content after %s left the registry differs\n got %q\nwant %q", gone, got, want)
+	}
+	// The engine that left is healthy and would have finished the answer
+	// itself: one resume shows the router broke the stream when the
+	// registry said the instance was gone.
+	if n := f.h.metricSum("llorch_stream_resumes_total"); n != 1 {
+		t.Fatalf("llorch_stream_resumes_total = %v, want 1", n)
+	}
 }

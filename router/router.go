@@ -24,6 +24,7 @@ import (
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/router/discovery"
+	"github.com/llorch/llorch/router/enginestate"
 	"github.com/llorch/llorch/router/keys"
 	"github.com/llorch/llorch/scheduler"
 )
@@ -46,14 +47,16 @@ type Router struct {
 	handler      http.Handler
 	queues       *admission.Queues
 	tasks        *taskStore
+	taskRuns     *taskGroup // the goroutines running /v2 tasks; Run stops them
 	genTimeouts  map[string]time.Duration
 	errors       recentErrors
-	routes       modelRoutes     // aliases and fallbacks (aliases.go)
-	demand       Demand          // nil: no scaling or on-demand loading
-	readyBefore  map[string]bool // models with a ready instance in the last snapshot (drainWoken)
-	keys         *keys.Gate      // per-team keys; nil in single-token mode
-	keysIndex    uint64          // the Consul KV index the keys were read at
-	tls          routerTLS       // listener certificate, engine client side (tls.go)
+	routes       modelRoutes         // aliases and fallbacks (aliases.go)
+	demand       Demand              // nil: no scaling or on-demand loading
+	readyBefore  map[string]bool     // models with a ready instance in the last snapshot (drainWoken)
+	keys         *keys.Gate          // per-team keys; nil in single-token mode
+	keysIndex    uint64              // the Consul KV index the keys were read at
+	engines      *enginestate.Poller // nil when engine polling is off
+	tls          routerTLS           // listener certificate, engine client side (tls.go)
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -82,6 +85,7 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 	}
 	rt := &Router{cfg: cfg, source: source, placer: placer, log: logger, view: discovery.NewView(), promReg: reg}
 	rt.tasks = newTaskStore()
+	rt.taskRuns = newTaskGroup()
 
 	var err error
 	if cfg.APITokenFile != "" {
@@ -170,6 +174,7 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 	rt.transport = newTransport(cfg)
 	rt.transport.TLSClientConfig = rt.tls.engine // nil: system roots, for engines announcing tls=1
 	rt.resumeClient = &http.Client{Transport: rt.transport}
+	rt.engines = rt.newEnginePoller()
 	rt.handler = rt.buildHandler()
 	return rt, nil
 }
@@ -233,9 +238,17 @@ func (rt *Router) Run(ctx context.Context) error {
 		}()
 	}
 	rt.watchTLS(ctx, &wg)
+	if rt.engines != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rt.engines.Run(ctx)
+		}()
+	}
 	rt.runKeys(ctx, func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() })
 	last := -1
 	err := rt.source.Watch(ctx, rt.onSnapshot(&last))
+	rt.taskRuns.stop()
 	wg.Wait()
 	rt.transport.CloseIdleConnections()
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {

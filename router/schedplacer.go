@@ -1,13 +1,13 @@
 package router
 
 import (
-	"bytes"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/enginestate"
 	"github.com/llorch/llorch/scheduler"
 )
 
@@ -24,6 +24,15 @@ type SchedulerPlacer struct {
 	// without a session or a shared prompt do not all sample the same
 	// instances.
 	seq atomic.Uint64
+
+	// engines is the engines' own load reports (nil: this router's
+	// in-flight counts only).
+	engines *enginestate.Poller
+	// resv counts placements not yet started (reserve.go); place holds
+	// placeMu from decision to reservation so two concurrent requests
+	// cannot both take one free slot.
+	resv    reservations
+	placeMu sync.Mutex
 
 	// cur is the index of the newest prepared snapshot, prev the one
 	// before (a request that read the view just before a publish still
@@ -55,11 +64,13 @@ func NewSchedulerPlacer(cfg scheduler.ProfileConfig) (*SchedulerPlacer, error) {
 }
 
 // PlacerFromConfig is the placer a router runs with: the scheduler with the
-// built-in profile (""), with a profile file, or "least-in-flight".
+// built-in profile (""), with a profile file, "least-in-flight" or "round-robin".
 func PlacerFromConfig(profile string) (Placer, error) {
 	switch profile {
 	case "least-in-flight":
 		return LeastInFlight{}, nil
+	case "round-robin":
+		return &RoundRobin{}, nil
 	case "":
 		return NewSchedulerPlacer(scheduler.DefaultProfileConfig())
 	}
@@ -103,33 +114,21 @@ func (p *SchedulerPlacer) index(snap registry.Snapshot) *scheduler.Index {
 	return b.ix
 }
 
-type localLoad struct{ l LocalState }
-
-func (v localLoad) Load(id string) scheduler.Load {
-	if v.l == nil {
-		return scheduler.Load{}
-	}
-	ld := scheduler.Load{InFlight: v.l.InFlight(id), Ejected: v.l.EjectedFor(id) > 0}
-	if ls, ok := v.l.(*localState); ok {
-		if ls.BusyFor(id) > 0 {
-			// The engine said "not now" (429, 503 + Retry-After): full
-			// until then, so the request goes elsewhere or queues.
-			ld.SlotsBusy = 1 << 20
-		}
-		ld.InFlight += ls.slowStartExtra(id)
-	}
-	return ld
-}
-
 // Place implements Placer.
 func (p *SchedulerPlacer) Place(req PlaceRequest, snap registry.Snapshot) ([]registry.Instance, error) {
-	sreq := scheduler.Request{Model: req.Model, Path: req.Path, SessionKey: req.Session,
-		PrefixHashes: scheduler.PrefixHashes(string(req.Prefix)), Placement: req.Placement}
+	sreq := scheduler.Request{Model: req.Model, Path: req.Path, SessionKey: req.Session, Placement: req.Placement}
+	sreq.AffinityKey, sreq.PrefixHashes = promptShape(req.Prefix)
 	if sreq.SessionKey == "" {
 		sreq.SessionKey = req.User
 	}
 	sreq.SampleSeed = p.seq.Add(1)
-	d := p.sched.Decide(sreq, p.index(snap), localLoad{req.Local})
+	ix := p.index(snap)
+	p.placeMu.Lock()
+	d := p.sched.Decide(sreq, ix, liveLoad{req.Local, p.engines, &p.resv})
+	if d.Err == nil && !d.Saturated {
+		p.resv.add(d.Ranked[0].ID, startedOf(req.Local, d.Ranked[0].ID), time.Now())
+	}
+	p.placeMu.Unlock()
 	if p.observe != nil {
 		p.observe(d)
 	}
@@ -143,15 +142,6 @@ func (p *SchedulerPlacer) Place(req PlaceRequest, snap registry.Snapshot) ([]reg
 	return d.Ranked, nil
 }
 
-// promptPrefix is the start of the body's prompt or messages, raw JSON:
-// enough for prefix affinity (requests that share a system prompt share
-// these bytes) without parsing megabytes of conversation.
-func promptPrefix(body []byte) []byte {
-	for _, key := range [][]byte{[]byte(`"messages"`), []byte(`"prompt"`)} {
-		if i := bytes.Index(body, key); i >= 0 {
-			end := min(len(body), i+len(key)+scheduler.PrefixBlockChars*scheduler.MaxPrefixBlocks)
-			return body[i+len(key) : end]
-		}
-	}
-	return nil
-}
+// promptPrefix is what prefix affinity reads of a body: the body itself,
+// parsed canonically by promptShape only once placement needs it.
+func promptPrefix(body []byte) []byte { return body }

@@ -28,6 +28,7 @@ type localState struct {
 
 type instState struct {
 	inFlight     atomic.Int64
+	started      atomic.Int64 // requests ever started: engine reports are joined with those started since (engineload.go)
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 = never ejected
 	busyUntil    atomic.Int64 // unix nanoseconds: the engine said 429/503 + Retry-After
 	model        atomic.Pointer[string]
@@ -102,6 +103,17 @@ func (s *localState) InFlight(id string) int {
 	return 0
 }
 
+// Started is how many requests the router ever started on id.
+func (s *localState) Started(id string) int64 {
+	s.mu.RLock()
+	st := s.m[id]
+	s.mu.RUnlock()
+	if st == nil {
+		return 0
+	}
+	return st.started.Load()
+}
+
 // EjectedFor implements LocalState.
 func (s *localState) EjectedFor(id string) time.Duration {
 	st := s.lookup(id)
@@ -148,6 +160,7 @@ func (s *localState) busy(id string, d time.Duration) {
 // acquire counts a request in flight on id; call the returned func once.
 func (s *localState) acquire(id string) func() {
 	st := s.get(id)
+	st.started.Add(1)
 	st.inFlight.Add(1)
 	return func() { st.inFlight.Add(-1) }
 }

@@ -265,7 +265,12 @@ func (rt *Router) attempt(ctx context.Context, call *upstreamCall, inst registry
 
 	// Commit: from here on a vanished instance breaks the stream instead of
 	// being retried (the client has bytes already).
-	unwatch()
+	// A sink that can continue a stream elsewhere keeps the watch: the
+	// instance leaving the registry (its node failed) breaks the stream at
+	// once, so it is resumed, instead of waiting out the idle timeout.
+	if w, ok := s.(interface{ resumesOnGone() bool }); !ok || !w.resumesOnGone() {
+		unwatch()
+	}
 	call.ri.instance, call.ri.node = inst.ID, inst.NodeID
 	if err := s.commit(resp, sse); err != nil {
 		if errors.Is(err, errTaskRefused) {

@@ -171,6 +171,12 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 		badParam(w, param, "task request: "+strings.TrimPrefix(msg, "json: "))
 		return
 	}
+	// One JSON object and nothing after it (Decode alone stops after the
+	// first value; FuzzV2TaskBody found trailing bytes accepted).
+	if _, err := dec.Token(); err != io.EOF {
+		badParam(w, "", "task request: the body must be one JSON object with nothing after it")
+		return
+	}
 	model := tr.Model
 	if model == "" {
 		model = tr.ModelRef
@@ -255,7 +261,7 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	ctx, cancel := context.WithCancel(context.Background()) // the task outlives the submit request
+	ctx, cancel := context.WithCancel(rt.taskRuns.context()) // the task outlives the submit request, not the router
 	var deadline time.Time
 	if tr.DeadlineMs != nil {
 		deadline = time.Now().Add(time.Duration(*tr.DeadlineMs) * time.Millisecond)
@@ -277,8 +283,16 @@ func (rt *Router) serveTaskSubmit(w http.ResponseWriter, r *http.Request) {
 	if ticket != nil {
 		pos, predicted = ticket.Position(), ticket.PredictedStartMs()
 	}
-	t.key, started = ku, true
-	go rt.runTask(ctx, t, tr, pr, path, ticket, deadline, pos, predicted, ri.logger().With("task_id", t.id))
+	t.key = ku
+	log := ri.logger().With("task_id", t.id)
+	if started = rt.taskRuns.goTask(func() { rt.runTask(ctx, t, tr, pr, path, ticket, deadline, pos, predicted, log) }); !started {
+		cancel()
+		if ticket != nil {
+			ticket.Leave("rejected")
+		}
+		apierr.Write(w, &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodeInternal, Message: "the router is shutting down", Retriable: true, RetryAfter: time.Second})
+		return
+	}
 	writeJSON(w, http.StatusAccepted, map[string]any{
 		"task_id": t.id, "queue_position": pos, "predicted_start_ms": predicted, "backoff_ms": 0,
 		"streams": map[string]string{"sse": "/v2/tasks/" + t.id + "/events"},

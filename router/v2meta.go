@@ -26,6 +26,9 @@ type engineView struct {
 	Draining      bool            `json:"draining"`
 	InFlight      int             `json:"in_flight"`
 	EjectedMs     int64           `json:"ejected_ms"`
+	// Live is the engine's own last load report (engineload.go); absent
+	// when the router does not poll engines.
+	Live *liveView `json:"live,omitempty"`
 }
 
 type nodeView struct {
@@ -67,7 +70,8 @@ func (rt *Router) nodes() []nodeView {
 		n.VRAMTotalMiB = max(n.VRAMTotalMiB, in.VRAMTotalMiB)
 		n.Engines = append(n.Engines, engineView{ID: in.ID, Model: in.Model, Engine: in.Engine, EngineVersion: in.EngineVersion,
 			PoolID: in.PoolID, Address: in.URL(), Slots: in.Slots, Ctx: in.Ctx, GPUs: in.GPUs, VRAMMiB: in.VRAMReservedMiB,
-			Health: in.Health, Draining: in.Draining, InFlight: rt.state.InFlight(in.ID), EjectedMs: rt.state.EjectedFor(in.ID).Milliseconds()})
+			Health: in.Health, Draining: in.Draining, InFlight: rt.state.InFlight(in.ID), EjectedMs: rt.state.EjectedFor(in.ID).Milliseconds(),
+			Live: rt.liveView(in.ID)})
 	}
 	sort.Strings(order)
 	out := make([]nodeView, 0, len(order))

@@ -69,6 +69,10 @@ type ProfileConfig struct {
 	// PrefixRelGap times as many.
 	PrefixAbsGap int     `yaml:"prefix_abs_gap" json:"prefix_abs_gap"`
 	PrefixRelGap float64 `yaml:"prefix_rel_gap" json:"prefix_rel_gap"`
+	// BoundedLoad is cache-affinity's ε: an instance with more than
+	// (1+ε)× the candidates' mean load passes the conversation to the next
+	// on the ring (0: the default, 0.25, KubeAI's 125 %).
+	BoundedLoad float64 `yaml:"bounded_load" json:"bounded_load"`
 }
 
 // ScorerWeights is one scorer and its weight.
@@ -79,14 +83,16 @@ type ScorerWeights struct {
 
 // DefaultProfileConfig: every filter; session affinity outweighs
 // everything (a session stays put while its instance can take it), then
-// prefix affinity, load and KV headroom — the weights the Gateway API
-// inference extension ships (prefix 3, queue 2, KV 2), with KV at 1 since
-// our engines report it less reliably.
+// cache affinity (the conversation's ring home under bounded load, which
+// every router agrees on), this router's prefix history, load and KV
+// headroom — the weights the Gateway API inference extension ships
+// (prefix 3, queue 2, KV 2), with KV at 1 since our engines report it less
+// reliably.
 func DefaultProfileConfig() ProfileConfig {
 	return ProfileConfig{
 		Filters: []string{FilterPin, FilterHealthy, FilterPath, FilterContext, FilterDevice, FilterEjected, FilterPools, FilterCapacity},
 		Scorers: []ScorerWeights{
-			{ScorerSession, 10}, {ScorerPrefix, 3}, {ScorerLeastLoaded, 2}, {ScorerKVHeadroom, 1},
+			{ScorerSession, 10}, {ScorerCache, 4}, {ScorerPrefix, 3}, {ScorerLeastLoaded, 2}, {ScorerKVHeadroom, 1},
 		},
 		Picker:       "max-score",
 		PrefixAbsGap: 8,
@@ -144,8 +150,17 @@ func (c ProfileConfig) Build(table *PrefixTable) (Profile, error) {
 			s = sessionAffinity{}
 		case ScorerPrefix:
 			s = prefixAffinity{table: table, absGap: abs, relGap: rel}
+		case ScorerCache:
+			eps := c.BoundedLoad
+			if eps == 0 {
+				eps = DefaultBoundedLoad
+			}
+			if eps < 0 {
+				return Profile{}, fmt.Errorf("scheduler profile: bounded_load %v is negative", eps)
+			}
+			s = cacheAffinity{eps: eps}
 		default:
-			return Profile{}, fmt.Errorf("scheduler profile: unknown scorer %q (known: least-loaded, kv-headroom, prefix-affinity, session-affinity)", sw.Name)
+			return Profile{}, fmt.Errorf("scheduler profile: unknown scorer %q (known: least-loaded, kv-headroom, prefix-affinity, cache-affinity, session-affinity)", sw.Name)
 		}
 		p.Scorers = append(p.Scorers, WeightedScorer{s, sw.Weight})
 	}

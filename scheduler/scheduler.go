@@ -41,7 +41,13 @@ type Request struct {
 	// PrefixHashes are chained hashes of the prompt's leading blocks (see
 	// PrefixHashes); requests sharing a prefix share leading hashes.
 	PrefixHashes []uint64
-	Placement    Placement
+	// AffinityKey names the conversation for prompt-cache affinity when
+	// there is no session (see PromptKey): every router derives the same
+	// key from the same conversation, so consistent hashing with bounded
+	// load (the cache-affinity scorer) sends it to the same instance
+	// without shared state.
+	AffinityKey string
+	Placement   Placement
 	// SampleSeed picks which instances a decision over a large fleet
 	// samples (see SampleAbove), together with the session key and the
 	// first prefix block. The caller varies it per request (a counter, a
@@ -62,6 +68,12 @@ type Load struct {
 	KVUsage   float64
 	KVKnown   bool
 	Ejected   bool
+	// Reported: SlotsBusy, Queue and KV come from a fresh engine report
+	// (plus the router's own requests started since).
+	Reported bool
+	// Stale: the engine reported before and has stopped: its load is
+	// unknown. Scorers rank it last rather than taking it for idle.
+	Stale bool
 }
 
 // LoadView gives the live load of an instance id.
@@ -80,6 +92,9 @@ type Candidate struct {
 	sessionRank int16
 	// prefixBlocks is how many leading prompt blocks were last sent here.
 	prefixBlocks int16
+	// affinityRank is 1 + the place among the affinity key's ring
+	// successors, 0 when not one.
+	affinityRank int16
 }
 
 // busy is the candidate's load figure: the larger of the router's
@@ -221,6 +236,12 @@ func (s *Scheduler) gather(req *Request, ix *Index, mi *modelIndex, load LoadVie
 	sc.ring = mi.sessionSuccessors(req.SessionKey, sc.ring[:0])
 	for k, pos := range sc.ring {
 		add(pos).sessionRank = int16(k + 1)
+	}
+	if req.AffinityKey != "" {
+		sc.ring = mi.sessionSuccessors(req.AffinityKey, sc.ring[:0])
+		for k, pos := range sc.ring {
+			add(pos).affinityRank = int16(k + 1)
+		}
 	}
 	if s.prefix != nil && len(req.PrefixHashes) > 0 {
 		sc.owners = s.prefix.ownersInto(sc.owners[:0], req.PrefixHashes)

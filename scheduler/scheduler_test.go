@@ -210,7 +210,7 @@ func TestPrefixAffinityAndImbalanceFallback(t *testing.T) {
 }
 
 // Properties over seeded random fleets: deterministic; never picks a
-// filtered instance.
+// filtered instance; ranks every eligible one (up to MaxRanked).
 func TestPropertiesRandomFleets(t *testing.T) {
 	rng := rand.New(rand.NewSource(7))
 	s := def(t, nil)
@@ -240,6 +240,36 @@ func TestPropertiesRandomFleets(t *testing.T) {
 			if in.Health != registry.HealthPassing || in.Draining || ld.Ejected || in.Ctx < req.CtxNeeded || ld.InFlight >= in.Slots {
 				t.Fatalf("picked filtered instance %+v load %+v for %+v", in, ld, req)
 			}
+		}
+		// And it ranks whenever something is eligible (an empty ranking
+		// must not pass): eligible, counted here from the fleet, is what
+		// the filters must leave; feasible ignores only the free slot.
+		eligible, feasible := 0, 0
+		for _, in := range list {
+			ld := l[in.ID]
+			if in.Health == registry.HealthPassing && !in.Draining && !ld.Ejected && in.Ctx >= req.CtxNeeded {
+				feasible++
+				if ld.InFlight < in.Slots {
+					eligible++
+				}
+			}
+		}
+		seen := map[string]bool{}
+		for _, in := range d1.Ranked {
+			if seen[in.ID] {
+				t.Fatalf("%s ranked twice", in.ID)
+			}
+			seen[in.ID] = true
+		}
+		switch {
+		case eligible > 0 && (d1.Err != nil || d1.Saturated || len(d1.Ranked) != min(eligible, MaxRanked)):
+			t.Fatalf("trial %d: %d eligible, ranked %d (err %v, saturated %v)", trial, eligible, len(d1.Ranked), d1.Err, d1.Saturated)
+		case eligible == 0 && len(d1.Ranked) != 0:
+			t.Fatalf("trial %d: nothing eligible, ranked %s", trial, ids(d1.Ranked))
+		case eligible == 0 && feasible > 0 && !d1.Saturated:
+			t.Fatalf("trial %d: %d feasible without a free slot, not saturated (err %v)", trial, feasible, d1.Err)
+		case feasible == 0 && d1.Err == nil:
+			t.Fatalf("trial %d: nothing feasible and no error", trial)
 		}
 	}
 }

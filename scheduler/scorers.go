@@ -14,6 +14,7 @@ const (
 	ScorerKVHeadroom  = "kv-headroom"
 	ScorerPrefix      = "prefix-affinity"
 	ScorerSession     = "session-affinity"
+	ScorerCache       = "cache-affinity"
 )
 
 // Scorer rates every candidate from 0 to 1 into out (len(cands), zeroed);
@@ -30,6 +31,9 @@ type leastLoaded struct{}
 func (leastLoaded) Name() string { return ScorerLeastLoaded }
 func (leastLoaded) Score(_ *Request, cands []Candidate, out []float64) {
 	for i := range cands {
+		if cands[i].Load.Stale {
+			continue // unknown load scores below any known one, never as idle
+		}
 		out[i] = 1 / float64(1+cands[i].busy())
 	}
 }
@@ -42,7 +46,9 @@ func (kvHeadroom) Name() string { return ScorerKVHeadroom }
 func (kvHeadroom) Score(_ *Request, cands []Candidate, out []float64) {
 	for i := range cands {
 		out[i] = 0.5
-		if l := &cands[i].Load; l.KVKnown {
+		if l := &cands[i].Load; l.Stale {
+			out[i] = 0
+		} else if l.KVKnown {
 			out[i] = 1 - min(max(l.KVUsage, 0), 1)
 		}
 	}

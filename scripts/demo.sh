@@ -30,9 +30,14 @@ fi
 echo "==> engine: llama.cpp llama-server"
 engine=$(scripts/get-llama-server.sh)
 echo "==> building bin/llorch"
+# go-nvml's cgo preamble uses deprecated NVML declarations; keep the build quiet.
+export CGO_CFLAGS=${CGO_CFLAGS:-"-O2 -g -Wno-deprecated-declarations"}
 CGO_ENABLED=1 go build -o bin/llorch .
 model=$cache/models/tiny.gguf
-[ -f "$model" ] || bin/llorch gen-model -o "$model"
+# Regenerated every time (milliseconds, byte-identical for the same llorch),
+# so a model cached by an older llorch is replaced.
+bin/llorch gen-model -o "$model.new" >/dev/null
+if cmp -s "$model.new" "$model"; then rm -f "$model.new"; else mv "$model.new" "$model"; fi
 
 if running; then
   echo "==> home profile already running (pid $(cat "$pidfile"))"
@@ -57,6 +62,8 @@ if [ -z "$ready" ]; then
   echo "the home profile did not serve model tiny within 60 s; its log:" >&2; tail -20 "$state/home.log" >&2; exit 1
 fi
 
+# Default sampling, as any client would send it: the demo model answers the
+# same sentence every time (internal/ggufgen).
 echo "==> POST /v1/chat/completions"
 reply=$(curl -fsS "http://$addr/v1/chat/completions" \
   -H "Authorization: Bearer $(cat "$token_file")" -H 'Content-Type: application/json' \

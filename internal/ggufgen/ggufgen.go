@@ -42,8 +42,12 @@ const chatML = "{% for message in messages %}{{'<|im_start|>' + message['role'] 
 
 // Weight design constants (see the package comment).
 const (
-	layerStd     = 0.02  // small, so the residual stays ~ the current token's embedding
-	outputScale  = 0.1   // output row u = 0.1 * embedding(pred(u))
+	layerStd = 0.02 // small, so the residual stays ~ the current token's embedding
+	// Output row u = 0.2 * embedding(pred(u)): the right next token's logit
+	// is ~0.2*embd (12.8 at embd 64), any other's ~N(0, 0.2²·embd) (σ 1.6),
+	// so even llama-server's default sampling (temperature 0.8, min-p 0.05)
+	// keeps only the right one.
+	outputScale  = 0.2
 	bannedLogit  = -20.0 // dim 0 of a banned token's output row
 	rmsEpsilon   = 1e-5
 	ropeFreqBase = 10000
@@ -227,13 +231,24 @@ func layout(o Options, emb, out func() []float32) []tensor {
 	return ts
 }
 
-// buildCycle orders the allowed tokens into one seeded cycle:
-// "\n" → stopAfter tokens → </s> → the rest → back to "\n". With stopAfter 0
-// </s> stays out, so generation never ends by itself.
+// buildCycle orders the allowed tokens into one cycle: "\n" → the
+// sentence's tokens → the other printable tokens in seeded order → back to
+// "\n", with </s> inserted after the first stopAfter tokens of that walk.
+// With stopAfter 0 </s> stays out, so generation never ends by itself.
 func buildCycle(rng *rand.Rand, v vocab, stopAfter int) ([]int, error) {
-	toks := append([]int(nil), v.allowed...)
-	if stopAfter > len(toks) {
-		return nil, fmt.Errorf("ggufgen: stop_after %d exceeds the %d printable tokens of a vocab of %d", stopAfter, len(toks), len(v.tokens))
+	head := v.sentenceTokens()
+	inHead := map[int]bool{}
+	for _, t := range head {
+		inHead[t] = true
+	}
+	var toks []int
+	for _, t := range v.allowed {
+		if !inHead[t] {
+			toks = append(toks, t)
+		}
+	}
+	if stopAfter > len(head)+len(toks) {
+		return nil, fmt.Errorf("ggufgen: stop_after %d exceeds the %d printable tokens of a vocab of %d", stopAfter, len(head)+len(toks), len(v.tokens))
 	}
 	// Fisher-Yates on the raw PCG stream: stable across Go releases, unlike
 	// helpers whose algorithm the standard library may change.
@@ -241,13 +256,14 @@ func buildCycle(rng *rand.Rand, v vocab, stopAfter int) ([]int, error) {
 		j := int(rng.Uint64() % uint64(i+1))
 		toks[i], toks[j] = toks[j], toks[i]
 	}
+	walk := append(head, toks...)
 	cycle := []int{newlineToken}
 	if stopAfter == 0 {
-		return append(cycle, toks...), nil
+		return append(cycle, walk...), nil
 	}
-	cycle = append(cycle, toks[:stopAfter]...)
+	cycle = append(cycle, walk[:stopAfter]...)
 	cycle = append(cycle, tokEOS)
-	return append(cycle, toks[stopAfter:]...), nil
+	return append(cycle, walk[stopAfter:]...), nil
 }
 
 // normal draws N(0,1) by Box-Muller from the PCG stream (again: a fixed

@@ -60,10 +60,24 @@ type chatResult struct {
 
 func chat(t *testing.T, base, prompt string, maxTokens int) chatResult {
 	t.Helper()
-	body, _ := json.Marshal(map[string]any{
+	return chatBody(t, base, map[string]any{
 		"model": "tiny", "temperature": 0, "max_tokens": maxTokens,
 		"messages": []map[string]string{{"role": "user", "content": prompt}},
 	})
+}
+
+// chatDefaultSampling sends no sampling parameters, as scripts/demo.sh does.
+func chatDefaultSampling(t *testing.T, base, prompt string, maxTokens int) chatResult {
+	t.Helper()
+	return chatBody(t, base, map[string]any{
+		"model": "tiny", "max_tokens": maxTokens,
+		"messages": []map[string]string{{"role": "user", "content": prompt}},
+	})
+}
+
+func chatBody(t *testing.T, base string, fields map[string]any) chatResult {
+	t.Helper()
+	body, _ := json.Marshal(fields)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/chat/completions", bytes.NewReader(body))
@@ -141,6 +155,18 @@ func TestLlamaServerGreedyChat(t *testing.T) {
 			}
 		})
 	}
+
+	// The demo's request: llama-server's default sampling (no temperature
+	// given), and the reply is the readable sentence, every time.
+	t.Run("default-sampling-answers-the-sentence", func(t *testing.T) {
+		base := startLlama(t, TestModel(t, DefaultOptions()))
+		for i := 0; i < 5; i++ {
+			r := chatDefaultSampling(t, base, "Hello, llorch!", 64)
+			if r.Text != SentenceText || r.Finish != "stop" {
+				t.Fatalf("try %d: %q (finish %q), want %q", i, r.Text, r.Finish, SentenceText)
+			}
+		}
+	})
 
 	t.Run("stop-after-0-runs-to-max-tokens", func(t *testing.T) {
 		o := DefaultOptions()

@@ -1,10 +1,13 @@
 // Package ggufgen writes tiny, deterministic llama-architecture GGUF models.
 //
 // No package on our CI machines ships a GGUF model, so tests and benchmarks
-// generate one. The weights are not trained; they are built so that greedy
-// decoding walks a fixed, seeded cycle of printable tokens: after the chat
-// prompt's final "\n" the model emits StopAfter tokens and then </s>, so a
-// chat request ends with finish_reason "stop" and the same text every time.
+// generate one. The weights are not trained: the network is a bigram chain
+// (the layers add only small noise to the residual, so the final hidden state
+// is the current token's embedding, and the output matrix maps each token to
+// the next one of a fixed cycle). After the chat prompt's final "\n" the
+// cycle spells SentenceText, then runs on through the other printable tokens
+// in seeded order; </s> comes after StopAfter tokens, so a chat request ends
+// with finish_reason "stop" and the same readable text every time.
 // Plain random weights would loop on one token instead (and Ollama aborts a
 // generation after 30 identical tokens).
 package ggufgen
@@ -56,7 +59,8 @@ type Options struct {
 }
 
 // DefaultOptions is the facts file's tiny model: 131 K parameters, ~534 KB
-// in F32, loads in llama-server and Ollama in well under a second.
+// in F32, loads in llama-server and Ollama in well under a second, and
+// answers SentenceText.
 func DefaultOptions() Options {
 	return Options{
 		Name:      "llorch-tiny",
@@ -69,7 +73,7 @@ func DefaultOptions() Options {
 		FF:        128,
 		Ctx:       2048,
 		Type:      F32,
-		StopAfter: 32,
+		StopAfter: len(sentence),
 	}
 }
 

@@ -13,6 +13,22 @@ const (
 // spaceMark is SentencePiece's word-start marker (U+2581).
 const spaceMark = "\u2581"
 
+// sentence is what the model answers: the pieces greedy (and llama-server's
+// default min-p) sampling walks after the chat prompt's final "\n". Each
+// piece occurs once, so the chain from one piece to the next is unambiguous;
+// the first has no word-start marker so the reply does not begin with a
+// space. The pieces come first in the vocabulary, so even a small vocab holds
+// a prefix of it.
+var sentence = []string{
+	"Hello", spaceMark + "from", spaceMark + "llorch", "!", spaceMark + "This", spaceMark + "tiny",
+	spaceMark + "model", spaceMark + "answers", spaceMark + "through", spaceMark + "a", spaceMark + "real",
+	spaceMark + "engine", ",", spaceMark + "routed", spaceMark + "by", spaceMark + "your", spaceMark + "own",
+	spaceMark + "fleet", ".",
+}
+
+// SentenceText is the demo model's reply (the default StopAfter tokens).
+const SentenceText = "Hello from llorch! This tiny model answers through a real engine, routed by your own fleet."
+
 // words give the generated text a readable look; any unique strings would do.
 var words = []string{
 	"the", "of", "and", "to", "in", "is", "it", "that", "for", "on",
@@ -40,6 +56,26 @@ type vocab struct {
 	// printable ASCII byte tokens, so output is always valid UTF-8 and
 	// JSON-safe.
 	allowed []int
+	index   map[string]int // normal piece → token id
+}
+
+// sentenceTokens is the longest prefix of sentence this vocab can spell:
+// each piece as its own token, a one-character piece missing from a small
+// vocab as its byte token.
+func (v vocab) sentenceTokens() []int {
+	var out []int
+	for _, p := range sentence {
+		id, ok := v.index[p]
+		switch {
+		case ok:
+		case len(p) == 1:
+			id = firstByte + int(p[0])
+		default:
+			return out
+		}
+		out = append(out, id)
+	}
+	return out
 }
 
 // buildVocab lays out <unk>, <s>, </s>, the 256 byte tokens, then normal
@@ -62,18 +98,32 @@ func buildVocab(size int) vocab {
 		}
 	}
 	var pieces []string
-	pieces = append(pieces, spaceMark)
+	seen := map[string]bool{}
+	piece := func(p string) {
+		if !seen[p] {
+			seen[p] = true
+			pieces = append(pieces, p)
+		}
+	}
+	piece(spaceMark)
+	for _, p := range sentence {
+		if len(p) > 1 { // one-character pieces come with the ASCII set below
+			piece(p)
+		}
+	}
 	for c := byte(0x21); c < 0x7f; c++ {
-		pieces = append(pieces, string(c))
+		piece(string(c))
 	}
 	for _, w := range words {
-		pieces = append(pieces, spaceMark+w)
+		piece(spaceMark + w)
 	}
 	for i := 0; len(pieces) < size-firstPiece; i++ {
 		pieces = append(pieces, fmt.Sprintf("%sw%d", spaceMark, i))
 	}
 	pieces = pieces[:size-firstPiece]
+	v.index = map[string]int{}
 	for i, p := range pieces {
+		v.index[p] = firstPiece + i
 		// SentencePiece prefers higher scores; longer pieces win merges.
 		add(p, typeNormal, float32(-i)/float32(len(pieces))+float32(len([]rune(p))))
 		v.allowed = append(v.allowed, len(v.tokens)-1)

@@ -3,8 +3,11 @@
 // binaries come from scripts/build-consul.sh and scripts/get-llama-server.sh,
 // cached under $LLORCH_CACHE (default ~/.cache/llorch).
 //
-// When LLORCH_REQUIRE_INTEGRATION=1 (CI sets it), a missing binary fails the
-// test instead of skipping it, so CI can never pass by testing nothing.
+// When LLORCH_REQUIRE_INTEGRATION=1 (CI and `make test` as root set it), a
+// missing binary fails the test instead of skipping it, so CI can never pass
+// by testing nothing. Otherwise the skip message starts with SkipMarker and
+// names the command that would enable the test; scripts/test.sh collects
+// these from `go test -json` (internal/testreport) into a table.
 package testenv
 
 import (
@@ -28,6 +31,19 @@ func CacheDir() string {
 	return filepath.Join(home, ".cache", "llorch")
 }
 
+// SkipMarker starts every skip message this package writes:
+// "llorch-skip: WHAT | enable: COMMAND".
+const SkipMarker = "llorch-skip: "
+
+// skip fails the test when Required, else skips it with the marker.
+func skip(t testing.TB, what, enable string) {
+	t.Helper()
+	if Required() {
+		t.Fatalf("%s (LLORCH_REQUIRE_INTEGRATION=1; enable: %s)", what, enable)
+	}
+	t.Skip(SkipMarker + what + " | enable: " + enable)
+}
+
 // Required reports whether integration prerequisites must be present.
 func Required() bool { return os.Getenv("LLORCH_REQUIRE_INTEGRATION") == "1" }
 
@@ -40,11 +56,7 @@ func Binary(t testing.TB, envVar, name, script string) string {
 		p = filepath.Join(CacheDir(), "bin", name)
 	}
 	if _, err := os.Stat(p); err != nil {
-		msg := fmt.Sprintf("%s not found at %s (run %s, or set %s)", name, p, script, envVar)
-		if Required() {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		skip(t, fmt.Sprintf("%s not found at %s", name, p), fmt.Sprintf("%s (or set %s)", script, envVar))
 	}
 	return p
 }
@@ -74,23 +86,22 @@ func FreePort(t testing.TB) int {
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		if Required() {
-			t.Fatal("this test needs root (network namespaces)")
-		}
-		t.Skip("this test needs root (network namespaces); run as root")
+		skip(t, "needs root (network namespaces)", "sudo make test (or sudo make e2e)")
 	}
 }
 
-// LookPath finds a system program or skips/fails like Binary.
-func LookPath(t testing.TB, name, hint string) string {
+// LookPath finds a system program or skips/fails like Binary; enable is
+// the command that installs it (scripts/install-deps.sh lists them all).
+func LookPath(t testing.TB, name, enable string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		msg := fmt.Sprintf("%s not installed (%s)", name, hint)
-		if Required() {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		skip(t, name+" not installed", enable)
 	}
 	return p
+}
+
+// Prometheus is the Prometheus (with Consul SD) from scripts/build-prometheus.sh.
+func Prometheus(t testing.TB) string {
+	return Binary(t, "LLORCH_PROMETHEUS_BIN", "prometheus", "scripts/build-prometheus.sh")
 }

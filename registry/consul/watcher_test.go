@@ -93,11 +93,13 @@ func TestConsulSourceFollowsRegistry(t *testing.T) {
 	bad := testInstance("c", 9003)
 	meta, _ := bad.Meta()
 	meta[registry.MetaCtx] = "lots"
+	// The index before the change (read after it, the watcher may already
+	// have moved past it and the wait below would wait for a second change).
+	idx := v.Current().Index
 	if err := admin.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{ID: "c", Name: registry.DefaultServiceName,
 		Address: "127.0.0.1", Port: 9003, Meta: meta}); err != nil {
 		t.Fatal(err)
 	}
-	idx := v.Current().Index
 	waitUntil(t, 10*time.Second, "index past the bad registration", func() bool { return v.Current().Index > idx })
 	if got := ids(v); !equal(got, []string{"a", "b"}) {
 		t.Fatalf("with a bad registration: %v", got)
