@@ -70,6 +70,12 @@ func runRouter(args []string) int {
 	if cfg.ConsulTokenFile != "" {
 		ccfg.TokenFile = cfg.ConsulTokenFile
 	}
+	// Blocking queries outlast any fixed timeout: none here (each call has
+	// its context).
+	if err := (consul.TLS{CAFile: cfg.ConsulCAFile, CertFile: cfg.ConsulCertFile, KeyFile: cfg.ConsulKeyFile}).Apply(ccfg, 0); err != nil {
+		log.Error("consul TLS", "error", err)
+		return 1
+	}
 	cc, err := consulapi.NewClient(ccfg)
 	if err != nil {
 		log.Error("consul client", "error", err)
@@ -94,7 +100,8 @@ func runRouter(args []string) int {
 	cfg.Consul = cc // API keys from KV, and the live routers that share their limits
 	rt, err := router.New(cfg, src, nil, log, reg)
 	if err != nil {
-		// CheckBind's error carries its code (NON_LOOPBACK_WITHOUT_TOKEN).
+		// The policy errors carry their codes (NON_LOOPBACK_WITHOUT_TOKEN,
+		// NON_LOOPBACK_PLAINTEXT).
 		log.Error("cannot start", "error", err)
 		return 1
 	}
@@ -122,8 +129,8 @@ func runRouter(args []string) int {
 		}
 	}()
 	serveDone := make(chan error, 1)
-	go func() { serveDone <- srv.Serve(ln) }()
-	log.Info("router listening", "addr", ln.Addr().String(), "consul", cfg.ConsulAddr, "service", cfg.ServiceName)
+	go func() { serveDone <- rt.Serve(srv, ln) }()
+	log.Info("router listening", "addr", ln.Addr().String(), "tls", rt.TLS(), "consul", cfg.ConsulAddr, "service", cfg.ServiceName)
 
 	code := 0
 	select {

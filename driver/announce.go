@@ -102,6 +102,9 @@ func (d *Driver) announce(h *taskHandle, why string) {
 	if reg != nil {
 		cfg.Registrar = reg
 	}
+	if spec.TLSCertFile != "" { // the engine itself serves HTTPS: probe it so
+		cfg.Base, cfg.Client = engineProbeTLS(spec)
+	}
 	a := &announcement{sup: supervise.New(cfg), done: make(chan struct{})}
 	if _, loaded := d.announcements.LoadOrStore(h, a); loaded {
 		return // already announced (a repeated RecoverTask)
@@ -134,7 +137,7 @@ func (d *Driver) registrar() (registry.Registrar, error) {
 		return nil, nil
 	}
 	r, err := consul.NewRegistrar(consul.RegistrarConfig{
-		Address: c.Address, TokenFile: c.TokenFile, Service: c.ServiceName,
+		Address: c.Address, TokenFile: c.TokenFile, Service: c.ServiceName, TLS: c.TLS(),
 		Logger: d.log.Named("consul"),
 	})
 	if err != nil {
@@ -170,6 +173,7 @@ func (d *Driver) instanceFor(h *taskHandle) registry.Instance {
 		// The node's model catalog rides along, so the router can answer
 		// availability questions for models staged but not running.
 		NodeModels: d.catalogCompact(),
+		TLS:        h.st.TLS(),
 	}
 	if adapter != nil {
 		inst.APIs = adapter.APIs()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/llorch/llorch/driver/users"
 	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/registry/consul"
 )
 
 // Defaults of the plugin config; the schema below states the same values as
@@ -22,6 +23,16 @@ type ConsulConfig struct {
 	Address     string `json:"address,omitempty"`
 	TokenFile   string `json:"token_file,omitempty"`
 	ServiceName string `json:"service_name,omitempty"`
+	// HTTPS to the agent (any of them set: https); empty = the CONSUL_*
+	// environment's settings.
+	CAFile   string `json:"ca_file,omitempty"`
+	CertFile string `json:"cert_file,omitempty"`
+	KeyFile  string `json:"key_file,omitempty"`
+}
+
+// TLS is the block's HTTPS settings.
+func (c ConsulConfig) TLS() consul.TLS {
+	return consul.TLS{CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
 }
 
 // PluginConfig is `plugin "llorch" { config { ... } }` on a client.
@@ -91,6 +102,14 @@ type TaskConfig struct {
 	Env       map[string]string `json:"env,omitempty"`
 	Pool      string            `json:"pool,omitempty"`
 	Service   ServiceConfig     `json:"service"`
+	// The task's certificate and key (relative paths are in the task
+	// directory, e.g. "secrets/tls.crt" from a template block): the engine
+	// serves HTTPS with them where it can, else the relay does, and the
+	// instance is announced with tls=1. TLSClientCAFile makes the relay
+	// demand client certificates from that CA.
+	TLSCertFile     string `json:"tls_cert_file,omitempty"`
+	TLSKeyFile      string `json:"tls_key_file,omitempty"`
+	TLSClientCAFile string `json:"tls_client_ca_file,omitempty"`
 }
 
 // WantsGPUs reports whether the task asked for any GPU.

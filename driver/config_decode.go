@@ -27,6 +27,9 @@ func DecodePluginConfig(data []byte) (PluginConfig, error) {
 		Consul: ConsulConfig{
 			Address:     c.str("address", ""),
 			TokenFile:   c.str("token_file", ""),
+			CAFile:      c.str("ca_file", ""),
+			CertFile:    c.str("cert_file", ""),
+			KeyFile:     c.str("key_file", ""),
 			ServiceName: c.str("service_name", d.Consul.ServiceName),
 		},
 		Engines:          f.strMap("engines"),
@@ -87,18 +90,21 @@ func DecodeTaskConfig(data []byte) (TaskConfig, error) {
 	f := &fields{vals: vals}
 	const maxInt = 1 << 30
 	cfg := TaskConfig{
-		Engine:    f.str("engine", ""),
-		Model:     f.str("model", ""),
-		ModelName: f.str("model_name", ""),
-		Port:      f.str("port", ""),
-		Ctx:       f.integer("ctx", 0, 0, maxInt),
-		Slots:     f.integer("slots", 0, 0, 4096),
-		GPULayers: f.integer("gpu_layers", 0, -1, 100000),
-		Threads:   f.integer("threads", 0, 0, 4096),
-		VRAMMiB:   f.integer("vram_mib", 0, 0, maxInt),
-		ExtraArgs: f.strList("extra_args"),
-		Env:       f.strMap("env"),
-		Pool:      f.str("pool", ""),
+		Engine:          f.str("engine", ""),
+		Model:           f.str("model", ""),
+		ModelName:       f.str("model_name", ""),
+		Port:            f.str("port", ""),
+		Ctx:             f.integer("ctx", 0, 0, maxInt),
+		Slots:           f.integer("slots", 0, 0, 4096),
+		GPULayers:       f.integer("gpu_layers", 0, -1, 100000),
+		Threads:         f.integer("threads", 0, 0, 4096),
+		VRAMMiB:         f.integer("vram_mib", 0, 0, maxInt),
+		ExtraArgs:       f.strList("extra_args"),
+		Env:             f.strMap("env"),
+		Pool:            f.str("pool", ""),
+		TLSCertFile:     f.str("tls_cert_file", ""),
+		TLSKeyFile:      f.str("tls_key_file", ""),
+		TLSClientCAFile: f.str("tls_client_ca_file", ""),
 	}
 	s := f.object("service")
 	cfg.Service = ServiceConfig{Name: s.str("name", ""), Tags: s.strList("tags")}

@@ -60,6 +60,9 @@ func (h *taskHandle) Adapter() (engine.Adapter, error) { return engine.Get(h.st.
 
 // BaseURL is where the engine serves HTTP, as the router reaches it.
 func (h *taskHandle) BaseURL() string {
+	if h.st.TLS() {
+		return "https://" + joinHostPort(h.st.Host, h.st.Port)
+	}
 	return "http://" + joinHostPort(h.st.Host, h.st.Port)
 }
 

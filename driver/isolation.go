@@ -46,6 +46,10 @@ type relaySpec struct {
 	Listen    string `json:"listen"`
 	Target    string `json:"target"`
 	TokenFile string `json:"token_file"`
+	// TLS on the task's port (empty: plain HTTP).
+	TLSCertFile  string `json:"tls_cert_file,omitempty"`
+	TLSKeyFile   string `json:"tls_key_file,omitempty"`
+	ClientCAFile string `json:"client_ca_file,omitempty"`
 }
 
 // isolationFor resolves the task's user (task user, else default_user,

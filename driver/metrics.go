@@ -116,6 +116,10 @@ func (d *Driver) registerMetricsService(port int) {
 	if cfg.Consul.TokenFile != "" {
 		ccfg.TokenFile = cfg.Consul.TokenFile
 	}
+	if err := cfg.Consul.TLS().Apply(ccfg, 5*time.Second); err != nil {
+		d.log.Warn("metrics: consul TLS", "error", err)
+		return
+	}
 	cl, err := consul.NewClient(ccfg)
 	if err != nil {
 		d.log.Warn("metrics: consul client", "error", err)

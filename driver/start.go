@@ -169,6 +169,9 @@ func (d *Driver) prepare(tc *drivers.TaskConfig) (taskState, string, error) {
 	if st.Isolation, err = d.isolationFor(tc, &st, adapter, apiKey); err != nil {
 		return taskState{}, "", err
 	}
+	if err := placeTLS(&st, adapter); err != nil {
+		return taskState{}, "", err
+	}
 	return st, apiKey, nil
 }
 

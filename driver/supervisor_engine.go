@@ -115,11 +115,11 @@ func startRelay(iso isolation, logLine func(string, ...interface{})) (*relay.Rel
 		return nil, nil
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "relay", Output: relayLog{logLine}, Level: hclog.Info, DisableTime: true})
-	rl, err := relay.Start(r.Listen, r.Target, r.TokenFile, log)
+	rl, err := relay.Start(r.Listen, r.Target, r.TokenFile, relay.TLS{CertFile: r.TLSCertFile, KeyFile: r.TLSKeyFile, ClientCAFile: r.ClientCAFile}, log)
 	if err != nil {
 		return nil, err
 	}
-	logLine("relay listening on %s for the engine on %s (engine token required)", rl.Addr, r.Target)
+	logLine("relay listening on %s for the engine on %s (engine token required, tls %v, client certificates %v)", rl.Addr, r.Target, r.TLSCertFile != "", r.ClientCAFile != "")
 	return rl, nil
 }
 

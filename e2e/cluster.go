@@ -220,7 +220,7 @@ func (c *cluster) makeTokens() {
 // startRouter runs `llorch router` on the control host.
 func (c *cluster) startRouter() {
 	c.router = c.spawn("ctl", "router", []string{
-		"LLORCH_ADDR=" + subnet + "1:8080", "LLORCH_API_TOKEN_FILE=" + c.apiTokFile, "LLORCH_KEYS_FILE=" + c.keysFile,
+		"LLORCH_ADDR=" + subnet + "1:8080", "LLORCH_ALLOW_PLAINTEXT=true", "LLORCH_API_TOKEN_FILE=" + c.apiTokFile, "LLORCH_KEYS_FILE=" + c.keysFile,
 		"LLORCH_ENGINE_TOKEN_FILE=" + c.engineTokFile, "CONSUL_HTTP_ADDR=127.0.0.1:8500",
 		"CONSUL_HTTP_TOKEN_FILE=" + c.routerTokFile, "LLORCH_CONNECT_TIMEOUT=500ms", "LLORCH_LOG_LEVEL=debug", "LLORCH_QUEUE_CAPACITY=64",
 	}, c.bin, "router")

@@ -431,3 +431,34 @@ func TestOllamaReadyNotAnswering(t *testing.T) {
 		t.Errorf("Ready against a closed port: %v", err)
 	}
 }
+
+// Engines that serve HTTPS themselves get their own flags for the task's
+// pair; the others refuse it (the relay serves TLS for them); half a pair
+// is an error naming both fields.
+func TestCommandTLS(t *testing.T) {
+	s := Spec{Model: "/m/x.gguf", ModelName: "tiny", Host: "10.0.0.5", Port: 8080, TLSCertFile: "/secrets/tls.crt", TLSKeyFile: "/secrets/tls.key"}
+	for a, want := range map[Adapter]string{
+		LlamaCpp{}: "--ssl-cert-file /secrets/tls.crt --ssl-key-file /secrets/tls.key",
+		VLLM{}:     "--ssl-certfile /secrets/tls.crt --ssl-keyfile /secrets/tls.key",
+	} {
+		c, err := a.Command("", s)
+		if err != nil || !strings.Contains(strings.Join(c.Args, " "), want) || !ServesTLS(a) {
+			t.Errorf("%s with a TLS pair: %v %q; want %q", a.Name(), err, c.Args, want)
+		}
+	}
+	for _, a := range []Adapter{Ollama{}, SGLang{}, TGI{}} {
+		if _, err := a.Command("", s); err == nil || !strings.Contains(err.Error(), "relay") || ServesTLS(a) {
+			t.Errorf("%s with a TLS pair: %v, want a refusal naming the relay", a.Name(), err)
+		}
+	}
+	half := s
+	half.TLSKeyFile = ""
+	if _, err := (LlamaCpp{}).Command("", half); err == nil || !strings.Contains(err.Error(), "tls_key_file") {
+		t.Errorf("half a pair: %v", err)
+	}
+	plain := s
+	plain.TLSCertFile, plain.TLSKeyFile = "", ""
+	if c, _ := (LlamaCpp{}).Command("", plain); strings.Contains(strings.Join(c.Args, " "), "ssl") {
+		t.Errorf("no pair, yet ssl flags: %q", c.Args)
+	}
+}

@@ -33,6 +33,21 @@ type Spec struct {
 	// StateDir is a private, writable directory for engines that keep state
 	// (Ollama's model store and HOME).
 	StateDir string
+	// TLSCertFile and TLSKeyFile (both or neither) make the engine serve
+	// HTTPS itself; only engines for which ServesTLS is true take them
+	// (the others sit behind the task supervisor's relay, which serves TLS).
+	TLSCertFile string
+	TLSKeyFile  string
+}
+
+// tlsServer is an adapter whose engine serves HTTPS from a certificate and
+// key file itself.
+type tlsServer interface{ servesTLS() }
+
+// ServesTLS reports whether a's engine takes Spec.TLSCertFile/TLSKeyFile.
+func ServesTLS(a Adapter) bool {
+	_, ok := a.(tlsServer)
+	return ok
 }
 
 // Command is a program to run.

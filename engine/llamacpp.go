@@ -30,6 +30,8 @@ func (LlamaCpp) APIs() []string {
 		PathMessages, PathMessagesCountTokens, PathResponses, PathResponsesInputToks}
 }
 
+func (LlamaCpp) servesTLS() {}
+
 func (a LlamaCpp) Command(binary string, s Spec) (Command, error) {
 	if err := checkSpec(a.Name(), s, true); err != nil {
 		return Command{}, err
@@ -66,6 +68,11 @@ func (a LlamaCpp) Command(binary string, s Spec) (Command, error) {
 	// /metrics is off by default; /slots is on by default but say so, in
 	// case a build changes that default: Load needs both.
 	args = append(args, "--metrics", "--slots")
+	if s.TLSCertFile != "" {
+		// Read once at start: a rotated pair needs a restart (the router
+		// retries around it).
+		args = append(args, "--ssl-cert-file", s.TLSCertFile, "--ssl-key-file", s.TLSKeyFile)
+	}
 	args = append(args, s.ExtraArgs...)
 	var env []string
 	if s.APIKey != "" {

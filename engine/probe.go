@@ -200,6 +200,11 @@ func checkSpec(engine string, s Spec, needModelName bool) error {
 		return fmt.Errorf("%s: spec.gpu_layers %d must be >= -1", engine, s.GPULayers)
 	case s.Threads < 0:
 		return fmt.Errorf("%s: spec.threads %d must be >= 0", engine, s.Threads)
+	case (s.TLSCertFile == "") != (s.TLSKeyFile == ""):
+		return fmt.Errorf("%s: spec.tls_cert_file and spec.tls_key_file: set both or neither", engine)
+	}
+	if a, err := Get(engine); err == nil && s.TLSCertFile != "" && !ServesTLS(a) {
+		return fmt.Errorf("%s: the engine cannot serve TLS itself; the task supervisor's relay must serve it (leave spec.tls_* empty)", engine)
 	}
 	return nil
 }

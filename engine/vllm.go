@@ -34,6 +34,8 @@ func (a VLLM) APIsFor(version string) []string {
 	})
 }
 
+func (VLLM) servesTLS() {}
+
 func (a VLLM) Command(binary string, s Spec) (Command, error) {
 	if err := checkSpec(a.Name(), s, true); err != nil {
 		return Command{}, err
@@ -54,6 +56,9 @@ func (a VLLM) Command(binary string, s Spec) (Command, error) {
 	}
 	// GPULayers and Threads do not apply: vLLM keeps the whole model on the
 	// GPUs it is given (CUDA_VISIBLE_DEVICES, set by the driver).
+	if s.TLSCertFile != "" {
+		args = append(args, "--ssl-certfile", s.TLSCertFile, "--ssl-keyfile", s.TLSKeyFile)
+	}
 	args = append(args, s.ExtraArgs...)
 	var env []string
 	if s.APIKey != "" {

@@ -150,6 +150,9 @@ func (h *Home) Run(ctx context.Context) error {
 	rcfg := router.DefaultConfig()
 	rcfg.Addr = h.cfg.Addr
 	rcfg.APITokenFile = h.cfg.APITokenFile
+	// The home profile serves plain HTTP (loopback by default; a LAN
+	// address still needs the API token). TLS is the cloud router's.
+	rcfg.AllowPlaintext = true
 	rcfg.EngineTokenFile = h.engineTokenFile()
 	rcfg.QueueTimeout, rcfg.QueueCapacity = h.cfg.QueueTimeout, h.cfg.QueueCapacity
 	var err error

@@ -59,6 +59,11 @@ type Instance struct {
 	// without a second registry.
 	NodeModels string
 
+	// TLS says the instance serves HTTPS at Address:Port, with a
+	// certificate naming Address (meta tls=1). Instances without it stay
+	// plain HTTP, so a fleet can move to TLS one instance at a time.
+	TLS bool
+
 	Draining bool
 	Health   Health
 }
@@ -69,7 +74,11 @@ func (i Instance) URL() string {
 	if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
 		host = "[" + host + "]"
 	}
-	return "http://" + host + ":" + strconv.Itoa(i.Port)
+	scheme := "http://"
+	if i.TLS {
+		scheme = "https://"
+	}
+	return scheme + host + ":" + strconv.Itoa(i.Port)
 }
 
 // Serves reports whether the instance serves the given OpenAI path. An
@@ -104,6 +113,7 @@ const (
 	MetaAPIs          = "apis"
 	MetaNodeModels    = "node_models"
 	MetaDraining      = "draining"
+	MetaTLS           = "tls" // "1": the instance speaks HTTPS; absent or "0": plain HTTP
 	MetaSchema        = "llorch_schema"
 )
 
@@ -153,6 +163,9 @@ func (i Instance) Meta() (map[string]string, error) {
 		MetaAPIs:          strings.Join(i.APIs, ","),
 		MetaNodeModels:    i.NodeModels,
 		MetaDraining:      strconv.FormatBool(i.Draining),
+	}
+	if i.TLS {
+		m[MetaTLS] = "1"
 	}
 	for k, v := range m {
 		if !metaKeyRE.MatchString(k) {
@@ -223,6 +236,7 @@ func FromRegistry(id, service, address string, port int, tags []string, meta map
 		APIs:          splitList(meta[MetaAPIs]),
 		NodeModels:    meta[MetaNodeModels],
 		Draining:      meta[MetaDraining] == "true",
+		TLS:           meta[MetaTLS] == "1",
 		Health:        health,
 	}
 	var err error

@@ -90,3 +90,29 @@ func TestValidateAndOrder(t *testing.T) {
 		t.Error("IPv6 URL not bracketed")
 	}
 }
+
+// The TLS meta round-trips; an instance without it (an older writer, or
+// one not yet moved to TLS) stays plain HTTP, so mixed fleets work.
+func TestTLSMeta(t *testing.T) {
+	in := sample()
+	meta, _ := in.Meta()
+	if _, ok := meta[MetaTLS]; ok {
+		t.Errorf("plain instance writes %s=%q; want no key (older readers see no change)", MetaTLS, meta[MetaTLS])
+	}
+	in.TLS = true
+	meta, _ = in.Meta()
+	if meta[MetaTLS] != "1" {
+		t.Fatalf("TLS instance: meta %s=%q, want 1", MetaTLS, meta[MetaTLS])
+	}
+	out, err := FromRegistry(in.ID, in.Service, in.Address, in.Port, in.Tags(), meta, HealthPassing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out.TLS || out.URL() != "https://10.0.0.5:8081" {
+		t.Errorf("TLS instance read back: TLS=%v URL=%s, want true https://10.0.0.5:8081", out.TLS, out.URL())
+	}
+	out.Address = "fd00::5"
+	if out.URL() != "https://[fd00::5]:8081" {
+		t.Errorf("IPv6 URL = %s", out.URL())
+	}
+}

@@ -113,6 +113,7 @@ func TestNonLoopbackNeedsToken(t *testing.T) {
 		t.Fatalf("non-loopback bind without token: got %v, want NON_LOOPBACK_WITHOUT_TOKEN", err)
 	}
 	cfg.APIToken = strings.Repeat("k", 32)
+	cfg.AllowPlaintext = true // the plaintext policy is TestNonLoopbackNeedsTLS's
 	if _, err := New(cfg, staticEmpty(), nil, nil, nil); err != nil {
 		t.Fatalf("non-loopback bind with a 32-char token: %v", err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 
+	"github.com/llorch/llorch/internal/tlsfiles"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 )
@@ -25,6 +26,9 @@ type Config struct {
 	EngineTokenFile   string
 	ConsulAddr        string
 	ConsulTokenFile   string
+	ConsulCAFile      string
+	ConsulCertFile    string
+	ConsulKeyFile     string
 	ServiceName       string
 	MaxBodyBytes      int64
 	MetricsAuth       bool
@@ -74,6 +78,14 @@ type Config struct {
 	KeysFile          string
 	KeysConsulPrefix  string
 	RouterService     string
+	// TLS on the listener (both files, or neither) and to engines.
+	TLSCertFile    string
+	TLSKeyFile     string
+	TLSMinVersion  string
+	AllowPlaintext bool
+	EngineCAFile   string
+	EngineCertFile string
+	EngineKeyFile  string
 
 	// Resolved at start-up from the files above (see cli/router.go); not
 	// options themselves, so secrets never pass through flags.
@@ -167,11 +179,21 @@ func Options() []Option {
 	return []Option{
 		strOpt("addr", "LLORCH_ADDR", "127.0.0.1:8080", "address to listen on; a non-loopback address needs an API token of at least 32 characters", func(c *Config) *string { return &c.Addr }),
 		strOpt("api-token-file", "LLORCH_API_TOKEN_FILE", "", "file holding the client API token (one token); re-read on SIGHUP or change (LLORCH_API_TOKEN is used when no file is set)", func(c *Config) *string { return &c.APITokenFile }),
+		strOpt("tls-cert-file", "LLORCH_TLS_CERT_FILE", "", "PEM certificate (chain) the listener serves over TLS, with tls-key-file; re-read on SIGHUP or change, open connections keep theirs", func(c *Config) *string { return &c.TLSCertFile }),
+		strOpt("tls-key-file", "LLORCH_TLS_KEY_FILE", "", "PEM private key of tls-cert-file", func(c *Config) *string { return &c.TLSKeyFile }),
+		strOpt("tls-min-version", "LLORCH_TLS_MIN_VERSION", "1.2", "lowest TLS version the listener accepts: 1.2 or 1.3", func(c *Config) *string { return &c.TLSMinVersion }),
+		boolOpt("allow-plaintext", "LLORCH_ALLOW_PLAINTEXT", "false", "serve plain HTTP on a non-loopback address (behind a TLS-terminating proxy, or a trusted network); without it such an address needs tls-cert-file", func(c *Config) *bool { return &c.AllowPlaintext }),
 		boolOpt("auth-optional", "LLORCH_AUTH_OPTIONAL", "false", "let requests without a token through (loopback development only)", func(c *Config) *bool { return &c.AuthOptional }),
 		boolOpt("trust-forwarded-for", "LLORCH_TRUST_FORWARDED_FOR", "false", "take the client address from X-Forwarded-For (behind a trusted proxy only)", func(c *Config) *bool { return &c.TrustForwardedFor }),
 		strOpt("engine-token-file", "LLORCH_ENGINE_TOKEN_FILE", "", "file holding the token the router presents to engines; the client's token never reaches an engine", func(c *Config) *string { return &c.EngineTokenFile }),
+		strOpt("engine-ca-file", "LLORCH_ENGINE_CA_FILE", "", "PEM CA bundle that engines announcing TLS (meta tls=1) are verified against, by their announced address; empty = the system roots", func(c *Config) *string { return &c.EngineCAFile }),
+		strOpt("engine-cert-file", "LLORCH_ENGINE_CERT_FILE", "", "client certificate the router presents to TLS engines (mTLS), with engine-key-file; re-read on SIGHUP or change", func(c *Config) *string { return &c.EngineCertFile }),
+		strOpt("engine-key-file", "LLORCH_ENGINE_KEY_FILE", "", "PEM private key of engine-cert-file", func(c *Config) *string { return &c.EngineKeyFile }),
 		strOpt("consul-addr", "CONSUL_HTTP_ADDR", "127.0.0.1:8500", "Consul HTTP API address", func(c *Config) *string { return &c.ConsulAddr }),
 		strOpt("consul-token-file", "CONSUL_HTTP_TOKEN_FILE", "", "file holding the Consul ACL token (read policy; CONSUL_HTTP_TOKEN is used when no file is set)", func(c *Config) *string { return &c.ConsulTokenFile }),
+		strOpt("consul-ca-file", "CONSUL_CACERT", "", "PEM CA bundle Consul's HTTPS certificate is verified against; set (or CONSUL_HTTP_SSL=true) for an HTTPS-only agent", func(c *Config) *string { return &c.ConsulCAFile }),
+		strOpt("consul-cert-file", "CONSUL_CLIENT_CERT", "", "client certificate for a Consul agent that verifies clients (verify_incoming), with consul-key-file", func(c *Config) *string { return &c.ConsulCertFile }),
+		strOpt("consul-key-file", "CONSUL_CLIENT_KEY", "", "PEM private key of consul-cert-file", func(c *Config) *string { return &c.ConsulKeyFile }),
 		strOpt("service-name", "LLORCH_SERVICE_NAME", registry.DefaultServiceName, "Consul service the engines register under", func(c *Config) *string { return &c.ServiceName }),
 		bytesOpt("max-body-bytes", "LLORCH_MAX_BODY_BYTES", "4MiB", "largest request body accepted (bytes, or with KiB/MiB suffix); larger gets 413", func(c *Config) *int64 { return &c.MaxBodyBytes }),
 		boolOpt("metrics-auth", "LLORCH_METRICS_AUTH", "false", "require the API token on /metrics", func(c *Config) *bool { return &c.MetricsAuth }),
@@ -305,6 +327,18 @@ func (c *Config) Validate() error {
 	}
 	if _, err := newModelRoutes(c.ModelAliases, c.ModelFallbacks); err != nil {
 		bad = append(bad, err.Error())
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		bad = append(bad, "tls-cert-file and tls-key-file: set both or neither")
+	}
+	if _, err := tlsfiles.ParseMinVersion(c.TLSMinVersion); err != nil {
+		bad = append(bad, "tls-min-version: "+err.Error())
+	}
+	if (c.ConsulCertFile == "") != (c.ConsulKeyFile == "") {
+		bad = append(bad, "consul-cert-file and consul-key-file: set both or neither")
+	}
+	if (c.EngineCertFile == "") != (c.EngineKeyFile == "") {
+		bad = append(bad, "engine-cert-file and engine-key-file: set both or neither")
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("router config: %s", strings.Join(bad, "; "))

@@ -7,6 +7,7 @@ const (
 	CodeModelNotAvailable = "MODEL_NOT_AVAILABLE" // 404: no instance serves the model (on that path)
 	CodePoolUnavailable   = "POOL_UNAVAILABLE"    // 503: the model's instances are all ejected or draining
 	CodeReplicaExhausted  = "REPLICA_EXHAUSTED"   // 502: every instance tried failed before answering
+	CodeEngineTLS         = "ENGINE_TLS_FAILED"   // 503: every instance tried failed its TLS handshake (CA, name, client certificate)
 	CodeWorkerReset       = "WORKER_RESET"        // SSE error event: the engine failed mid-answer
 	CodeInvalidParams     = "INVALID_PARAMS"      // 400: the body is not what the endpoint takes
 	CodeRequestTooLarge   = "REQUEST_TOO_LARGE"   // 413: body over max-body-bytes

@@ -56,6 +56,7 @@ type Router struct {
 	keys         *keys.Gate          // per-team keys; nil in single-token mode
 	keysIndex    uint64              // the Consul KV index the keys were read at
 	engines      *enginestate.Poller // nil when engine polling is off
+	tls          routerTLS           // listener certificate, engine client side (tls.go)
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -103,6 +104,9 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 	// With per-team keys every request needs a key (or the token): a
 	// non-loopback listener without the single token is then fine.
 	if err := authmin.CheckBind(cfg.Addr, rt.tokens); err != nil && !(rt.keys != nil && rt.tokens.Empty()) {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	if rt.tls, err = loadTLS(cfg); err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	if rt.routes, err = newModelRoutes(cfg.ModelAliases, cfg.ModelFallbacks); err != nil {
@@ -168,6 +172,7 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 		rt.log.Info("outlier kept in: the model's max-ejection share is reached", "instance_id", id)
 	}
 	rt.transport = newTransport(cfg)
+	rt.transport.TLSClientConfig = rt.tls.engine // nil: system roots, for engines announcing tls=1
 	rt.resumeClient = &http.Client{Transport: rt.transport}
 	rt.engines = rt.newEnginePoller()
 	rt.handler = rt.buildHandler()
@@ -232,6 +237,7 @@ func (rt *Router) Run(ctx context.Context) error {
 			rt.tokens.Watch(ctx, rt.cfg.APITokenFile, rt.log)
 		}()
 	}
+	rt.watchTLS(ctx, &wg)
 	if rt.engines != nil {
 		wg.Add(1)
 		go func() {

@@ -14,17 +14,18 @@ import (
 )
 
 // sdkClient is the unchanged official SDK pointed at the router.
-func sdkClient(baseURL, token string) openai.Client {
-	return openai.NewClient(option.WithBaseURL(baseURL+"/v1/"), option.WithAPIKey(token), option.WithMaxRetries(0))
+func sdkClient(baseURL, token string, opts ...option.RequestOption) openai.Client {
+	return openai.NewClient(append([]option.RequestOption{option.WithBaseURL(baseURL + "/v1/"), option.WithAPIKey(token), option.WithMaxRetries(0)}, opts...)...)
 }
 
 // exerciseSDK runs the calls a stock OpenAI client makes against a router
 // whose only model is `model`, served by fixtures that answer 8 tokens.
-func exerciseSDK(t *testing.T, baseURL, model string) {
+// opts are added to every client (an HTTPS test's trust, for one).
+func exerciseSDK(t *testing.T, baseURL, model string, opts ...option.RequestOption) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cl := sdkClient(baseURL, clientToken)
+	cl := sdkClient(baseURL, clientToken, opts...)
 
 	chat, err := cl.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
 		Model: model, Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
@@ -82,7 +83,7 @@ func exerciseSDK(t *testing.T, baseURL, model string) {
 		t.Fatalf("unknown model: want *openai.Error 404 %s, got %#v", CodeModelNotAvailable, err)
 	}
 
-	bad := sdkClient(baseURL, "wrong-token")
+	bad := sdkClient(baseURL, "wrong-token", opts...)
 	_, err = bad.Models.List(ctx)
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 401 {
 		t.Fatalf("wrong token: want *openai.Error 401, got %v", err)

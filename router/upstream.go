@@ -126,7 +126,7 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 	attempts := 1 + rt.cfg.Retries
 	deadline := call.start.Add(rt.cfg.RetryBudget)
 	var failures []string
-	tried, busy, gone := 0, 0, 0
+	tried, busy, gone, tlsFailed := 0, 0, 0, 0
 	var busyFor time.Duration
 	for _, inst := range cands {
 		if tried >= attempts {
@@ -158,8 +158,11 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 			busy++
 			busyFor = max(busyFor, out.retryAfter)
 		}
-		if out.label == "gone" {
+		switch out.label {
+		case "gone":
 			gone++
+		case "tls":
+			tlsFailed++
 		}
 		failures = append(failures, inst.ID+": "+out.reason)
 		rt.metrics.retries.WithLabelValues(out.label).Inc()
@@ -173,6 +176,12 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 	}
 	if gone > 0 && gone == tried && time.Now().Before(deadline) {
 		return relayResult{again: true}
+	}
+	if tlsFailed > 0 && tlsFailed == tried {
+		// A configuration fault (CA bundle, certificate names, client
+		// certificate), not a busy fleet: say so, in the log too.
+		return relayResult{err: &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodeEngineTLS, Retriable: true, RetryAfter: time.Second,
+			Message: fmt.Sprintf("no instance of model %q could be reached over TLS (%d tried: %s)", call.model, tried, strings.Join(failures, "; "))}}
 	}
 	return relayResult{err: &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodeReplicaExhausted, Retriable: true, RetryAfter: time.Second,
 		Message: fmt.Sprintf("no instance of model %q answered (%d tried: %s)", call.model, tried, strings.Join(failures, "; "))}}
@@ -447,6 +456,8 @@ func classify(err, cause error) (label, reason string) {
 		return "gone", errInstanceGone.Error()
 	case errors.As(err, &ne) && ne.Timeout():
 		return "timeout", "timed out: " + err.Error()
+	case isTLSError(err):
+		return "tls", "TLS handshake failed: " + err.Error()
 	case errors.As(err, &oe) && oe.Op == "dial":
 		return "connect", "connect failed: " + err.Error()
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):

@@ -28,6 +28,10 @@ job "llorch-router" {
       }
       check {
         type     = "http"
+        protocol = "https" # the router serves TLS (below)
+        # The check runs on the node: it reaches the router by IP, which
+        # the certificate need not name.
+        tls_skip_verify = true
         path     = "/healthz"
         interval = "5s"
         timeout  = "2s"
@@ -44,6 +48,11 @@ job "llorch-router" {
 
       env {
         LLORCH_ADDR              = "0.0.0.0:8080"
+        # A non-loopback address needs TLS (or LLORCH_ALLOW_PLAINTEXT=true
+        # behind a TLS-terminating proxy). The pair is re-read when it
+        # changes; docs/security.md "TLS everywhere" renders it from Vault PKI.
+        LLORCH_TLS_CERT_FILE     = "/etc/llorch/tls/router.crt"
+        LLORCH_TLS_KEY_FILE      = "/etc/llorch/tls/router.key"
         LLORCH_API_TOKEN_FILE    = "/etc/llorch/api.token"
         LLORCH_ENGINE_TOKEN_FILE = "/etc/llorch/engine.token"
         CONSUL_HTTP_ADDR         = "127.0.0.1:8500"

@@ -3,11 +3,15 @@
 // its own (Ollama): the engine listens on loopback only, and the announced
 // address answers 401 to any request without the engine token. Tokens are
 // checked in constant time (authmin) and follow the token file; responses
-// are flushed on every write so token streams are not held back.
+// are flushed on every write so token streams are not held back. With a
+// certificate the relay serves HTTPS (the pair follows its files) and can
+// require client certificates from a CA (mTLS: only the router gets in).
 package relay
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +23,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/llorch/llorch/authmin"
+	"github.com/llorch/llorch/internal/tlsfiles"
 )
 
 // Handler forwards authenticated requests to target ("127.0.0.1:port").
@@ -51,9 +56,17 @@ type Relay struct {
 	Addr   string
 }
 
+// TLS is the relay's HTTPS: no CertFile, plain HTTP.
+type TLS struct {
+	CertFile, KeyFile string
+	// ClientCAFile, when set, makes a client certificate signed by one of
+	// its CAs a condition of the handshake.
+	ClientCAFile string
+}
+
 // Start listens on listen and serves until Close. The token comes from
-// tokenFile and is re-read when the file changes.
-func Start(listen, target, tokenFile string, log hclog.Logger) (*Relay, error) {
+// tokenFile and is re-read when the file changes; so is tl's pair.
+func Start(listen, target, tokenFile string, tl TLS, log hclog.Logger) (*Relay, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
@@ -64,9 +77,26 @@ func Start(listen, target, tokenFile string, log hclog.Logger) (*Relay, error) {
 	if tokens.Empty() {
 		return nil, errors.New("relay: no engine token (the token file is empty)")
 	}
+	var pair *tlsfiles.Pair
+	var tlsCfg *tls.Config
+	if tl.CertFile != "" || tl.ClientCAFile != "" {
+		if pair, err = tlsfiles.LoadPair(tl.CertFile, tl.KeyFile); err != nil {
+			return nil, fmt.Errorf("relay: %w", err)
+		}
+		var clientCAs *x509.CertPool
+		if tl.ClientCAFile != "" {
+			if clientCAs, err = tlsfiles.CAPool(tl.ClientCAFile); err != nil {
+				return nil, fmt.Errorf("relay client CA: %w", err)
+			}
+		}
+		tlsCfg = tlsfiles.ServerConfig(pair, tls.VersionTLS12, clientCAs)
+	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, fmt.Errorf("relay listen %s: %w", listen, err)
+	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Relay{
@@ -80,6 +110,9 @@ func Start(listen, target, tokenFile string, log hclog.Logger) (*Relay, error) {
 		Addr:   ln.Addr().String(),
 	}
 	go tokens.Watch(ctx, tokenFile, log)
+	if pair != nil {
+		go pair.Watch(ctx, "relay", log)
+	}
 	go func() {
 		defer close(r.done)
 		if err := r.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

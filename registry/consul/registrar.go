@@ -49,7 +49,9 @@ type RegistrarConfig struct {
 	DeregisterAfter time.Duration
 	// Timeout bounds each call to the agent (default 5 s).
 	Timeout time.Duration
-	Logger  hclog.Logger
+	// TLS is the agent's HTTPS settings beyond the environment's.
+	TLS    TLS
+	Logger hclog.Logger
 }
 
 // Registrar implements registry.Registrar on the local Consul agent.
@@ -98,7 +100,9 @@ func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 			return nil, fmt.Errorf("consulreg: token file %s is empty", cfg.TokenFile)
 		}
 	}
-	cc.HttpClient = &http.Client{Timeout: cfg.Timeout}
+	if err := cfg.TLS.Apply(cc, cfg.Timeout); err != nil {
+		return nil, fmt.Errorf("consulreg: TLS to %s: %w", cc.Address, err)
+	}
 	client, err := consulapi.NewClient(cc)
 	if err != nil {
 		return nil, fmt.Errorf("consulreg: consul client for %s: %w", cc.Address, err)
