@@ -10,21 +10,7 @@ import (
 // the registry (its node died: no RST, no answer) is retried on another
 // instance at once, instead of waiting out the first-byte timeout.
 func TestInstanceLeavingRegistryRetriesWaitingRequests(t *testing.T) {
-	// A black hole: accepts connections, never answers.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	l := blackHole(t)
 	_, good := startFixture(t)
 	hole := inst(t, "a-hole", "n1", testModel, "http://"+l.Addr().String())
 	ok := inst(t, "b-good", "n2", testModel, good)
@@ -51,20 +37,7 @@ func TestInstanceLeavingRegistryRetriesWaitingRequests(t *testing.T) {
 // The same when the instance that left was the only one in the view when
 // the request was placed: it is answered by the instance there now.
 func TestOnlyRankedInstanceLeavingPlacesAgain(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	l := blackHole(t)
 	_, good := startFixture(t)
 	hole := inst(t, "a-hole", "n1", testModel, "http://"+l.Addr().String())
 	ok := inst(t, "b-good", "n2", testModel, good)
@@ -81,4 +54,31 @@ func TestOnlyRankedInstanceLeavingPlacesAgain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("request still waiting 10 s after its instance left the registry")
 	}
+}
+
+// blackHole accepts connections and never answers, as a node whose link
+// went down looks to a connection already open.
+func blackHole(t *testing.T) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	return l
 }

@@ -3,52 +3,18 @@ package router
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net/http"
-	"os/exec"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/openai/openai-go/v3"
-
-	"github.com/llorch/llorch/internal/ggufgen"
-	"github.com/llorch/llorch/internal/testenv"
 )
 
 // A streamed chat through the router to the real llama-server, which
 // enforces the engine token itself (--api-key): the request only succeeds
 // if the router swapped the client's token for the engine's.
 func TestRealLlamaServerStreamedChat(t *testing.T) {
-	bin := testenv.LlamaServer(t)
-	model := ggufgen.TestModel(t, ggufgen.DefaultOptions())
-	port := testenv.FreePort(t)
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "-m", model, "--host", "127.0.0.1", "--port", strconv.Itoa(port),
-		"--alias", testModel, "-np", "1", "-t", "2", "--api-key", engineToken)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start llama-server: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	waitFor(t, 30*time.Second, "llama-server /health", func() bool {
-		select {
-		case <-exited:
-			t.Fatalf("llama-server exited:\n%s", logs.String())
-		default:
-		}
-		r, err := http.Get(base + "/health")
-		if err != nil {
-			return false
-		}
-		r.Body.Close()
-		return r.StatusCode == 200
-	})
+	base, logs := startLlamaServer(t)
 
 	in := inst(t, "llama-1", "n1", testModel, base)
 	in.Engine, in.APIs = "llamacpp", []string{"/v1/chat/completions", "/v1/completions"}
