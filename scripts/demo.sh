@@ -53,7 +53,10 @@ for _ in $(seq 1 600); do
   if [ -f "$token_file" ] && curl -fsS -H "Authorization: Bearer $(cat "$token_file")" "http://$addr/v1/models" 2>/dev/null | grep -q '"tiny"'; then
     ready=1; break
   fi
-  if ! running; then
+  # Alive, not its cmdline: just after the fork the child is still this
+  # shell (no "llorch home" in /proc/<pid>/cmdline yet) on a loaded machine.
+  pid=$(cat "$pidfile")
+  if ! kill -0 "$pid" 2>/dev/null || [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ]; then
     echo "llorch home exited; its log:" >&2; tail -20 "$state/home.log" >&2; exit 1
   fi
   sleep 0.1
