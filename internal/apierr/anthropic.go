@@ -3,7 +3,6 @@ package apierr
 import (
 	"encoding/json"
 	"net/http"
-	"strconv"
 	"time"
 )
 
@@ -61,28 +60,11 @@ func (e *Error) MarshalAnthropic() []byte {
 }
 
 // WriteAnthropic is Write with Anthropic's envelope, for /v1/messages.
-func WriteAnthropic(w http.ResponseWriter, e *Error) {
-	b := e.MarshalAnthropic()
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(b)))
-	h.Del("Content-Encoding")
-	if d := e.retryAfter(); d > 0 {
-		h.Set("Retry-After", RetryAfterSeconds(d))
-	}
-	w.WriteHeader(e.status())
-	_, _ = w.Write(b)
-}
+func WriteAnthropic(w http.ResponseWriter, e *Error) { e.write(w, e.MarshalAnthropic()) }
 
 // AnthropicSSE is the event that ends an Anthropic stream with e
 // (`event: error`, the envelope as data), as Anthropic's API sends it.
-func AnthropicSSE(e *Error) []byte {
-	b := e.MarshalAnthropic()
-	out := make([]byte, 0, len(b)+24)
-	out = append(out, "event: error\ndata: "...)
-	out = append(out, b...)
-	return append(out, "\n\n"...)
-}
+func AnthropicSSE(e *Error) []byte { return errorEvent(e.MarshalAnthropic()) }
 
 // Parse reads an error body written in any shape llorch or an engine
 // answers with, so a gateway can re-envelope it for another API: OpenAI's

@@ -117,8 +117,10 @@ func RetryAfterSeconds(d time.Duration) string {
 // Write answers with e: the envelope, its status, and Retry-After for a
 // retriable error that names a delay. Headers set before the call (Allow,
 // WWW-Authenticate) are kept.
-func Write(w http.ResponseWriter, e *Error) {
-	b := e.Marshal()
+func Write(w http.ResponseWriter, e *Error) { e.write(w, e.Marshal()) }
+
+// write sends body (an envelope of e) with e's status and Retry-After.
+func (e *Error) write(w http.ResponseWriter, b []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(b)))
@@ -133,8 +135,10 @@ func Write(w http.ResponseWriter, e *Error) {
 // SSE is the event that ends a stream with e: `event: error` carrying the
 // envelope, so a client reading a stream sees the same body it would have
 // got as a response.
-func SSE(e *Error) []byte {
-	b := e.Marshal()
+func SSE(e *Error) []byte { return errorEvent(e.Marshal()) }
+
+// errorEvent frames an envelope as the SSE error event.
+func errorEvent(b []byte) []byte {
 	out := make([]byte, 0, len(b)+24)
 	out = append(out, "event: error\ndata: "...)
 	out = append(out, b...)
