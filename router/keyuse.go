@@ -10,6 +10,7 @@ import (
 	"github.com/llorch/llorch/internal/apierr"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
+	"github.com/llorch/llorch/router/engineclient"
 	"github.com/llorch/llorch/router/keys"
 )
 
@@ -132,7 +133,7 @@ type keySink struct {
 	ku *keyUse
 }
 
-func (k *keySink) commit(resp *http.Response, sse bool) error {
+func (k *keySink) commit(resp *engineclient.Response, sse bool) error {
 	k.ku.status = resp.StatusCode
 	return k.sink.commit(resp, sse)
 }

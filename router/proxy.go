@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -17,6 +16,7 @@ import (
 	"github.com/llorch/llorch/internal/tracing"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
+	"github.com/llorch/llorch/router/engineclient"
 	"github.com/llorch/llorch/scheduler"
 )
 
@@ -199,9 +199,9 @@ type clientSink struct {
 	ri *reqInfo
 }
 
-func (s *clientSink) commit(resp *http.Response, sse bool) error {
+func (s *clientSink) commit(resp *engineclient.Response, sse bool) error {
 	h := s.w.Header()
-	copyEndToEnd(h, resp.Header)
+	resp.CopyEndToEnd(h)
 	h.Set(CorrelationHeader, s.ri.id)
 	if sse {
 		h.Del("Content-Length")
@@ -258,28 +258,4 @@ func (s *clientSink) broken(_ registry.Instance, reason string, sse bool) outcom
 		Message: "the engine failed mid-stream (" + reason + "); the answer is incomplete"}))
 	_ = s.flush()
 	return outcomeDone
-}
-
-// hopHeaders are connection-level and never relayed (RFC 9110 §7.6.1).
-var hopHeaders = map[string]bool{
-	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Proxy-Authenticate": true,
-	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
-}
-
-// copyEndToEnd copies the engine's headers except hop-by-hop ones: the
-// fixed list and any header the engine's Connection header names.
-func copyEndToEnd(dst, src http.Header) {
-	named := map[string]bool{}
-	for _, v := range src.Values("Connection") {
-		for _, f := range strings.Split(v, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				named[http.CanonicalHeaderKey(f)] = true
-			}
-		}
-	}
-	for k, v := range src {
-		if !hopHeaders[k] && !named[k] {
-			dst[k] = v
-		}
-	}
 }

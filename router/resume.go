@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/engineclient"
 	"github.com/llorch/llorch/router/resume"
 )
 
@@ -55,7 +56,6 @@ type resumingSink struct {
 	stream *resume.Stream
 	cands  []registry.Instance // the placement's ranking
 	tried  map[string]bool     // instances that served or failed this request
-	resp   *http.Response      // the committed engine answer, closed before a continuation
 }
 
 // withResume returns the call and sink relay uses: unchanged when resume is
@@ -63,29 +63,32 @@ type resumingSink struct {
 // cannot be continued exactly (several choices, client-chosen logprobs) a
 // sink that only counts their breaks; else the upstream body asking for
 // token ids and a resumingSink.
-func (rt *Router) withResume(ctx context.Context, call *upstreamCall, cands []registry.Instance, s sink) (*upstreamCall, sink) {
+func (rt *Router) withResume(ctx context.Context, call *upstreamCall, cands []registry.Instance, s sink) sink {
+	call.wire = nil
 	if rt.cfg.ResumeAttempts <= 0 || !call.stream {
-		return call, s
+		return s
 	}
 	kind, ok := resume.KindOf(call.path)
 	if !ok {
-		return call, s
+		return s
 	}
 	up, st, err := resume.Prepare(kind, call.body)
 	if err != nil {
-		return call, &unresumableSink{sink: s, rt: rt, model: call.model}
+		return &unresumableSink{sink: s, rt: rt, model: call.model}
 	}
-	c := *call
-	c.body = up
-	return &c, &resumingSink{sink: s, rt: rt, ctx: ctx, call: &c, kind: kind, body: call.body, stream: st, cands: cands, tried: map[string]bool{}}
+	call.wire = up
+	return &resumingSink{sink: s, rt: rt, ctx: ctx, call: call, kind: kind, body: call.body, stream: st, cands: cands, tried: map[string]bool{}}
 }
+
+// errResumedElsewhere aborts a broken engine's call once its stream goes
+// on elsewhere.
+var errResumedElsewhere = errors.New("stream resumed on another instance")
 
 // resumesOnGone: a resumable stream is broken (and continued) as soon as
 // its instance leaves the registry.
 func (s *resumingSink) resumesOnGone() bool { return true }
 
-func (s *resumingSink) commit(resp *http.Response, sse bool) error {
-	s.resp = resp
+func (s *resumingSink) commit(resp *engineclient.Response, sse bool) error {
 	return s.sink.commit(resp, sse)
 }
 
@@ -105,9 +108,9 @@ func (s *resumingSink) broken(inst registry.Instance, reason string, sse bool) o
 		return s.sink.broken(inst, reason, sse)
 	}
 	s.tried[inst.ID] = true
-	if s.resp != nil {
-		s.resp.Body.Close() // the failed engine stops generating and frees its slot
-	}
+	// The failed engine's connection is closed at once, so it stops
+	// generating and frees its slot while the answer goes on elsewhere.
+	s.call.engine.Abort(errResumedElsewhere)
 	if next, ok := s.rt.resumeStream(s, reason); ok {
 		_ = s.sink.end(next)
 		return outcomeDone
@@ -217,8 +220,10 @@ func (rt *Router) continueOn(ctx context.Context, call *upstreamCall, inst regis
 	defer release()
 	cctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	unwatch := rt.state.watchGone(inst.ID, cancel)
-	defer unwatch()
+	is := rt.state.get(inst.ID)
+	w := cancelWatcher(cancel)
+	is.watchGone(&w)
+	defer is.unwatchGone(&w)
 	timer := time.AfterFunc(rt.cfg.FirstByteTimeout, func() { cancel(errFirstByte) })
 	defer timer.Stop()
 

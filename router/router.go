@@ -6,6 +6,7 @@ package router
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -24,6 +25,7 @@ import (
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 	"github.com/llorch/llorch/router/discovery"
+	"github.com/llorch/llorch/router/engineclient"
 	"github.com/llorch/llorch/router/enginestate"
 	"github.com/llorch/llorch/router/keys"
 	"github.com/llorch/llorch/scheduler"
@@ -40,7 +42,10 @@ type Router struct {
 	state        *localState
 	metrics      *metrics
 	promReg      *prometheus.Registry
-	transport    *http.Transport
+	transport    *http.Transport      // off the request path: engine polls, resume's calls
+	engineCl     *engineclient.Client // the request path to engines (upstream.go)
+	endpoints    endpointCache
+	engineAuth   string // "Bearer <engine token>", or empty
 	resumeClient *http.Client // continues broken streams over the same connections
 	tokens       *authmin.TokenSet
 	engineToken  string
@@ -123,6 +128,9 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 			return nil, fmt.Errorf("router: engine token file %s is empty", cfg.EngineTokenFile)
 		}
 	}
+	if rt.engineToken != "" {
+		rt.engineAuth = "Bearer " + rt.engineToken
+	}
 	if rt.engineToken == "" {
 		logger.Warn("no engine token: requests reach engines without Authorization (engines must be reachable from the router only)")
 	} else {
@@ -173,6 +181,9 @@ func New(cfg Config, source registry.Source, placer Placer, logger hclog.Logger,
 	}
 	rt.transport = newTransport(cfg)
 	rt.transport.TLSClientConfig = rt.tls.engine // nil: system roots, for engines announcing tls=1
+	engineTLS := rt.tls.engine
+	rt.engineCl = engineclient.New(engineclient.Config{ConnectTimeout: cfg.ConnectTimeout, MaxIdlePerHost: cfg.MaxIdleConns,
+		IdleTimeout: 4 * time.Second, TLS: func() *tls.Config { return engineTLS }})
 	rt.resumeClient = &http.Client{Transport: rt.transport}
 	rt.engines = rt.newEnginePoller()
 	rt.handler = rt.buildHandler()
@@ -251,6 +262,7 @@ func (rt *Router) Run(ctx context.Context) error {
 	rt.taskRuns.stop()
 	wg.Wait()
 	rt.transport.CloseIdleConnections()
+	rt.engineCl.CloseIdle()
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return nil
 	}
@@ -276,6 +288,7 @@ func (rt *Router) onSnapshot(last *int) func(registry.Snapshot) {
 		}
 		rt.view.Publish(snap)
 		rt.state.sync(snap)
+		rt.endpoints.forget(snap)
 		rt.drainWoken(snap)
 		if n := len(snap.Instances); n != *last {
 			rt.log.Info("instance view changed", "instances", n, "index", snap.Index)

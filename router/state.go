@@ -43,30 +43,45 @@ type instState struct {
 	// byte yet: when the instance leaves the registry (its node died, its
 	// check went critical) they are cancelled and retried elsewhere rather
 	// than left waiting for a first byte that will never come.
-	waiting map[*int]func(error)
+	waiting map[goneWatcher]struct{}
 }
+
+// goneWatcher is told when its instance left the registry.
+type goneWatcher interface{ Abort(cause error) }
+
+// cancelWatcher adapts a cancel func (continueOn's context) to goneWatcher.
+type cancelWatcher func(error)
+
+func (c *cancelWatcher) Abort(cause error) { (*c)(cause) }
 
 // errInstanceGone cancels attempts to an instance that left the registry.
 var errInstanceGone = errors.New("instance left the registry before answering")
 
-// watchGone registers an attempt's cancel until its first byte; the
-// returned func unregisters it (call it once the answer starts, and at the
-// end).
-func (s *localState) watchGone(id string, cancel func(error)) func() {
-	st := s.get(id)
-	key := new(int)
+// watchGone registers an attempt until its first byte: when the instance
+// leaves the registry it is aborted. unwatchGone unregisters it (once the
+// answer starts, and at the end; twice is harmless).
+func (st *instState) watchGone(w goneWatcher) {
 	st.mu.Lock()
 	if st.waiting == nil {
-		st.waiting = map[*int]func(error){}
+		st.waiting = map[goneWatcher]struct{}{}
 	}
-	st.waiting[key] = cancel
+	st.waiting[w] = struct{}{}
 	st.mu.Unlock()
-	return func() {
-		st.mu.Lock()
-		delete(st.waiting, key)
-		st.mu.Unlock()
-	}
 }
+
+func (st *instState) unwatchGone(w goneWatcher) {
+	st.mu.Lock()
+	delete(st.waiting, w)
+	st.mu.Unlock()
+}
+
+// acquire counts a request in flight; release ends it.
+func (st *instState) acquire() {
+	st.started.Add(1)
+	st.inFlight.Add(1)
+}
+
+func (st *instState) release() { st.inFlight.Add(-1) }
 
 func newLocalState(od outlierConfig, onEject func(string, time.Duration)) *localState {
 	od = od.withDefaults()
@@ -160,9 +175,8 @@ func (s *localState) busy(id string, d time.Duration) {
 // acquire counts a request in flight on id; call the returned func once.
 func (s *localState) acquire(id string) func() {
 	st := s.get(id)
-	st.started.Add(1)
-	st.inFlight.Add(1)
-	return func() { st.inFlight.Add(-1) }
+	st.acquire()
+	return st.release
 }
 
 // sync takes a new snapshot: it learns each instance's model (for the
@@ -186,8 +200,8 @@ func (s *localState) sync(snap *registry.Snapshot) {
 			continue
 		}
 		st.mu.Lock()
-		for _, cancel := range st.waiting {
-			cancel(errInstanceGone)
+		for w := range st.waiting {
+			w.Abort(errInstanceGone)
 		}
 		st.waiting = nil
 		st.mu.Unlock()

@@ -15,12 +15,12 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/llorch/llorch/internal/apierr"
 	"github.com/llorch/llorch/internal/tracing"
 	"github.com/llorch/llorch/registry"
+	"github.com/llorch/llorch/router/engineclient"
 )
 
 // The one upstream-call path: /v1 relays and /v2 tasks both build an
@@ -39,13 +39,29 @@ type upstreamCall struct {
 	ri     *reqInfo
 	start  time.Time
 	key    *keyUse // the API key's hold on this request (nil: none); its sink meters the answer
+	// wire, when set, is the body as the engine gets it (resume asks for
+	// token ids); body stays the client's.
+	wire []byte
+
+	// Per-attempt state, reused by every attempt of this request.
+	engine engineclient.Call
+	req    engineclient.Request
+	evBuf  []byte
+}
+
+// wireBody is what the engine is sent.
+func (c *upstreamCall) wireBody() []byte {
+	if c.wire != nil {
+		return c.wire
+	}
+	return c.body
 }
 
 // sink is where a committed answer goes.
 type sink interface {
 	// commit takes the engine's status and headers; an error ends the
 	// attempt (the client went away, or the sink cannot use the answer).
-	commit(resp *http.Response, sse bool) error
+	commit(resp *engineclient.Response, sse bool) error
 	// event is one whole SSE event; more says another complete one is
 	// already buffered (a flush can wait for it).
 	event(ev []byte, more bool) error
@@ -105,10 +121,7 @@ const (
 // the client's credentials, in whatever header, must never reach an engine.
 var upstreamHeaders = []string{"Accept", "User-Agent", "Traceparent", "Tracestate", "Baggage", "Idempotency-Key"}
 
-var (
-	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-	copyPool   = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-)
+var copyPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // generationTimeout is the model's generation timeout.
 func (rt *Router) generationTimeout(model string) time.Duration {
@@ -122,7 +135,10 @@ func (rt *Router) generationTimeout(model string) time.Duration {
 // answers.
 func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registry.Instance, s sink) relayResult {
 	s = call.key.sink(s)
-	call, s = rt.withResume(ctx, call, cands, s)
+	s = rt.withResume(ctx, call, cands, s)
+	// The client leaving aborts whichever attempt is under way.
+	stop := context.AfterFunc(ctx, func() { call.engine.Abort(context.Canceled) })
+	defer stop()
 	attempts := 1 + rt.cfg.Retries
 	deadline := call.start.Add(rt.cfg.RetryBudget)
 	var failures []string
@@ -190,87 +206,72 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 // attempt sends the request to one instance and, once the instance has
 // produced its first byte of body, commits the answer to the sink.
 //
-// Its clocks: connect-timeout (the dialer); then, for a stream,
-// first-byte-timeout until the first event, or for a non-streamed answer
-// the generation timeout until its first byte (engines send headers only
-// when the answer is done); then idle-stream-timeout between events or
-// body reads.
+// It runs on the caller's goroutine (engineclient: no transport
+// goroutines), and its clocks are socket deadlines: connect-timeout (the
+// dial); then, for a stream, first-byte-timeout until the first event, or
+// for a non-streamed answer the generation timeout until its first byte
+// (engines send headers only when the answer is done); then
+// idle-stream-timeout between events or body reads. The client leaving and
+// the instance leaving the registry abort the call (engineclient.Call).
 func (rt *Router) attempt(ctx context.Context, call *upstreamCall, inst registry.Instance, s sink) outcome {
-	release := rt.state.acquire(inst.ID)
-	defer release()
+	st := rt.state.get(inst.ID)
+	st.acquire()
+	defer st.release()
 
-	sctx, span := tracer.Start(ctx, "llorch.upstream", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attribute.String("llorch.instance_id", inst.ID), attribute.String("llorch.node_id", inst.NodeID)))
-	defer span.End()
-	actx, cancel := context.WithCancelCause(sctx)
-	defer cancel(nil)
-	unwatch := rt.state.watchGone(inst.ID, cancel)
-	defer unwatch()
-	up, err := http.NewRequestWithContext(actx, http.MethodPost, inst.URL()+call.path, bytes.NewReader(call.body))
-	if err != nil {
-		return outcome{kind: outcomeRetry, reason: "bad instance address: " + err.Error(), label: "bad_address"}
+	var span trace.Span
+	if tracing.Enabled() {
+		ctx, span = tracer.Start(ctx, "llorch.upstream", trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.String("llorch.instance_id", inst.ID), attribute.String("llorch.node_id", inst.NodeID)))
+		defer span.End()
 	}
-	for _, h := range upstreamHeaders {
-		if v := call.header.Values(h); len(v) > 0 {
-			up.Header[h] = v
-		}
+	uc := &call.engine
+	uc.Reset()
+	if ctx.Err() != nil { // after Reset: a later cancel reaches this attempt's call
+		return outcome{kind: outcomeDone}
 	}
-	up.Header.Set("Content-Type", "application/json")
-	if call.stream && up.Header.Get("Accept") == "" {
-		up.Header.Set("Accept", "text/event-stream")
-	}
-	up.Header.Set(CorrelationHeader, call.ri.id)
-	markReplayable(up.Header)
-	tracing.Propagator.Inject(actx, propagation.HeaderCarrier(up.Header))
-	if rt.engineToken != "" {
-		up.Header.Set("Authorization", "Bearer "+rt.engineToken)
-	}
+	st.watchGone(uc)
+	defer st.unwatchGone(uc)
+	rt.buildUpstreamRequest(ctx, call)
 
 	firstWait, firstCause := rt.cfg.FirstByteTimeout, errFirstByte
 	if !call.stream {
 		firstWait, firstCause = rt.generationTimeout(call.model), errGeneration
 	}
-	timer := time.AfterFunc(firstWait, func() { cancel(firstCause) })
-	defer func() { timer.Stop() }()
-
-	resp, err := rt.transport.RoundTrip(up)
+	resp, err := rt.engineCl.Do(ctx, uc, rt.endpoints.of(inst), &call.req, time.Now().Add(firstWait))
 	if err != nil {
-		return rt.beforeFirstByte(ctx, inst, err, context.Cause(actx), "")
+		return rt.beforeFirstByte(ctx, inst, err, callCause(uc, err, firstCause), "")
 	}
-	defer resp.Body.Close()
+	defer resp.Close()
 
 	switch resp.StatusCode {
 	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
-		if d, ok := retryAfterOf(resp.Header); ok || resp.StatusCode == http.StatusTooManyRequests {
+		if d, ok := retryAfterOf(resp.Header("Retry-After")); ok || resp.StatusCode == http.StatusTooManyRequests {
 			// "Not now": another instance, or the queue; not a fault.
 			if !ok {
 				d = busyDefault
 			}
 			rt.state.busy(inst.ID, d)
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.DiscardBody(64 << 10)
 			return outcome{kind: outcomeBusy, reason: "busy (status " + strconv.Itoa(resp.StatusCode) + ")", label: "busy", retryAfter: d}
 		}
 		fallthrough
 	case http.StatusBadGateway, http.StatusGatewayTimeout:
 		rt.state.gatewayFailure(inst.ID)
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // lets the connection be reused
+		resp.DiscardBody(64 << 10) // lets the connection be reused
 		return outcome{kind: outcomeRetry, reason: "status " + strconv.Itoa(resp.StatusCode), label: "status_" + strconv.Itoa(resp.StatusCode)}
 	}
 
-	br := readerPool.Get().(*bufio.Reader)
-	br.Reset(resp.Body)
-	defer func() { br.Reset(nil); readerPool.Put(br) }()
-
-	sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-	var first, evBuf []byte
+	br := resp.Body
+	sse := bytes.HasPrefix(resp.Header("Content-Type"), []byte("text/event-stream"))
+	var first []byte
 	if sse {
-		first, err = readEvent(br, evBuf[:0])
-		evBuf = first
+		first, err = readEvent(br, call.evBuf[:0])
+		call.evBuf = first
 	} else {
 		_, err = br.Peek(1)
 	}
 	if err != nil && !(err == io.EOF && len(first) == 0) {
-		return rt.beforeFirstByte(ctx, inst, err, context.Cause(actx), "before the first byte: ")
+		return rt.beforeFirstByte(ctx, inst, err, callCause(uc, err, firstCause), "before the first byte: ")
 	}
 
 	// Commit: from here on a vanished instance breaks the stream instead of
@@ -279,7 +280,7 @@ func (rt *Router) attempt(ctx context.Context, call *upstreamCall, inst registry
 	// instance leaving the registry (its node failed) breaks the stream at
 	// once, so it is resumed, instead of waiting out the idle timeout.
 	if w, ok := s.(interface{ resumesOnGone() bool }); !ok || !w.resumesOnGone() {
-		unwatch()
+		st.unwatchGone(uc)
 	}
 	call.ri.instance, call.ri.node = inst.ID, inst.NodeID
 	if err := s.commit(resp, sse); err != nil {
@@ -289,14 +290,14 @@ func (rt *Router) attempt(ctx context.Context, call *upstreamCall, inst registry
 		return outcome{kind: outcomeDone}
 	}
 	rt.metrics.firstByte.WithLabelValues(pathLabel(call.path)).Observe(time.Since(call.start).Seconds())
-	timer.Stop()
-	timer = time.AfterFunc(rt.cfg.IdleStreamTimeout, func() { cancel(errIdle) })
+	idle := idleDeadline{resp: resp, d: rt.cfg.IdleStreamTimeout}
+	idle.arm(time.Now())
 
 	var upErr error
 	if sse {
-		upErr = rt.pumpSSE(s, br, first, evBuf, timer)
+		upErr = rt.pumpSSE(s, br, first, call.evBuf, &idle)
 	} else {
-		upErr = rt.pumpBody(s, br, timer)
+		upErr = rt.pumpBody(s, br, &idle)
 	}
 	if upErr == nil {
 		upErr = s.end(inst)
@@ -309,12 +310,103 @@ func (rt *Router) attempt(ctx context.Context, call *upstreamCall, inst registry
 		return outcome{kind: outcomeDone}
 	default:
 		rt.state.gatewayFailure(inst.ID)
-		_, reason := classify(upErr, context.Cause(actx))
+		_, reason := classify(upErr, callCause(uc, upErr, errIdle))
 		call.ri.logger().Warn("engine failed mid-answer", "instance_id", inst.ID, "model", call.model, "reason", reason)
 		return outcome{kind: s.broken(inst, reason, sse)}
 	}
 	return outcome{kind: outcomeDone}
 }
+
+// callCause says why a call failed: what aborted it, else the deadline
+// that was running out when a read timed out (first byte, generation,
+// idle), else nothing (the engine's own failure).
+func callCause(uc *engineclient.Call, err, deadlineCause error) error {
+	if c := uc.Cause(); c != nil {
+		return c
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() && !isDialError(err) {
+		return deadlineCause
+	}
+	return nil
+}
+
+func isDialError(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
+}
+
+// idleDeadline keeps the idle-stream-timeout on the engine's socket. It
+// moves the deadline only when a sixteenth of the timeout has passed since
+// the last move, so a fast stream does not touch its timer per event; the
+// silence allowed is therefore between 15/16 of the timeout and all of it.
+type idleDeadline struct {
+	resp  *engineclient.Response
+	d     time.Duration
+	armed time.Time
+}
+
+func (t *idleDeadline) arm(now time.Time) {
+	t.armed = now
+	_ = t.resp.SetReadDeadline(now.Add(t.d))
+}
+
+func (t *idleDeadline) touch() {
+	if now := time.Now(); now.Sub(t.armed) > t.d/16 {
+		t.arm(now)
+	}
+}
+
+// buildUpstreamRequest fills call.req: the path, the body the engine gets,
+// the client headers on the allow-list, the correlation id, the trace
+// context and the engine token.
+func (rt *Router) buildUpstreamRequest(ctx context.Context, call *upstreamCall) {
+	req := &call.req
+	req.Reset()
+	req.Path, req.Body = call.path, call.wireBody()
+	traced := tracing.Enabled()
+	for _, h := range upstreamHeaders {
+		if traced && isTraceHeader(h) {
+			continue // the upstream span's context replaces the client's
+		}
+		for _, v := range call.header[h] {
+			req.Set(h, v)
+		}
+	}
+	req.Set("Content-Type", "application/json")
+	if call.stream && len(call.header["Accept"]) == 0 {
+		req.Set("Accept", "text/event-stream")
+	}
+	req.Set(CorrelationHeader, call.ri.id)
+	if traced {
+		var carrier traceCarrier
+		tracing.Propagator.Inject(ctx, &carrier)
+		for _, kv := range carrier.kv {
+			req.Set(kv[0], kv[1])
+		}
+	}
+	if rt.engineAuth != "" {
+		req.Set("Authorization", rt.engineAuth)
+	}
+}
+
+func isTraceHeader(h string) bool { return h == "Traceparent" || h == "Tracestate" || h == "Baggage" }
+
+// traceCarrier collects what the propagator injects.
+type traceCarrier struct{ kv [][2]string }
+
+func (c *traceCarrier) Get(string) string { return "" }
+func (c *traceCarrier) Set(k, v string) {
+	k = http.CanonicalHeaderKey(k)
+	for i := range c.kv {
+		if c.kv[i][0] == k {
+			c.kv[i][1] = v
+			return
+		}
+	}
+	c.kv = append(c.kv, [2]string{k, v})
+}
+func (c *traceCarrier) Keys() []string { return nil }
 
 // account records a complete answer: a 5xx passed through (the engine's
 // own answer) counts against the success rate, not as a gateway failure;
@@ -344,9 +436,9 @@ func (rt *Router) beforeFirstByte(ctx context.Context, inst registry.Instance, e
 	return outcome{kind: outcomeRetry, reason: prefix + reason, label: label}
 }
 
-// retryAfterOf reads Retry-After (seconds or an HTTP date), bounded.
-func retryAfterOf(h http.Header) (time.Duration, bool) {
-	v := strings.TrimSpace(h.Get("Retry-After"))
+// retryAfterOf reads a Retry-After value (seconds or an HTTP date), bounded.
+func retryAfterOf(raw []byte) (time.Duration, bool) {
+	v := strings.TrimSpace(string(raw))
 	if v == "" {
 		return 0, false
 	}
@@ -363,7 +455,7 @@ func retryAfterOf(h http.Header) (time.Duration, bool) {
 
 // pumpSSE hands whole events to the sink. A partial event left by a
 // failing engine is dropped, so the error event that follows parses.
-func (rt *Router) pumpSSE(s sink, br *bufio.Reader, first, buf []byte, timer *time.Timer) error {
+func (rt *Router) pumpSSE(s sink, br *bufio.Reader, first, buf []byte, idle *idleDeadline) error {
 	ev := first
 	for {
 		if len(ev) > 0 {
@@ -383,19 +475,19 @@ func (rt *Router) pumpSSE(s sink, br *bufio.Reader, first, buf []byte, timer *ti
 		if err != nil {
 			return err
 		}
-		timer.Reset(rt.cfg.IdleStreamTimeout)
+		idle.touch()
 	}
 }
 
 // pumpBody hands a non-SSE answer to the sink as it arrives.
-func (rt *Router) pumpBody(s sink, br *bufio.Reader, timer *time.Timer) error {
+func (rt *Router) pumpBody(s sink, br *bufio.Reader, idle *idleDeadline) error {
 	bp := copyPool.Get().(*[]byte)
 	defer copyPool.Put(bp)
 	buf := *bp
 	for {
 		n, err := br.Read(buf)
 		if n > 0 {
-			timer.Reset(rt.cfg.IdleStreamTimeout)
+			idle.touch()
 			if werr := s.chunk(buf[:n]); werr != nil {
 				return werr
 			}

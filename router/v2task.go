@@ -15,6 +15,7 @@ import (
 	"github.com/llorch/llorch/internal/apierr"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
+	"github.com/llorch/llorch/router/engineclient"
 	"github.com/llorch/llorch/scheduler"
 )
 
@@ -120,7 +121,7 @@ type taskSink struct {
 	begin time.Time
 }
 
-func (s *taskSink) commit(resp *http.Response, sse bool) error {
+func (s *taskSink) commit(resp *engineclient.Response, sse bool) error {
 	s.begin = time.Now()
 	if resp.StatusCode == http.StatusOK && sse {
 		return nil

@@ -17,10 +17,31 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Propagator is W3C trace context plus baggage.
 var Propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+
+// defaultProvider is the global provider before anyone installs one: the
+// delegate that makes no-op spans.
+var defaultProvider = otel.GetTracerProvider()
+
+// Enabled reports whether spans go anywhere: an exporting provider was
+// installed (Setup with an endpoint, or a test's recorder). Hot paths skip
+// making spans when it is false, and pass the caller's trace context on
+// unchanged instead.
+func Enabled() bool {
+	tp := otel.GetTracerProvider()
+	if tp == defaultProvider {
+		return false
+	}
+	switch tp.(type) {
+	case noop.TracerProvider, *noop.TracerProvider:
+		return false
+	}
+	return true
+}
 
 // Tracer is llorch's tracer for a component ("router", "driver").
 func Tracer(component string) trace.Tracer { return otel.Tracer("llorch/" + component) }

@@ -346,4 +346,3 @@ func TestIdleConnectionsExpireBeforeTheEnginesKeepAlive(t *testing.T) {
 		t.Errorf("%d connections, want 2", n)
 	}
 }
-
