@@ -9,17 +9,14 @@
 package authmin
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"strings"
 	"sync"
-	"unsafe"
 )
 
 // compareKey keys the HMAC that TimingSafeEqual compares. It is random per
@@ -33,20 +30,52 @@ var compareKey = func() []byte {
 	return k
 }()
 
-// macPool reuses keyed HMAC states: a fresh hmac.New costs a dozen
-// allocations, and the gate runs on every request.
-var macPool = sync.Pool{New: func() any { return hmac.New(sha256.New, compareKey) }}
+// The HMAC pads of compareKey (RFC 2104), computed once: digest is then two
+// SHA-256 sums and no allocation.
+var ipad, opad = func() (i, o [sha256.BlockSize]byte) {
+	copy(i[:], compareKey)
+	copy(o[:], compareKey)
+	for n := range i {
+		i[n] ^= 0x36
+		o[n] ^= 0x5c
+	}
+	return i, o
+}()
 
+// scratchPool holds the inner hash's input (ipad and the secret). The
+// secret is copied into a pooled buffer, not a fresh one, so no
+// allocation whose size follows the input's length enters the timed path;
+// tokens are bounded by MaxTokenBytes where they come from the network.
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, sha256.BlockSize+MaxTokenBytes); return &b }}
+
+// digest is HMAC-SHA-256(compareKey, s).
 func digest(s string) (out [sha256.Size]byte) {
-	m := macPool.Get().(hash.Hash)
-	m.Reset()
-	// Hash the string's bytes in place: io.Writer implementations must
-	// neither modify nor retain p, and a copy would put an allocation whose
-	// size follows the input's length into the timed path.
-	m.Write(unsafe.Slice(unsafe.StringData(s), len(s)))
-	m.Sum(out[:0])
-	macPool.Put(m)
-	return out
+	bp := scratchPool.Get().(*[]byte)
+	buf := append(append((*bp)[:0], ipad[:]...), s...)
+	inner := sha256.Sum256(buf)
+	clear(buf)
+	if cap(buf) <= sha256.BlockSize+MaxTokenBytes {
+		*bp = buf[:0]
+		scratchPool.Put(bp)
+	}
+	var outer [sha256.BlockSize + sha256.Size]byte
+	copy(outer[:], opad[:])
+	copy(outer[sha256.BlockSize:], inner[:])
+	return sha256.Sum256(outer[:])
+}
+
+// Digest is a secret reduced for constant-time comparison
+// (EqualDigest): store it instead of hashing the known secret per check.
+type Digest [sha256.Size]byte
+
+// DigestOf reduces a secret.
+func DigestOf(s string) Digest { return digest(s) }
+
+// EqualDigest compares a presented secret with a stored digest in time
+// that depends on neither.
+func EqualDigest(presented string, d Digest) bool {
+	p := digest(presented)
+	return subtle.ConstantTimeCompare(p[:], d[:]) == 1
 }
 
 // TimingSafeEqual compares two secrets in time that depends on neither

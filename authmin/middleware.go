@@ -45,6 +45,11 @@ type MiddlewareConfig struct {
 	// the time an answer takes does not say which kind of token matched.
 	Keys   KeyChecker
 	Logger hclog.Logger
+	// Attach hands an authenticated request's identity and key value to
+	// the handlers. nil: they ride in the request's context (IdentityFrom,
+	// KeyFrom). A server with per-request state of its own sets it there
+	// instead, saving a context and a request copy per request.
+	Attach func(r *http.Request, identity string, key any) *http.Request
 }
 
 // AuthOptionalFromEnv reads LLORCH_AUTH_OPTIONAL.
@@ -96,6 +101,10 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
+	attach := cfg.Attach
+	if attach == nil {
+		attach = attachToContext
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if cfg.Exempt != nil && cfg.Exempt(r) {
 			next.ServeHTTP(w, r)
@@ -105,12 +114,12 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 		tok, err := Credential(r.Header)
 		if errors.Is(err, ErrMissing) && cfg.AuthOptional && IsLoopback(peer) {
 			log.Debug("auth ok", "identity", IdentityLocalhost, "path", r.URL.Path)
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, IdentityLocalhost)))
+			next.ServeHTTP(w, attach(r, IdentityLocalhost, nil))
 			return
 		}
-		okTok, kv := false, KeyVerdict{}
+		okTok, id, kv := false, "", KeyVerdict{}
 		if err == nil {
-			okTok = cfg.Tokens.Check(tok)
+			okTok, id = cfg.Tokens.CheckIdentity(tok)
 			if cfg.Keys != nil {
 				kv = cfg.Keys.CheckKey(tok)
 			}
@@ -136,15 +145,24 @@ func Middleware(cfg MiddlewareConfig, next http.Handler) http.Handler {
 			deny(w, CodeBadToken, "invalid bearer token", hintCheck)
 			return
 		}
-		id := Identity(tok)
-		ctx := r.Context()
+		var key any
 		if kv.Known {
-			id = kv.Identity
-			ctx = context.WithValue(ctx, keyCtxKey{}, kv.Value)
+			id, key = kv.Identity, kv.Value
 		}
-		log.Debug("auth ok", "identity", id, "path", r.URL.Path)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(ctx, ctxKey{}, id)))
+		if log.IsDebug() {
+			log.Debug("auth ok", "identity", id, "path", r.URL.Path)
+		}
+		next.ServeHTTP(w, attach(r, id, key))
 	})
+}
+
+// attachToContext is the default Attach: IdentityFrom and KeyFrom read it.
+func attachToContext(r *http.Request, identity string, key any) *http.Request {
+	ctx := context.WithValue(r.Context(), ctxKey{}, identity)
+	if key != nil {
+		ctx = context.WithValue(ctx, keyCtxKey{}, key)
+	}
+	return r.WithContext(ctx)
 }
 
 // Credential is the token a request presents: "Authorization: Bearer",

@@ -2,11 +2,13 @@ package authmin
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"os"
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,38 +22,62 @@ const MinTokenLen = 32
 const DefaultGrace = 5 * time.Minute
 
 // TokenSet holds the live tokens: the current one and, during a rotation's
-// grace period, the previous one. It is safe for concurrent use.
+// grace period, the previous one. It is safe for concurrent use: checks
+// read an immutable snapshot (no lock), rotations replace it.
 type TokenSet struct {
-	mu       sync.RWMutex
-	current  string
-	previous string
-	prevTill time.Time
-	grace    time.Duration
-	now      func() time.Time
+	mu    sync.Mutex // serialises writers
+	slots atomic.Pointer[tokenSlots]
+	grace time.Duration
+	now   func() time.Time
+}
+
+// tokenSlots is one generation of a TokenSet, with each token's digest and
+// log identity computed when it was set, not per check.
+type tokenSlots struct {
+	current, previous string
+	curD, prevD       Digest
+	curID, prevID     string
+	prevTill          time.Time
+}
+
+func newSlots(current, previous string, till time.Time) *tokenSlots {
+	sl := &tokenSlots{current: current, previous: previous, prevTill: till,
+		curD: DigestOf(current), prevD: DigestOf(previous)}
+	if current != "" {
+		sl.curID = Identity(current)
+	}
+	if previous != "" {
+		sl.prevID = Identity(previous)
+	}
+	return sl
 }
 
 // NewTokenSet makes a set; the first token is current, a second is
 // accepted as previous with no expiry (tests, static pairs).
 func NewTokenSet(tokens ...string) *TokenSet {
 	s := &TokenSet{grace: DefaultGrace, now: time.Now}
+	var cur, prev string
+	var till time.Time
 	if len(tokens) > 0 {
-		s.current = tokens[0]
+		cur = tokens[0]
 	}
 	if len(tokens) > 1 {
-		s.previous = tokens[1]
-		s.prevTill = time.Unix(1<<62, 0)
+		prev, till = tokens[1], time.Unix(1<<62, 0)
 	}
+	s.slots.Store(newSlots(cur, prev, till))
 	return s
+}
+
+func (s *TokenSet) load() *tokenSlots {
+	if sl := s.slots.Load(); sl != nil {
+		return sl
+	}
+	return &tokenSlots{}
 }
 
 // Empty reports whether no token is configured.
 func (s *TokenSet) Empty() bool {
-	if s == nil {
-		return true
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.current == ""
+	return s == nil || s.load().current == ""
 }
 
 // Current is the current token ("" when none).
@@ -59,24 +85,34 @@ func (s *TokenSet) Current() string {
 	if s == nil {
 		return ""
 	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.current
+	return s.load().current
 }
 
 // Check compares token with every live token in constant time: it always
 // compares against both slots, so timing does not tell which one matched or
 // whether a rotation is in progress.
 func (s *TokenSet) Check(token string) bool {
+	ok, _ := s.CheckIdentity(token)
+	return ok
+}
+
+// CheckIdentity is Check that also names the token that matched
+// ("token:9f86d0"), from the digest and identity kept with each token.
+func (s *TokenSet) CheckIdentity(token string) (bool, string) {
 	if s == nil || token == "" {
-		return false
+		return false, ""
 	}
-	s.mu.RLock()
-	cur, prev, till := s.current, s.previous, s.prevTill
-	s.mu.RUnlock()
-	okCur := cur != "" && TimingSafeEqual(token, cur)
-	okPrev := TimingSafeEqual(token, prev) && prev != "" && s.now().Before(till)
-	return okCur || okPrev
+	sl := s.load()
+	p := digest(token)
+	okCur := subtle.ConstantTimeCompare(p[:], sl.curD[:]) == 1 && sl.current != ""
+	okPrev := subtle.ConstantTimeCompare(p[:], sl.prevD[:]) == 1 && sl.previous != "" && s.now().Before(sl.prevTill)
+	switch {
+	case okCur:
+		return true, sl.curID
+	case okPrev:
+		return true, sl.prevID
+	}
+	return false, ""
 }
 
 // Rotate makes token current; the old current stays valid for the grace
@@ -84,11 +120,11 @@ func (s *TokenSet) Check(token string) bool {
 func (s *TokenSet) Rotate(token string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if token == s.current {
+	old := s.load()
+	if token == old.current {
 		return
 	}
-	s.previous, s.prevTill = s.current, s.now().Add(s.grace)
-	s.current = token
+	s.slots.Store(newSlots(token, old.current, s.now().Add(s.grace)))
 }
 
 // readTokenFile reads a token file: surrounding whitespace is trimmed; a
@@ -150,16 +186,16 @@ func LoadTokenSet(file, envVar string, grace time.Duration, log hclog.Logger) (*
 		if err != nil {
 			return nil, err
 		}
-		s.current = tok
+		s.slots.Store(newSlots(tok, "", time.Time{}))
 	case envVar != "" && strings.TrimSpace(os.Getenv(envVar)) != "":
 		tok := strings.TrimSpace(os.Getenv(envVar))
 		if err := validToken(tok); err != nil {
 			return nil, fmt.Errorf("token from $%s: %w", envVar, err)
 		}
-		s.current = tok
+		s.slots.Store(newSlots(tok, "", time.Time{}))
 	}
-	if log != nil && s.current != "" {
-		log.Info("api token loaded", "identity", Identity(s.current), "source", sourceName(file, envVar))
+	if log != nil && s.Current() != "" {
+		log.Info("api token loaded", "identity", Identity(s.Current()), "source", sourceName(file, envVar))
 	}
 	return s, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/llorch/llorch/authmin"
+	"github.com/llorch/llorch/internal/accesslog"
 	"github.com/llorch/llorch/internal/tracing"
 	"github.com/llorch/llorch/registry/consul"
 	"github.com/llorch/llorch/router"
@@ -99,6 +100,9 @@ func runRouter(args []string) int {
 	src := &consul.Watcher{Client: cc, Service: cfg.ServiceName, Logger: log.Named("discovery")}
 	cfg.Consul = cc // API keys from KV, and the live routers that share their limits
 	rt, err := router.New(cfg, src, nil, log, reg)
+	if err == nil {
+		rt.SetAccessLog(accesslog.New(os.Stderr, "llorch-router", cfg.LogJSON))
+	}
 	if err != nil {
 		// The policy errors carry their codes (NON_LOOPBACK_WITHOUT_TOKEN,
 		// NON_LOOPBACK_PLAINTEXT).

@@ -9,6 +9,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/llorch/llorch/internal/tracing"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
 )
@@ -71,9 +72,13 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 		} else {
 			t.Requeue() // the slot went elsewhere: keep the place, wait again
 		}
-		_, span := tracer.Start(ctx, "llorch.admission.wait", trace.WithAttributes(attribute.String("llorch.priority", prio.String())))
-		err = t.Wait(ctx, deadline)
-		span.End()
+		if tracing.Enabled() {
+			_, span := tracer.Start(ctx, "llorch.admission.wait", trace.WithAttributes(attribute.String("llorch.priority", prio.String())))
+			err = t.Wait(ctx, deadline)
+			span.End()
+		} else {
+			err = t.Wait(ctx, deadline)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -19,7 +19,6 @@ import (
 
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
-	"github.com/llorch/llorch/router/keys"
 	"github.com/llorch/llorch/scheduler"
 )
 
@@ -202,7 +201,7 @@ func (rt *Router) placeRouted(ctx context.Context, w http.ResponseWriter, pr *Pl
 	for _, fb := range rt.routes.fallbacks[pr.Model] {
 		alt := *pr
 		alt.Model = rt.routes.resolve(fb)
-		if k := keys.From(ctx); k != nil && !k.Allows(alt.Model) {
+		if k := keyOf(ctx); k != nil && !k.Allows(alt.Model) {
 			continue // a fallback never widens what a key may use
 		}
 		c, ferr := rt.placeAdmitted(ctx, alt, prio, deadline)

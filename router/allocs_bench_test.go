@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/llorch/llorch/internal/accesslog"
 	"github.com/llorch/llorch/registry"
 )
 
@@ -59,6 +60,7 @@ func startShippedRouter(b *testing.B, insts ...registry.Instance) string {
 	if err != nil {
 		b.Fatal(err)
 	}
+	rt.SetAccessLog(accesslog.New(io.Discard, "router", false)) // as cli/router.go does
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = rt.Run(ctx) }()

@@ -107,6 +107,9 @@ func promptShape(prefix []byte) (string, []uint64) {
 			return k, h
 		}
 	}
+	if len(prefix) < scheduler.MinAffinityChars {
+		return "", nil // TextKey's answer too, without copying the body
+	}
 	return scheduler.TextKey(string(prefix))
 }
 

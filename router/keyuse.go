@@ -92,7 +92,7 @@ func (rt *Router) admitKey(w http.ResponseWriter, r *http.Request, model string,
 	if rt.keys == nil {
 		return nil, true
 	}
-	k := keys.From(r.Context())
+	k := keyOf(r.Context())
 	if k == nil {
 		return nil, true // the single API token or a loopback dev request
 	}
@@ -186,13 +186,6 @@ func (ku *keyUse) end(clientGone bool) {
 
 // withIdentity copies the authenticated identity into the request's info
 // for the access log (which runs outside the auth gate).
-func withIdentity(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		infoFrom(r.Context()).identity = authmin.IdentityFrom(r.Context())
-		next.ServeHTTP(w, r)
-	})
-}
-
 // serveUsage handles GET /v2/usage: per key and model, since the router
 // started or over ?window= (a duration, up to 24h). A request made with a
 // key sees that key's usage only; the operator's API token sees every key
@@ -204,7 +197,7 @@ func (rt *Router) serveUsage(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	name, model := q.Get("key"), q.Get("model")
-	if k := keys.From(r.Context()); k != nil {
+	if k := keyOf(r.Context()); k != nil {
 		if name != "" && name != k.Name {
 			apierr.Write(w, &apierr.Error{Status: http.StatusForbidden, Code: CodeUsageNotAllowed, Param: "key",
 				Message: fmt.Sprintf("API key %q may read only its own usage", k.Name)})

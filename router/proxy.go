@@ -63,10 +63,14 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	// The request's span continues the caller's trace (W3C traceparent);
 	// the upstream call carries it on to the engine.
-	tctx, span := tracer.Start(tracing.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header)), "llorch.request",
-		trace.WithAttributes(attribute.String("llorch.path", r.URL.Path), attribute.String("correlation_id", ri.id)))
-	defer span.End()
-	r = r.WithContext(tctx)
+	// With tracing off no span is made: the client's traceparent is passed
+	// to the engine as it came (upstreamHeaders).
+	if tracing.Enabled() {
+		tctx, span := tracer.Start(tracing.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header)), "llorch.request",
+			trace.WithAttributes(attribute.String("llorch.path", r.URL.Path), attribute.String("correlation_id", ri.id)))
+		defer span.End()
+		r = r.WithContext(tctx)
+	}
 	prio, perr2 := priorityOf(r)
 	if perr2 != nil {
 		apierr.Write(w, &apierr.Error{Status: http.StatusBadRequest, Code: CodeInvalidParams, Param: "X-Priority", Message: perr2.Error()})
@@ -118,14 +122,24 @@ func (rt *Router) serveProxy(w http.ResponseWriter, r *http.Request) {
 // answers the client itself when placement fails: then it returns nil.
 func (rt *Router) placeForProxy(w http.ResponseWriter, r *http.Request, pr *PlaceRequest, body *[]byte, prio admission.Priority, deadline time.Time) ([]registry.Instance, error) {
 	ri := infoFrom(r.Context())
-	pctx, pspan := tracer.Start(r.Context(), "llorch.placement", trace.WithAttributes(attribute.String("llorch.model", pr.Model)))
-	cands, err := rt.placeRouted(pctx, w, pr, body, prio, deadline)
-	if err != nil {
-		pspan.SetStatus(codes.Error, err.Error())
-	} else if len(cands) > 0 {
-		pspan.SetAttributes(attribute.String("llorch.instance_id", cands[0].ID), attribute.String("llorch.node_id", cands[0].NodeID), attribute.Int("llorch.candidates", len(cands)))
+	var cands []registry.Instance
+	var err error
+	if tracing.Enabled() {
+		pctx, pspan := tracer.Start(r.Context(), "llorch.placement", trace.WithAttributes(attribute.String("llorch.model", pr.Model)))
+		cands, err = rt.placeRouted(pctx, w, pr, body, prio, deadline)
+		if err != nil {
+			pspan.SetStatus(codes.Error, err.Error())
+		} else if len(cands) > 0 {
+			pspan.SetAttributes(attribute.String("llorch.instance_id", cands[0].ID), attribute.String("llorch.node_id", cands[0].NodeID), attribute.Int("llorch.candidates", len(cands)))
+		}
+		pspan.End()
+	} else {
+		cands, err = rt.placeRouted(r.Context(), w, pr, body, prio, deadline)
 	}
-	pspan.End()
+	if err == nil && len(cands) > 0 { // the common case, before the error targets below (they escape)
+		ri.model = pr.Model
+		return cands, nil
+	}
 	var nc *NoCapacityError
 	var se *scheduler.Error
 	var ae *admission.Error

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/llorch/llorch/authmin"
+	"github.com/llorch/llorch/internal/accesslog"
 	"github.com/llorch/llorch/internal/apierr"
 	"github.com/llorch/llorch/registry"
 	"github.com/llorch/llorch/router/admission"
@@ -45,7 +46,7 @@ type Router struct {
 	transport    *http.Transport      // off the request path: engine polls, resume's calls
 	engineCl     *engineclient.Client // the request path to engines (upstream.go)
 	endpoints    endpointCache
-	engineAuth   string // "Bearer <engine token>", or empty
+	engineAuth   string       // "Bearer <engine token>", or empty
 	resumeClient *http.Client // continues broken streams over the same connections
 	tokens       *authmin.TokenSet
 	engineToken  string
@@ -62,6 +63,9 @@ type Router struct {
 	keysIndex    uint64              // the Consul KV index the keys were read at
 	engines      *enginestate.Poller // nil when engine polling is off
 	tls          routerTLS           // listener certificate, engine client side (tls.go)
+	access       *accesslog.Log      // nil: access lines go through log
+	reqSeries    seriesCache[requestSeries, prometheus.Counter]
+	fbSeries     seriesCache[string, prometheus.Observer]
 }
 
 // New builds a router. source feeds the instance view (consul.Watcher in
@@ -249,6 +253,10 @@ func (rt *Router) Run(ctx context.Context) error {
 		}()
 	}
 	rt.watchTLS(ctx, &wg)
+	if rt.access != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); rt.access.Run(ctx) }()
+	}
 	if rt.engines != nil {
 		wg.Add(1)
 		go func() {
@@ -334,7 +342,8 @@ func (rt *Router) buildHandler() http.Handler {
 		},
 		Logger: rt.log,
 		Keys:   rt.keyChecker(),
-	}, withIdentity(mux))
+		Attach: attachAuth,
+	}, mux)
 	return rt.withRequestContext(withAnthropicErrors(authed))
 }
 

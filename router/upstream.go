@@ -289,7 +289,7 @@ func (rt *Router) attempt(ctx context.Context, call *upstreamCall, inst registry
 		}
 		return outcome{kind: outcomeDone}
 	}
-	rt.metrics.firstByte.WithLabelValues(pathLabel(call.path)).Observe(time.Since(call.start).Seconds())
+	rt.firstByteObserver(pathLabel(call.path)).Observe(time.Since(call.start).Seconds())
 	idle := idleDeadline{resp: resp, d: rt.cfg.IdleStreamTimeout}
 	idle.arm(time.Now())
 
