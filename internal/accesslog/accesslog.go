@@ -48,7 +48,7 @@ const (
 )
 
 // Str, Int64 and Float64 make fields.
-func Str(k, v string) Field       { return Field{Key: k, Kind: String, S: v} }
+func Str(k, v string) Field         { return Field{Key: k, Kind: String, S: v} }
 func Int64(k string, v int64) Field { return Field{Key: k, Kind: Int, I: v} }
 func Float64(k string, v float64) Field {
 	return Field{Key: k, Kind: Float, F: v}
