@@ -65,6 +65,7 @@ func runRouter(args []string) int {
 		return 2
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "llorch-router", Level: hclog.LevelFromString(cfg.LogLevel), JSONFormat: cfg.LogJSON, Output: os.Stderr})
+	tuneRouterRuntime(log)
 
 	ccfg := consulapi.DefaultConfig()
 	ccfg.Address = cfg.ConsulAddr
