@@ -18,9 +18,16 @@ type reservations struct {
 }
 
 type resv struct {
-	at   []time.Time // oldest first
-	seen int64       // the instance's started count already matched
+	buf     []time.Time // at's backing array, reused
+	at      []time.Time // oldest first
+	seen    int64       // the instance's started count already matched
+	lastAdd time.Time
 }
+
+// resvKeep is how long an instance's emptied entry is kept for its next
+// placement (a busy instance is placed on again at once; re-making its
+// entry and slice each time cost two allocations per request).
+const resvKeep = 10 * time.Second
 
 const reserveTTL = time.Second
 
@@ -37,7 +44,16 @@ func (r *reservations) add(id string, started int64, now time.Time) {
 		r.m[id] = e
 	}
 	e.consume(started, now)
+	if len(e.at) == cap(e.at) {
+		// consume cuts from the front: slide the live ones back to the
+		// start of buf, growing it only when it is full.
+		if len(e.at) >= cap(e.buf) {
+			e.buf = make([]time.Time, 0, max(4, 2*len(e.at)))
+		}
+		e.at = append(e.buf[:0], e.at...)
+	}
 	e.at = append(e.at, now)
+	e.lastAdd = now
 }
 
 // pending is how many placements on id have not started yet.
@@ -49,7 +65,7 @@ func (r *reservations) pending(id string, started int64, now time.Time) int {
 		return 0
 	}
 	e.consume(started, now)
-	if len(e.at) == 0 {
+	if len(e.at) == 0 && now.Sub(e.lastAdd) > resvKeep {
 		delete(r.m, id)
 	}
 	return len(e.at)
