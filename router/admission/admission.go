@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llorch/llorch/internal/apierr"
@@ -122,6 +123,10 @@ type Queues struct {
 	models map[string]*modelQueue
 	// svcMs is a moving average of service time, for predicted start.
 	svcMs float64
+	// queued counts tickets in every queue (changed under mu, read
+	// without it): with nothing queued, Waiting and Notify, which every
+	// request calls, return without taking mu.
+	queued atomic.Int64
 }
 
 type modelQueue struct {
@@ -187,6 +192,7 @@ func (q *Queues) Enqueue(model string, p Priority) (*Ticket, error) {
 		}
 		victim := victimClass.Remove(victimClass.Front()).(*Ticket)
 		victim.elem = nil
+		q.queued.Add(-1)
 		victim.err = &Error{Status: http.StatusTooManyRequests, Code: CodeQueueFullDrop, Retriable: true,
 			RetryAfter: max(time.Second, backoff), PolicyLabel: string(DropLRU),
 			Message: fmt.Sprintf("dropped from the full queue of model %q for a newer request", model)}
@@ -198,6 +204,7 @@ func (q *Queues) Enqueue(model string, p Priority) (*Ticket, error) {
 	}
 	t := &Ticket{q: q, model: model, prio: p, wake: make(chan struct{})}
 	t.elem = mq.classes[p].PushBack(t)
+	q.queued.Add(1)
 	q.outcome(model, p, "queued")
 	q.depth(model, mq)
 	return t, nil
@@ -207,6 +214,9 @@ func (q *Queues) Enqueue(model string, p Priority) (*Ticket, error) {
 // (interactive first, then FIFO): a request finished, so a slot may be
 // free. The woken ticket keeps its place until it leaves.
 func (q *Queues) Notify(model string) {
+	if q.queued.Load() == 0 {
+		return // nobody to wake (a ticket enqueued now re-checks placement first)
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.notifyLocked(model)
@@ -231,6 +241,9 @@ func (q *Queues) notifyLocked(model string) {
 // Waiting reports whether a new request of priority p must queue behind
 // waiters: any of the same or higher priority waits for model.
 func (q *Queues) Waiting(model string, p Priority) bool {
+	if q.queued.Load() == 0 {
+		return false
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	mq, ok := q.models[model]
@@ -354,6 +367,7 @@ func (t *Ticket) Requeue() {
 	if t.elem == nil {
 		mq := t.q.queue(t.model)
 		t.elem = mq.classes[t.prio].PushFront(t)
+		t.q.queued.Add(1)
 		t.q.depth(t.model, mq)
 	}
 }
@@ -367,6 +381,7 @@ func (t *Ticket) Leave(outcome string) {
 		mq := t.q.models[t.model]
 		mq.classes[t.prio].Remove(t.elem)
 		t.elem = nil
+		t.q.queued.Add(-1)
 		t.q.depth(t.model, mq)
 		if t.woken && outcome != "admitted" {
 			t.q.notifyLocked(t.model)
