@@ -26,7 +26,16 @@ type target struct {
 	name  string
 	url   string
 	token string
-	pgid  int // process group whose CPU is the proxy's cost (0 = none)
+	pgid  int    // process group whose CPU is the proxy's cost (0 = none)
+	body  []byte // the request sent (nil: chatBody)
+}
+
+// payload is the chat request t is sent.
+func (t target) payload() []byte {
+	if t.body != nil {
+		return t.body
+	}
+	return chatBody
 }
 
 type sample struct {
@@ -79,7 +88,7 @@ func openLoop(cl *http.Client, t target, rate int, d time.Duration) sample {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			err := do(cl, t, chatBody)
+			err := do(cl, t, t.payload())
 			lat := time.Since(at)
 			mu.Lock()
 			s.n++
@@ -109,7 +118,7 @@ func closedLoop(cl *http.Client, t target, c int, d time.Duration) (sample, floa
 			var local sample
 			for time.Now().Before(stop) {
 				t0 := time.Now()
-				err := do(cl, t, chatBody)
+				err := do(cl, t, t.payload())
 				local.n++
 				if err != nil {
 					local.err++
