@@ -41,6 +41,14 @@ func ratioGoal(llorch, nginx time.Duration, haveNginx bool, limit float64) (val,
 	return why, goal, nil
 }
 
+// nginxUnit is a ratio row's baseline column: nginx is 1.00× itself.
+func nginxUnit(haveNginx bool) string {
+	if !haveNginx {
+		return "no nginx"
+	}
+	return "1.00× (nginx)"
+}
+
 // perRequest is a process's CPU (clock ticks) spread over the requests it
 // served; ok false when it served none.
 func perRequest(ticks uint64, n int) (time.Duration, bool) {

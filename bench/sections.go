@@ -80,7 +80,7 @@ func routerOverhead(e *env, round time.Duration, rounds int) {
 			if rate != g.rate {
 				goal, met = "", nil
 			}
-			add(section, g.name+" added, llorch/nginx"+g.label, val, "1.00× (nginx)", goal, met)
+			add(section, g.name+" added, llorch/nginx"+g.label, val, nginxUnit(haveNginx), goal, met)
 		}
 	}
 	// Closed loop, 64 concurrent: throughput, latency and the proxies' CPU.
@@ -205,7 +205,7 @@ func streamRelay(e *env) {
 	}
 	add(section, "time to first byte added, p50, one stream at a time", added(seqAdded), sng, "", nil)
 	val, goal, met := ratioGoal(seqAdded, nseq, e.nginx != nil, goalTTFBOneRatio)
-	add(section, "time to first byte added, one stream, llorch/nginx", val, "1.00× (nginx)", goal, met)
+	add(section, "time to first byte added, one stream, llorch/nginx", val, nginxUnit(e.nginx != nil), goal, met)
 	gap := pct(rr.gap, 0.5) - pct(rd.gap, 0.5)
 	ngap := "no nginx"
 	if e.nginx != nil {
