@@ -39,12 +39,28 @@ func (t target) payload() []byte {
 }
 
 type sample struct {
-	lat []time.Duration
-	err int
-	n   int
+	lat   []time.Duration
+	err   int
+	n     int
+	first string // the first error, to say what the errors were
 }
 
-func (s *sample) add(o sample) { s.lat = append(s.lat, o.lat...); s.err += o.err; s.n += o.n }
+func (s *sample) add(o sample) {
+	s.lat = append(s.lat, o.lat...)
+	s.err += o.err
+	s.n += o.n
+	if s.first == "" {
+		s.first = o.first
+	}
+}
+
+// fail counts a failed request, keeping the first error's text.
+func (s *sample) fail(err error) {
+	s.err++
+	if s.first == "" {
+		s.first = err.Error()
+	}
+}
 
 func do(cl *http.Client, t target, body []byte) error {
 	req, _ := http.NewRequest("POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
@@ -93,7 +109,7 @@ func openLoop(cl *http.Client, t target, rate int, d time.Duration) sample {
 			mu.Lock()
 			s.n++
 			if err != nil {
-				s.err++
+				s.fail(err)
 			} else {
 				s.lat = append(s.lat, lat)
 			}
@@ -121,7 +137,7 @@ func closedLoop(cl *http.Client, t target, c int, d time.Duration) (sample, floa
 				err := do(cl, t, t.payload())
 				local.n++
 				if err != nil {
-					local.err++
+					local.fail(err)
 				} else {
 					local.lat = append(local.lat, time.Since(t0))
 				}

@@ -65,6 +65,7 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Micros
 func main() {
 	quick := flag.Bool("quick", false, "shorter rounds (a smoke run, noisier figures)")
 	out := flag.String("out", "bench/results", "where latest.md and latest.json go")
+	keep := flag.Bool("keep", false, "keep the run's directory (configurations, certificates, every process's log) and print where it is")
 	only := flag.String("only", "", "comma-separated sections to run (default all): "+strings.Join(sectionNames, ", "))
 	flag.Parse()
 	round := 2 * time.Second
@@ -90,6 +91,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+	env.keep = *keep
 	defer env.close()
 
 	if run("overhead") {
@@ -173,7 +175,15 @@ func machine() string {
 			nginx = strings.TrimSpace(string(out))
 		}
 	}
-	return fmt.Sprintf("%s, %d cores, %s, %s, %s", model, runtime.NumCPU(), runtime.Version(), nginx, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	// The load average says how much else ran beside the bench: on a
+	// shared machine that, not llorch, can be what a tail figure shows.
+	load := "load average unknown"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			load = "load average " + strings.Join(f[:3], " ")
+		}
+	}
+	return fmt.Sprintf("%s, %d cores, %s, %s, %s, %s", model, runtime.NumCPU(), runtime.Version(), nginx, load, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 }
 
 func write(dir string) error {

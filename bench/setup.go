@@ -34,6 +34,7 @@ type env struct {
 	tls                       *tlsFiles
 	tuPort                    int
 	nTLSIn, nTLSOut, nTLSBoth int
+	keep                      bool // -keep: close leaves dir in place
 }
 
 func cacheDir() string {
@@ -170,6 +171,10 @@ func waitRoute(cl *http.Client, t target) error {
 func (e *env) close() {
 	for _, p := range []*proc{e.router, e.nginx, e.consul, e.upstream, e.stream, e.slow} {
 		p.stop()
+	}
+	if e.keep {
+		fmt.Printf("bench: the run's directory is kept: %s\n", e.dir)
+		return
 	}
 	os.RemoveAll(e.dir)
 }
