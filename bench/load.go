@@ -26,16 +26,41 @@ type target struct {
 	name  string
 	url   string
 	token string
-	pgid  int // process group whose CPU is the proxy's cost (0 = none)
+	pgid  int    // process group whose CPU is the proxy's cost (0 = none)
+	body  []byte // the request sent (nil: chatBody)
+}
+
+// payload is the chat request t is sent.
+func (t target) payload() []byte {
+	if t.body != nil {
+		return t.body
+	}
+	return chatBody
 }
 
 type sample struct {
-	lat []time.Duration
-	err int
-	n   int
+	lat   []time.Duration
+	err   int
+	n     int
+	first string // the first error, to say what the errors were
 }
 
-func (s *sample) add(o sample) { s.lat = append(s.lat, o.lat...); s.err += o.err; s.n += o.n }
+func (s *sample) add(o sample) {
+	s.lat = append(s.lat, o.lat...)
+	s.err += o.err
+	s.n += o.n
+	if s.first == "" {
+		s.first = o.first
+	}
+}
+
+// fail counts a failed request, keeping the first error's text.
+func (s *sample) fail(err error) {
+	s.err++
+	if s.first == "" {
+		s.first = err.Error()
+	}
+}
 
 func do(cl *http.Client, t target, body []byte) error {
 	req, _ := http.NewRequest("POST", t.url+"/v1/chat/completions", bytes.NewReader(body))
@@ -79,12 +104,12 @@ func openLoop(cl *http.Client, t target, rate int, d time.Duration) sample {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			err := do(cl, t, chatBody)
+			err := do(cl, t, t.payload())
 			lat := time.Since(at)
 			mu.Lock()
 			s.n++
 			if err != nil {
-				s.err++
+				s.fail(err)
 			} else {
 				s.lat = append(s.lat, lat)
 			}
@@ -109,10 +134,10 @@ func closedLoop(cl *http.Client, t target, c int, d time.Duration) (sample, floa
 			var local sample
 			for time.Now().Before(stop) {
 				t0 := time.Now()
-				err := do(cl, t, chatBody)
+				err := do(cl, t, t.payload())
 				local.n++
 				if err != nil {
-					local.err++
+					local.fail(err)
 				} else {
 					local.lat = append(local.lat, time.Since(t0))
 				}

@@ -34,6 +34,16 @@ type row struct {
 
 var rows []row
 
+// notes are each section's explanations, printed under its table.
+var notes = map[string][]string{}
+
+// note adds text under section's table, once.
+func note(section, text string) {
+	if !slices.Contains(notes[section], text) {
+		notes[section] = append(notes[section], text)
+	}
+}
+
 func add(section, figure, llorch, base, goal string, met *bool) {
 	m := ""
 	if met != nil {
@@ -55,6 +65,7 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Micros
 func main() {
 	quick := flag.Bool("quick", false, "shorter rounds (a smoke run, noisier figures)")
 	out := flag.String("out", "bench/results", "where latest.md and latest.json go")
+	keep := flag.Bool("keep", false, "keep the run's directory (configurations, certificates, every process's log) and print where it is")
 	only := flag.String("only", "", "comma-separated sections to run (default all): "+strings.Join(sectionNames, ", "))
 	flag.Parse()
 	round := 2 * time.Second
@@ -80,11 +91,20 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+	env.keep = *keep
 	defer env.close()
 
 	if run("overhead") {
 		fmt.Println("== router overhead (open loop, interleaved rounds)")
 		routerOverhead(env, round, rounds)
+	}
+	if run("allocs") {
+		fmt.Println("== router allocations per proxied request (go test -bench)")
+		allocsBench()
+	}
+	if run("tls") {
+		fmt.Println("== TLS: router and nginx terminating TLS, and TLS to the engine")
+		tlsBench(env, round, rounds)
 	}
 	if run("stream") {
 		fmt.Println("== streaming relay (50 concurrent streams)")
@@ -137,7 +157,7 @@ func main() {
 }
 
 // sectionNames are the parts -only can pick, in the order they run.
-var sectionNames = []string{"overhead", "stream", "scale", "scheduler", "churn", "discovery", "failure", "placement", "coldstart", "resume", "driver"}
+var sectionNames = []string{"overhead", "allocs", "tls", "stream", "scale", "scheduler", "churn", "discovery", "failure", "placement", "coldstart", "resume", "driver"}
 
 func machine() string {
 	model := "unknown CPU"
@@ -150,10 +170,20 @@ func machine() string {
 		}
 	}
 	nginx := "nginx not found"
-	if out, err := exec.Command("nginx", "-v").CombinedOutput(); err == nil {
-		nginx = strings.TrimSpace(string(out))
+	if bin, err := lookNginx(); err == nil {
+		if out, err := exec.Command(bin, "-v").CombinedOutput(); err == nil {
+			nginx = strings.TrimSpace(string(out))
+		}
 	}
-	return fmt.Sprintf("%s, %d cores, %s, %s, %s", model, runtime.NumCPU(), runtime.Version(), nginx, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	// The load average says how much else ran beside the bench: on a
+	// shared machine that, not llorch, can be what a tail figure shows.
+	load := "load average unknown"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			load = "load average " + strings.Join(f[:3], " ")
+		}
+	}
+	return fmt.Sprintf("%s, %d cores, %s, %s, %s, %s", model, runtime.NumCPU(), runtime.Version(), nginx, load, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 }
 
 func write(dir string) error {
@@ -163,17 +193,24 @@ func write(dir string) error {
 	var md strings.Builder
 	fmt.Fprintf(&md, "# llorch benchmark\n\nMachine: %s\n\nProduced by `make bench`; every figure was measured in this run, baselines beside llorch.\n\n", machine())
 	section := ""
+	flushNotes := func() {
+		for _, n := range notes[section] {
+			fmt.Fprintf(&md, "\nNote: %s\n", n)
+		}
+	}
 	for _, r := range rows {
 		if r.Section != section {
+			flushNotes()
 			section = r.Section
 			fmt.Fprintf(&md, "\n## %s\n\n| figure | llorch | baseline | goal | met |\n|---|---|---|---|---|\n", section)
 		}
 		fmt.Fprintf(&md, "| %s | %s | %s | %s | %s |\n", r.Figure, r.Llorch, r.Base, r.Goal, r.Met)
 	}
+	flushNotes()
 	if err := os.WriteFile(filepath.Join(dir, "latest.md"), []byte(md.String()), 0o644); err != nil {
 		return err
 	}
-	js, _ := json.MarshalIndent(map[string]any{"machine": machine(), "rows": rows}, "", "  ")
+	js, _ := json.MarshalIndent(map[string]any{"machine": machine(), "rows": rows, "notes": notes}, "", "  ")
 	if err := os.WriteFile(filepath.Join(dir, "latest.json"), js, 0o644); err != nil {
 		return err
 	}

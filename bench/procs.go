@@ -21,13 +21,21 @@ type proc struct {
 	cmd  *exec.Cmd
 }
 
+// logDir is where start puts each child's output (setup points it at the
+// run's directory).
+var logDir = os.TempDir()
+
+// start runs bin with its stdout and stderr going to <logDir>/<name>.log:
+// a file, so a chatty child (the router's access lines) never blocks on a
+// full pipe.
 func start(name string, env []string, bin string, args ...string) (*proc, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	logf, err := os.Create(filepath.Join(os.TempDir(), "llorch-bench-"+name+".log"))
+	logf, err := os.Create(filepath.Join(logDir, "llorch-bench-"+name+".log"))
 	if err != nil {
 		return nil, err
 	}
+	defer logf.Close() // the child holds its own copy of the descriptor
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -61,12 +69,15 @@ func freePort() int {
 }
 
 // waitHTTP polls url until it answers (any status) or d passes.
-func waitHTTP(url string, d time.Duration) error {
+func waitHTTP(url string, d time.Duration) error { return waitHTTPWith(http.DefaultClient, url, d) }
+
+// waitHTTPWith is waitHTTP with cl (an HTTPS client trusting the bench CA).
+func waitHTTPWith(cl *http.Client, url string, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := cl.Do(req)
 		cancel()
 		if err == nil {
 			resp.Body.Close()

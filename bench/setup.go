@@ -2,11 +2,11 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	consul "github.com/hashicorp/consul/api"
@@ -28,6 +28,13 @@ type env struct {
 	nginx                   *proc
 	nFast, nStream, nSlow   int
 	direct, viaNginx, viaRt target
+	// The TLS section's: the bench PKI (nil when it could not be made),
+	// the TLS upstream's port (started by that section), nginx's TLS
+	// listeners (in, out, both: see nginxServer).
+	tls                       *tlsFiles
+	tuPort                    int
+	nTLSIn, nTLSOut, nTLSBoth int
+	keep                      bool // -keep: close leaves dir in place
 }
 
 func cacheDir() string {
@@ -44,6 +51,11 @@ func setup() (*env, error) {
 	if e.dir, err = os.MkdirTemp("", "llorch-bench-"); err != nil {
 		return nil, err
 	}
+	logDir = e.dir // children's output goes to files here, never to a pipe that could fill and block them
+	if e.tls, err = writeTLSFiles(e.dir); err != nil {
+		fmt.Printf("  tls: %v: the TLS section will be missing\n", err)
+	}
+	e.tuPort = freePort()
 	llorch, _ := filepath.Abs("bin/llorch")
 	if _, err := os.Stat(llorch); err != nil {
 		return nil, fmt.Errorf("bin/llorch missing (run make build): %w", err)
@@ -83,15 +95,21 @@ func setup() (*env, error) {
 	}
 	rPort := freePort()
 	e.routerURL = "http://" + addr(rPort)
-	if e.router, err = start("router", []string{"LLORCH_ADDR=" + addr(rPort), "LLORCH_API_TOKEN=" + apiToken,
-		"CONSUL_HTTP_ADDR=" + e.consulAddr, "LLORCH_LOG_LEVEL=warn", "LLORCH_QUEUE_CAPACITY=4096"}, llorch, "router"); err != nil {
+	// The router as shipped: default log level (info) with its access
+	// line per request. The engine CA only matters to engines announcing
+	// TLS (the TLS section's "TLS out" path); plain engines ignore it.
+	renv := []string{"LLORCH_ADDR=" + addr(rPort), "LLORCH_API_TOKEN=" + apiToken, "CONSUL_HTTP_ADDR=" + e.consulAddr, "LLORCH_QUEUE_CAPACITY=4096"}
+	if e.tls != nil {
+		renv = append(renv, "LLORCH_ENGINE_CA_FILE="+e.tls.CA)
+	}
+	if e.router, err = start("router", renv, llorch, "router"); err != nil {
 		return nil, err
 	}
 	if err := e.waitModels(); err != nil {
 		return nil, err
 	}
 	if err := e.startNginx(); err != nil {
-		fmt.Printf("  nginx: %v: the nginx baseline is MISSING from this run (its columns read \"no nginx\"); sudo scripts/install-deps.sh installs it\n", err)
+		fmt.Printf("  nginx: %v\n  nginx: the nginx baseline is MISSING from this run: its columns read \"no nginx\" and goals relative to nginx are not judged\n", err)
 	}
 	e.direct = target{name: "direct", url: "http://" + addr(e.uPort)}
 	e.viaRt = target{name: "llorch", url: e.routerURL, token: apiToken, pgid: e.router.cmd.Process.Pid}
@@ -133,66 +151,30 @@ func (e *env) startConsul() error {
 }
 
 func (e *env) waitModels() error {
+	return waitRoute(newClient(4), target{url: e.routerURL, token: apiToken})
+}
+
+// waitRoute waits until t answers its request (a router that has
+// discovered the model's instance) or 20 s pass.
+func waitRoute(cl *http.Client, t target) error {
 	deadline := time.Now().Add(20 * time.Second)
-	cl := newClient(4)
+	var err error
 	for time.Now().Before(deadline) {
-		if err := do(cl, target{url: e.routerURL, token: apiToken}, chatBody); err == nil {
+		if err = do(cl, t, t.payload()); err == nil {
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("router did not route to the upstream in 20s")
-}
-
-// startNginx runs Debian's nginx as the operators' baseline: keepalive
-// upstreams, HTTP/1.1 to the upstream, no buffering, no access log.
-func (e *env) startNginx() error {
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		return fmt.Errorf("not installed (apt-get install nginx)")
-	}
-	e.nFast, e.nStream, e.nSlow = freePort(), freePort(), freePort()
-	var servers strings.Builder
-	for i, pair := range [][2]int{{e.nFast, e.uPort}, {e.nStream, e.sPort}, {e.nSlow, e.wPort}} {
-		fmt.Fprintf(&servers, `
-  upstream up%d { server 127.0.0.1:%d; keepalive 64; }
-  server {
-    listen 127.0.0.1:%d;
-    location / {
-      proxy_pass http://up%d;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_request_buffering off;
-      proxy_read_timeout 60s;
-    }
-  }`, i, pair[1], pair[0], i)
-	}
-	conf := fmt.Sprintf(`worker_processes auto;
-pid %s/nginx.pid;
-error_log %s/nginx-error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 100000;
-  client_body_temp_path %s;
-  proxy_temp_path %s;
-%s
-}
-`, e.dir, e.dir, e.dir, e.dir, servers.String())
-	cf := filepath.Join(e.dir, "nginx.conf")
-	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
-		return err
-	}
-	if e.nginx, err = start("nginx", nil, bin, "-c", cf, "-p", e.dir, "-g", "daemon off;"); err != nil {
-		return err
-	}
-	return waitHTTP("http://"+addr(e.nFast)+"/v1/models", 10*time.Second)
+	return fmt.Errorf("%s did not answer a chat request in 20s: %w", t.url, err)
 }
 
 func (e *env) close() {
 	for _, p := range []*proc{e.router, e.nginx, e.consul, e.upstream, e.stream, e.slow} {
 		p.stop()
+	}
+	if e.keep {
+		fmt.Printf("bench: the run's directory is kept: %s\n", e.dir)
+		return
 	}
 	os.RemoveAll(e.dir)
 }
