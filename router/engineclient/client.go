@@ -60,6 +60,9 @@ type Client struct {
 	mu     sync.Mutex
 	idle   map[Endpoint][]*conn
 	closed bool
+	// sessions resumes TLS sessions with engines (a new connection after
+	// an idle one expired costs an abbreviated handshake, not a full one).
+	sessions tls.ClientSessionCache
 }
 
 // New returns a Client.
@@ -71,7 +74,7 @@ func New(cfg Config) *Client {
 		cfg.IdleTimeout = 4 * time.Second
 	}
 	return &Client{cfg: cfg, dialer: net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second},
-		idle: map[Endpoint][]*conn{}}
+		idle: map[Endpoint][]*conn{}, sessions: tls.NewLRUClientSessionCache(1024)}
 }
 
 // CloseIdle closes every idle connection and stops pooling new ones.
@@ -138,6 +141,9 @@ func (c *Client) dial(ctx context.Context, ep Endpoint) (*conn, error) {
 		}
 		if cfg.ServerName == "" {
 			cfg.ServerName = ep.ServerName
+		}
+		if cfg.ClientSessionCache == nil {
+			cfg.ClientSessionCache = c.sessions
 		}
 		cfg.NextProtos = []string{"http/1.1"}
 		tc := tls.Client(nc, cfg)
