@@ -3,120 +3,405 @@ package resume
 import (
 	"bytes"
 	"encoding/json"
+
+	"github.com/llorch/llorch/internal/jsonscan"
 )
 
-// chunk is the part of a streamed chat or completion chunk the filter
-// reads and, when it stripped logprobs, writes back.
-type chunk struct {
-	ID                string          `json:"id"`
-	Object            string          `json:"object"`
-	Created           int64           `json:"created"`
-	Model             string          `json:"model"`
-	SystemFingerprint string          `json:"system_fingerprint,omitempty"`
-	Choices           []choice        `json:"choices"`
-	Usage             json.RawMessage `json:"usage,omitempty"`
+// The filter reads each engine event without decoding it: a walk of the
+// event finds the fields the stream follows, read as encoding/json would
+// read them into the chunk's Go shape (keys matched case-insensitively, a
+// value of the wrong type makes the event unreadable), and the injected
+// logprobs are cut out of the event's own bytes, in place.
+
+// chunkView is one event's top-level fields, as spans of its data.
+type chunkView struct {
+	id, object, model, fingerprint []byte // JSON strings, quotes included; nil: absent
+	created                        int64
+	usage                          []byte // any JSON value
+	choices                        []byte // a JSON array; nil: absent or null
+	choicesAt                      int    // offset of choices in the data
 }
 
-type choice struct {
-	Index        int       `json:"index"`
-	Delta        *delta    `json:"delta,omitempty"`
-	Text         *string   `json:"text,omitempty"`
-	Logprobs     *logprobs `json:"logprobs,omitempty"`
-	FinishReason *string   `json:"finish_reason"`
-}
-
-type delta struct {
-	Role             string          `json:"role,omitempty"`
-	Content          *string         `json:"content,omitempty"`
-	ReasoningContent *string         `json:"reasoning_content,omitempty"`
-	ToolCalls        json.RawMessage `json:"tool_calls,omitempty"`
-}
-
-type logprobs struct {
-	Content []struct {
-		ID int `json:"id"`
-	} `json:"content"`
+// choiceView is the first choice of an event.
+type choiceView struct {
+	finish, hasDelta      bool
+	role, content, reason []byte // JSON strings; nil: absent or null
+	toolCalls             []byte
+	text                  []byte
+	logprobs              bool // non-null logprobs: the token ids were read
+	cuts                  jsonscan.Cuts
+	cutsFull              bool
 }
 
 // Filter reads one SSE event from the engine, records what it carries and
 // returns the event to write to the client: unchanged, or with the
 // logprobs the router asked for removed. Events it cannot read pass
 // through unchanged and make the stream unresumable (never a wrong resume).
+//
+// An event that loses its logprobs is edited in ev's own memory (the
+// result shares it) when it is one "data: " line, as engines send them.
 func (s *Stream) Filter(ev []byte) []byte {
-	data, ok := eventData(ev)
+	data, inPlace, ok := eventData(ev)
 	if !ok {
 		return ev // comment, keep-alive, or an event without data
 	}
-	if bytes.Equal(data, []byte("[DONE]")) {
+	if string(data) == "[DONE]" {
 		s.Done = true
 		return ev
 	}
-	var c chunk
-	if err := json.Unmarshal(data, &c); err != nil {
+	if string(jsonscan.Trim(data)) == "null" {
+		return ev // decodes to an empty chunk: nothing to follow
+	}
+	var c chunkView
+	var ch choiceView
+	tokens := len(s.Tokens)
+	n, ok := c.read(data)
+	if ok && n > 0 {
+		ok = readChoices(c.choices, &ch, s)
+	}
+	if !ok {
+		s.Tokens = s.Tokens[:tokens]
 		s.block("an engine event the router could not read")
 		return ev
 	}
 	if s.ID == "" {
-		s.ID, s.Object, s.Created, s.Model, s.SystemFingerprint = c.ID, c.Object, c.Created, c.Model, c.SystemFingerprint
+		s.setIdentity(&c)
 	}
-	if len(c.Usage) > 0 && !isNull(c.Usage) {
-		var u struct {
-			PromptTokens int `json:"prompt_tokens"`
-		}
-		_ = json.Unmarshal(c.Usage, &u)
-		s.promptTokens = u.PromptTokens
+	if !jsonscan.IsNull(c.usage) {
+		s.promptTokens = promptTokens(c.usage)
 		s.UsageSent = true
 	}
-	if len(c.Choices) > 1 {
+	if n > 1 {
+		s.Tokens = s.Tokens[:tokens]
 		s.block("several choices")
 		return ev
 	}
-	stripped := false
-	for i := range c.Choices {
-		ch := &c.Choices[i]
-		if ch.FinishReason != nil {
-			s.sawFinish = true
+	if n == 0 {
+		return ev
+	}
+	if ch.finish {
+		s.sawFinish = true
+	}
+	if ch.hasDelta {
+		if len(ch.role) > 2 { // a non-empty string
+			s.roleSent = true
 		}
-		if ch.Delta != nil {
-			if ch.Delta.Role != "" {
-				s.roleSent = true
-			}
-			if len(ch.Delta.ToolCalls) > 0 && !isNull(ch.Delta.ToolCalls) {
-				s.block("the answer is a tool call")
-			}
-			if ch.Delta.ReasoningContent != nil && *ch.Delta.ReasoningContent != "" {
-				s.block("the answer is inside a reasoning block")
-			}
-			if ch.Delta.Content != nil {
-				s.Text = append(s.Text, *ch.Delta.Content...)
-			}
+		if !jsonscan.IsNull(ch.toolCalls) {
+			s.block("the answer is a tool call")
 		}
-		if ch.Text != nil {
-			s.Text = append(s.Text, *ch.Text...)
+		if len(ch.reason) > 2 {
+			s.block("the answer is inside a reasoning block")
 		}
-		if ch.Logprobs != nil {
-			for _, t := range ch.Logprobs.Content {
-				s.Tokens = append(s.Tokens, t.ID)
-			}
-			if s.injected {
-				ch.Logprobs = nil
-				stripped = true
-			}
-		} else if (ch.Delta != nil && ch.Delta.Content != nil && *ch.Delta.Content != "") || (ch.Text != nil && *ch.Text != "") {
+		if ch.content != nil {
+			s.Text, _ = jsonscan.AppendString(s.Text, ch.content)
+		}
+	}
+	if ch.text != nil {
+		s.Text, _ = jsonscan.AppendString(s.Text, ch.text)
+	}
+	if !ch.logprobs {
+		if len(ch.content) > 2 || len(ch.text) > 2 {
 			s.block("the engine sent text without token ids")
 		}
-	}
-	if !stripped {
 		return ev
 	}
-	// Only chunks that carried injected logprobs are re-encoded, and only
-	// that field goes: everything else the engine sent stays.
-	out, err := withoutLogprobs(data)
-	if err != nil {
-		s.block("re-encoding an engine event failed")
+	if !s.injected {
 		return ev
 	}
-	return out
+	if ch.cutsFull {
+		s.block("an engine event the router could not read")
+		return ev
+	}
+	if ch.cuts.Len() == 0 {
+		return ev // a "Logprobs" key: decoded, but not the member to cut
+	}
+	return withoutLogprobs(ev, data, inPlace, &c, &ch)
+}
+
+// withoutLogprobs is the event with the first choice's logprobs members
+// cut, as one "data: " line.
+func withoutLogprobs(ev, data []byte, inPlace bool, c *chunkView, ch *choiceView) []byte {
+	// The choice's span in data: the array's first element.
+	el := jsonscan.Elements(c.choices)
+	el.Next()
+	es, ee := el.ValueSpan()
+	es, ee = es+c.choicesAt, ee+c.choicesAt
+	if inPlace {
+		// Bytes only move towards the start, and a cut member (at least
+		// `"logprobs":0`) is longer than the line end written: ev holds
+		// the result, and nothing past len(ev) is touched.
+		out := ch.cuts.AppendTo(ev[:len("data: ")+es], data[es:ee])
+		out = append(out, data[ee:]...)
+		return append(out, "\n\n"...)
+	}
+	var j bytes.Buffer
+	j.Grow(len(data))
+	j.Write(data[:es])
+	j.Write(ch.cuts.AppendTo(nil, data[es:ee]))
+	j.Write(data[ee:])
+	out := make([]byte, 0, j.Len()+8)
+	out = append(out, "data: "...)
+	// Joined data lines may hold newlines: one data line needs compact JSON.
+	var cj bytes.Buffer
+	if json.Compact(&cj, j.Bytes()) == nil {
+		out = append(out, cj.Bytes()...)
+	} else {
+		out = append(out, j.Bytes()...)
+	}
+	return append(out, "\n\n"...)
+}
+
+// read walks the event's top level: n is the number of choices.
+func (c *chunkView) read(data []byte) (n int, ok bool) {
+	it := jsonscan.Members(data)
+	for it.Next() {
+		k := it.Key()
+		switch {
+		case jsonscan.KeyFold(k, "id"):
+			ok = str(&it, &c.id)
+		case jsonscan.KeyFold(k, "object"):
+			ok = str(&it, &c.object)
+		case jsonscan.KeyFold(k, "model"):
+			ok = str(&it, &c.model)
+		case jsonscan.KeyFold(k, "system_fingerprint"):
+			ok = str(&it, &c.fingerprint)
+		case jsonscan.KeyFold(k, "created"):
+			ok = integer(&it, &c.created)
+		case jsonscan.KeyFold(k, "usage"):
+			c.usage, ok = it.Value(), true
+		case jsonscan.KeyFold(k, "choices"):
+			switch it.Kind() {
+			case jsonscan.Array:
+				c.choices, ok = it.Value(), true
+				c.choicesAt, _ = it.ValueSpan()
+			case jsonscan.Null:
+				c.choices, ok = nil, true
+			default:
+				ok = false
+			}
+		default:
+			ok = true
+		}
+		if !ok {
+			return 0, false
+		}
+	}
+	if it.Err() != nil {
+		return 0, false
+	}
+	if c.choices == nil {
+		return 0, true
+	}
+	el := jsonscan.Elements(c.choices)
+	for el.Next() {
+	}
+	return el.Count(), true
+}
+
+// readChoices type-checks every choice, as decoding the whole event
+// would, and reads the first into ch, appending its token ids to
+// s.Tokens.
+func readChoices(choices []byte, ch *choiceView, s *Stream) bool {
+	el := jsonscan.Elements(choices)
+	for first := true; el.Next(); first = false {
+		switch el.Kind() {
+		case jsonscan.Object:
+		case jsonscan.Null:
+			continue
+		default:
+			return false
+		}
+		var v choiceView
+		dst := ch
+		if !first {
+			dst = &v
+		}
+		var tokens *[]int
+		if first {
+			tokens = &s.Tokens
+		}
+		if !dst.read(el.Value(), tokens) {
+			return false
+		}
+	}
+	return true
+}
+
+func (ch *choiceView) read(obj []byte, tokens *[]int) bool {
+	it := jsonscan.Members(obj)
+	var idx int64
+	var delta []byte
+	base := 0 // the token ids before this choice's: a repeated logprobs replaces them
+	if tokens != nil {
+		base = len(*tokens)
+	}
+	for it.Next() {
+		k := it.Key()
+		ok := true
+		switch {
+		case jsonscan.KeyFold(k, "index"):
+			ok = integer(&it, &idx)
+		case jsonscan.KeyFold(k, "finish_reason"):
+			var f []byte
+			ok = str(&it, &f)
+			ch.finish = f != nil
+		case jsonscan.KeyFold(k, "text"):
+			ok = str(&it, &ch.text)
+		case jsonscan.KeyFold(k, "delta"):
+			ok = it.Kind() == jsonscan.Object || it.Kind() == jsonscan.Null
+			delta = nil
+			if it.Kind() == jsonscan.Object {
+				delta = it.Value()
+			}
+		case jsonscan.KeyFold(k, "logprobs"):
+			if jsonscan.KeyIs(k, "logprobs") && !ch.cuts.Add(&it) {
+				ch.cutsFull = true
+			}
+			if tokens != nil {
+				*tokens = (*tokens)[:base]
+			}
+			switch it.Kind() {
+			case jsonscan.Object:
+				ok = readTokenIDs(it.Value(), tokens)
+				ch.logprobs = true
+			case jsonscan.Null:
+				ch.logprobs = false
+			default:
+				ok = false
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if it.Err() != nil {
+		return false
+	}
+	ch.hasDelta = delta != nil
+	if delta == nil {
+		return true
+	}
+	d := jsonscan.Members(delta)
+	for d.Next() {
+		k := d.Key()
+		ok := true
+		switch {
+		case jsonscan.KeyFold(k, "role"):
+			ok = str(&d, &ch.role)
+		case jsonscan.KeyFold(k, "content"):
+			ok = str(&d, &ch.content)
+		case jsonscan.KeyFold(k, "reasoning_content"):
+			ok = str(&d, &ch.reason)
+		case jsonscan.KeyFold(k, "tool_calls"):
+			ch.toolCalls = d.Value()
+		}
+		if !ok {
+			return false
+		}
+	}
+	return d.Err() == nil
+}
+
+// readTokenIDs reads logprobs.content[].id, appending to tokens when it is
+// not nil. A null entry or id counts as token 0, as decoding it would.
+func readTokenIDs(lp []byte, tokens *[]int) bool {
+	it := jsonscan.Members(lp)
+	var content []byte
+	for it.Next() {
+		if jsonscan.KeyFold(it.Key(), "content") {
+			switch it.Kind() {
+			case jsonscan.Array:
+				content = it.Value()
+			case jsonscan.Null:
+				content = nil
+			default:
+				return false
+			}
+		}
+	}
+	if it.Err() != nil || content == nil {
+		return it.Err() == nil
+	}
+	el := jsonscan.Elements(content)
+	for el.Next() {
+		var id int64
+		switch el.Kind() {
+		case jsonscan.Object:
+			e := jsonscan.Members(el.Value())
+			for e.Next() {
+				if jsonscan.KeyFold(e.Key(), "id") && !integer(&e, &id) {
+					return false
+				}
+			}
+		case jsonscan.Null:
+		default:
+			return false
+		}
+		if tokens != nil {
+			*tokens = append(*tokens, int(id))
+		}
+	}
+	return el.Err() == nil
+}
+
+// str reads a string field: null leaves nil, another type is an error.
+func str(it *jsonscan.Iter, dst *[]byte) bool {
+	switch it.Kind() {
+	case jsonscan.String:
+		*dst = it.Value()
+	case jsonscan.Null:
+		*dst = nil
+	default:
+		return false
+	}
+	return true
+}
+
+// integer reads an integer field: null leaves it, anything but an integer
+// in range is an error.
+func integer(it *jsonscan.Iter, dst *int64) bool {
+	switch it.Kind() {
+	case jsonscan.Null:
+		return true
+	case jsonscan.Number:
+		v, ok := jsonscan.Int(it.Value())
+		if ok {
+			*dst = v
+		}
+		return ok
+	}
+	return false
+}
+
+// promptTokens is usage.prompt_tokens, 0 when it cannot be read.
+func promptTokens(usage []byte) int {
+	var n int64
+	it := jsonscan.Members(usage)
+	for it.Next() {
+		if jsonscan.KeyFold(it.Key(), "prompt_tokens") && it.Kind() == jsonscan.Number {
+			if v, ok := jsonscan.Int(it.Value()); ok {
+				n = v
+			}
+		}
+	}
+	return int(n)
+}
+
+// setIdentity keeps the first chunk's id, object, model and fingerprint:
+// one allocation for the four.
+func (s *Stream) setIdentity(c *chunkView) {
+	var buf [256]byte
+	b := buf[:0]
+	var ends [4]int
+	for i, v := range [4][]byte{c.id, c.object, c.model, c.fingerprint} {
+		if v != nil {
+			b, _ = jsonscan.AppendString(b, v)
+		}
+		ends[i] = len(b)
+	}
+	all := string(b)
+	s.ID, s.Object, s.Model, s.SystemFingerprint = all[:ends[0]], all[ends[0]:ends[1]], all[ends[1]:ends[2]], all[ends[2]:ends[3]]
+	s.Created = c.created
 }
 
 // Finished reports whether the engine ended the answer itself (a finish
@@ -129,58 +414,38 @@ func (s *Stream) block(why string) {
 	}
 }
 
-func withoutLogprobs(data []byte) ([]byte, error) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(data, &top); err != nil {
-		return nil, err
-	}
-	var choices []map[string]json.RawMessage
-	if err := json.Unmarshal(top["choices"], &choices); err != nil {
-		return nil, err
-	}
-	for _, c := range choices {
-		delete(c, "logprobs")
-	}
-	cb, err := json.Marshal(choices)
-	if err != nil {
-		return nil, err
-	}
-	top["choices"] = cb
-	return sseData(top)
-}
-
-// sseData encodes v as one SSE data event.
-func sseData(v any) ([]byte, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]byte, 0, len(b)+8)
-	out = append(out, "data: "...)
-	out = append(out, b...)
-	return append(out, "\n\n"...), nil
-}
-
 // eventData returns the data of an SSE event (data lines joined by "\n").
-func eventData(ev []byte) ([]byte, bool) {
-	var data []byte
-	found := false
-	for len(ev) > 0 {
-		line := ev
-		if i := bytes.IndexByte(ev, '\n'); i >= 0 {
-			line, ev = ev[:i], ev[i+1:]
+// inPlace: the event is one "data: " line and its line ends, so data is
+// ev[6:] and an edit can be made in ev itself.
+func eventData(ev []byte) (data []byte, inPlace, found bool) {
+	lines, others := 0, 0
+	rest := ev
+	for len(rest) > 0 {
+		line := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line, rest = rest[:i], rest[i+1:]
 		} else {
-			ev = nil
+			rest = nil
 		}
 		line = bytes.TrimSuffix(line, []byte("\r"))
-		if v, ok := bytes.CutPrefix(line, []byte("data:")); ok {
-			v = bytes.TrimPrefix(v, []byte(" "))
-			if found {
-				data = append(data, '\n')
+		v, ok := bytes.CutPrefix(line, []byte("data:"))
+		if !ok {
+			if len(line) > 0 {
+				others++
 			}
-			data = append(data, v...)
-			found = true
+			continue
 		}
+		v = bytes.TrimPrefix(v, []byte(" "))
+		switch lines {
+		case 0:
+			data = v
+		case 1:
+			data = append(append(append([]byte(nil), data...), '\n'), v...)
+		default:
+			data = append(append(data, '\n'), v...)
+		}
+		lines++
 	}
-	return data, found
+	inPlace = lines == 1 && others == 0 && bytes.HasPrefix(ev, []byte("data: "))
+	return data, inPlace, lines > 0
 }
