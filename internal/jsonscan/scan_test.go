@@ -145,6 +145,11 @@ func TestCuts(t *testing.T) {
 		if got := c.AppendTo(nil, doc); string(got) != tc.want || !json.Valid(got) {
 			t.Errorf("%s cut %s: %s, want %s", tc.in, tc.cut, got, tc.want)
 		}
+		if tc.cut == "a" {
+			if got := c.AppendFrom([]byte("{"), doc, 1); string(got) != tc.want {
+				t.Errorf("%s AppendFrom: %s", tc.in, got)
+			}
+		}
 		// In place, over the document's own bytes.
 		inPlace := append([]byte(nil), doc...)
 		if got := c.AppendTo(inPlace[:0], inPlace); string(got) != tc.want {

@@ -30,8 +30,12 @@ func (c *Cuts) Len() int { return c.n }
 // every cut member), to dst without the cut members and their commas; the
 // rest is copied byte for byte. Bytes only move towards the start, so dst
 // may be doc's own memory up to the first cut (an in-place edit).
-func (c *Cuts) AppendTo(dst, doc []byte) []byte {
-	pos := 0
+func (c *Cuts) AppendTo(dst, doc []byte) []byte { return c.AppendFrom(dst, doc, 0) }
+
+// AppendFrom is AppendTo for doc[from:], from at or before every cut (the
+// caller has written what precedes it).
+func (c *Cuts) AppendFrom(dst, doc []byte, from int) []byte {
+	pos := from
 	for k := 0; k < c.n; {
 		// Members cut one after another go as one block.
 		m := k + 1
