@@ -135,10 +135,36 @@ func FuzzScanMatchesEncodingJSON(f *testing.F) {
 	})
 }
 
+// sameSub: the trusted walk of a value finds what a validating one does.
+func sameSub(t *testing.T, it *Iter) {
+	t.Helper()
+	sub, full := it.Sub(), Elements(it.Value())
+	if it.Kind() == Object {
+		full = Members(it.Value())
+	}
+	for {
+		a, b := sub.Next(), full.Next()
+		if a != b {
+			t.Fatalf("%s: Sub and a full walk disagree on the count", it.Value())
+		}
+		if !a {
+			break
+		}
+		s1, e1 := sub.MemberSpan()
+		s2, e2 := full.MemberSpan()
+		if string(sub.Key()) != string(full.Key()) || string(sub.Value()) != string(full.Value()) || sub.Kind() != full.Kind() || s1 != s2 || e1 != e2 {
+			t.Fatalf("%s: Sub read %s=%s, a full walk %s=%s", it.Value(), sub.Key(), sub.Value(), full.Key(), full.Value())
+		}
+	}
+	if sub.Err() != nil || full.Err() != nil || sub.Close() != full.Close() {
+		t.Fatalf("%s: errors %v %v", it.Value(), sub.Err(), full.Err())
+	}
+}
+
 // FuzzStrings: every string a walk finds (keys and values, at any depth)
-// decodes as encoding/json decodes it.
+// decodes as encoding/json decodes it, and Sub walks agree with full ones.
 func FuzzStrings(f *testing.F) {
-	for _, s := range []string{`{"a\"b":["c\u00e9","\ud83d\ude00\ud83d"]}`, "[\"\xed\xa0\x80\",\"\\ud800\\udbff\"]", `{"x":{"y":"\\\/"}}`} {
+	for _, s := range []string{`{"a\"b":["c\u00e9","\ud83d\ude00\ud83d"]}`, `[{"a\\":"\\\"}\\"},[1,-2.5e3,true,null,{}]]`, "[\"\xed\xa0\x80\",\"\\ud800\\udbff\"]", `{"x":{"y":"\\\/"}}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, doc []byte) {
@@ -173,6 +199,9 @@ func FuzzStrings(f *testing.F) {
 				for it.Next() {
 					if k == Object {
 						check(append(append([]byte{'"'}, it.Key()...), '"'), String)
+					}
+					if it.Kind() == Object || it.Kind() == Array {
+						sameSub(t, &it)
 					}
 					check(it.Value(), it.Kind())
 				}

@@ -111,6 +111,7 @@ func Trim(b []byte) []byte {
 type Iter struct {
 	doc     []byte
 	object  bool
+	trusted bool // a Sub walk: the text was validated by the walk above
 	state   uint8
 	err     error
 	pos     int // next byte to read
@@ -137,6 +138,13 @@ func Members(doc []byte) Iter { return Iter{doc: doc, object: true, prevEnd: -1}
 
 // Elements walks doc, which must hold one JSON array.
 func Elements(doc []byte) Iter { return Iter{doc: doc, prevEnd: -1} }
+
+// Sub walks the current value, an object or an array, without validating
+// it again: this walk already has. Use it for nested fields; Members or
+// Elements of Value would check the text once more.
+func (it *Iter) Sub() Iter {
+	return Iter{doc: it.Value(), object: it.kind == Object, trusted: true, prevEnd: -1}
+}
 
 // Next moves to the next member or element; false at the end or on error.
 func (it *Iter) Next() bool {
@@ -186,8 +194,11 @@ func (it *Iter) Next() bool {
 		if doc[i] != '"' {
 			return it.fail(syntaxErr(i, "invalid character %s looking for beginning of object key string", quoteChar(doc[i])))
 		}
-		end, err := skipString(doc, i)
-		if err != nil {
+		var end int
+		var err error
+		if it.trusted {
+			end = skipStringTrusted(doc, i)
+		} else if end, err = skipString(doc, i); err != nil {
 			return it.fail(err)
 		}
 		it.keyEnd = end
@@ -200,8 +211,12 @@ func (it *Iter) Next() bool {
 		}
 		i = skipWS(doc, i+1)
 	}
-	end, kind, err := skipValue(doc, i, 2)
-	if err != nil {
+	var end int
+	var kind Kind
+	var err error
+	if it.trusted {
+		end, kind = skipTrusted(doc, i)
+	} else if end, kind, err = skipValue(doc, i, 2); err != nil {
 		return it.fail(err)
 	}
 	it.vStart, it.vEnd, it.kind, it.pos = i, end, kind, end

@@ -1,6 +1,10 @@
 package jsonscan
 
-import "encoding/binary"
+import (
+	"bytes"
+	"encoding/binary"
+	"math/bits"
+)
 
 // The skippers validate one value and return the offset just past it.
 // They never build anything: a container is walked with a bit stack (one
@@ -113,16 +117,20 @@ func digits(doc []byte, i int) int {
 
 // SWAR constants: a word has a byte equal to b when hasZero(w ^ lsb*b),
 // and a byte below 0x20 when (w - lsb*0x20) &^ w & msb is non-zero. Both
-// tests never miss (they may flag a word falsely; the byte loop decides).
+// tests never miss, and the lowest byte they flag is exact (a borrow can
+// only flag bytes above a real one), so the first special byte of a
+// little-endian word is found at once.
 const (
 	lsb = 0x0101010101010101
 	msb = 0x8080808080808080
 )
 
-func special(w uint64) bool {
+// special flags (high bit of each byte) the bytes of w that end a run of
+// plain string bytes: a quote, a backslash or a control character.
+func special(w uint64) uint64 {
 	q := w ^ (lsb * '"')
 	b := w ^ (lsb * '\\')
-	return ((q-lsb)&^q|(b-lsb)&^b|(w-lsb*0x20)&^w)&msb != 0
+	return ((q-lsb)&^q | (b-lsb)&^b | (w-lsb*0x20)&^w) & msb
 }
 
 // skipString validates the string that begins with the quote at doc[i].
@@ -131,7 +139,11 @@ func skipString(doc []byte, i int) (int, error) {
 	i++
 	for {
 		// Eight plain bytes at a time: long prompts are most of a body.
-		for i+8 <= len(doc) && !special(binary.LittleEndian.Uint64(doc[i:])) {
+		for i+8 <= len(doc) {
+			if m := special(binary.LittleEndian.Uint64(doc[i:])); m != 0 {
+				i += bits.TrailingZeros64(m) >> 3
+				break
+			}
 			i += 8
 		}
 		if i >= len(doc) {
@@ -291,6 +303,67 @@ func skipContainer(doc []byte, i, depth int) (int, error) {
 				what = "object key:value pair"
 			}
 			return i, syntaxErr(i, "invalid character %s after %s", quoteChar(c), what)
+		}
+	}
+}
+
+// The trusted skippers find the end of a value inside a span a walk has
+// already validated (Iter.Sub), without checking it again. On other text
+// they return nonsense offsets within doc, never panic.
+
+func skipTrusted(doc []byte, i int) (int, Kind) {
+	if i >= len(doc) {
+		return len(doc), Invalid
+	}
+	k := KindOf(doc[i])
+	switch k {
+	case String:
+		return skipStringTrusted(doc, i), k
+	case Object, Array:
+		depth := 0
+		for i < len(doc) {
+			switch doc[i] {
+			case '"':
+				i = skipStringTrusted(doc, i)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1, k
+				}
+			}
+			i++
+		}
+		return len(doc), k
+	}
+	for i < len(doc) {
+		switch doc[i] {
+		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			return i, k
+		}
+		i++
+	}
+	return i, k
+}
+
+// skipStringTrusted: the string's end is the first quote not escaped by
+// an odd run of backslashes.
+func skipStringTrusted(doc []byte, i int) int {
+	i++
+	for {
+		j := bytes.IndexByte(doc[i:], '"')
+		if j < 0 {
+			return len(doc)
+		}
+		i += j
+		n := 0
+		for n < i && doc[i-1-n] == '\\' {
+			n++
+		}
+		i++
+		if n%2 == 0 {
+			return i
 		}
 	}
 }

@@ -26,7 +26,8 @@ type wireUsage struct {
 // engine reads them, and the last stream_options is the one that counts.
 func AskUsage(body []byte) (out []byte, clientAsked bool) {
 	var (
-		so        []byte // the last stream_options value
+		so        []byte        // the last stream_options value
+		soIt      jsonscan.Iter // a walk of it
 		soAt      int
 		soKind    jsonscan.Kind
 		every     jsonscan.Cuts // every stream_options member: all cut when the last is null
@@ -36,7 +37,7 @@ func AskUsage(body []byte) (out []byte, clientAsked bool) {
 	it := jsonscan.Members(body)
 	for it.Next() {
 		if jsonscan.KeyIs(it.Key(), "stream_options") {
-			so, soKind = it.Value(), it.Kind()
+			so, soKind, soIt = it.Value(), it.Kind(), it.Sub()
 			soAt, _ = it.ValueSpan()
 			everyFull = everyFull || !every.Add(&it)
 			soCount++
@@ -70,7 +71,7 @@ func AskUsage(body []byte) (out []byte, clientAsked bool) {
 	// The client's own stream_options: include_usage added to them.
 	var cuts jsonscan.Cuts
 	asked := false
-	inner := jsonscan.Members(so)
+	inner := soIt
 	for inner.Next() {
 		if jsonscan.KeyIs(inner.Key(), "include_usage") {
 			asked = jsonscan.IsTrue(inner.Value())
@@ -177,7 +178,7 @@ func readUsage(doc []byte, choices bool) (u wireUsage, ok, noChoices bool) {
 				if !ok {
 					u = wireUsage{}
 				}
-				if !u.read(it.Value()) {
+				if !u.read(it.Sub()) {
 					return wireUsage{}, false, false
 				}
 				ok = true
@@ -189,7 +190,7 @@ func readUsage(doc []byte, choices bool) (u wireUsage, ok, noChoices bool) {
 			case jsonscan.Null:
 				noChoices = false
 			case jsonscan.Array:
-				el := jsonscan.Elements(it.Value())
+				el := it.Sub()
 				noChoices = !el.Next()
 			default:
 				return wireUsage{}, false, false
@@ -204,8 +205,7 @@ func readUsage(doc []byte, choices bool) (u wireUsage, ok, noChoices bool) {
 
 // read fills the counts obj gives (a repeated usage object adds to the
 // last, as decoding does); false on a count that is not an integer.
-func (u *wireUsage) read(obj []byte) bool {
-	it := jsonscan.Members(obj)
+func (u *wireUsage) read(it jsonscan.Iter) bool {
 	for it.Next() {
 		var dst *int64
 		switch k := it.Key(); {

@@ -17,9 +17,10 @@ import (
 type chunkView struct {
 	id, object, model, fingerprint []byte // JSON strings, quotes included; nil: absent
 	created                        int64
-	usage                          []byte // any JSON value
-	choices                        []byte // a JSON array; nil: absent or null
-	choicesAt                      int    // offset of choices in the data
+	usage                          []byte        // any JSON value
+	choices                        jsonscan.Iter // a walk of the choices array
+	hasChoices                     bool          // not absent, not null
+	choicesAt                      int           // offset of choices in the data
 }
 
 // choiceView is the first choice of an event.
@@ -31,6 +32,7 @@ type choiceView struct {
 	logprobs              bool // non-null logprobs: the token ids were read
 	cuts                  jsonscan.Cuts
 	cutsFull              bool
+	start, end            int // the choice's span in the choices array
 }
 
 // Filter reads one SSE event from the engine, records what it carries and
@@ -55,9 +57,10 @@ func (s *Stream) Filter(ev []byte) []byte {
 	var c chunkView
 	var ch choiceView
 	tokens := len(s.Tokens)
-	n, ok := c.read(data)
-	if ok && n > 0 {
-		ok = readChoices(c.choices, &ch, s)
+	n := 0
+	ok = c.read(data)
+	if ok && c.hasChoices {
+		n, ok = readChoices(c.choices, &ch, s)
 	}
 	if !ok {
 		s.Tokens = s.Tokens[:tokens]
@@ -121,11 +124,7 @@ func (s *Stream) Filter(ev []byte) []byte {
 // withoutLogprobs is the event with the first choice's logprobs members
 // cut, as one "data: " line.
 func withoutLogprobs(ev, data []byte, inPlace bool, c *chunkView, ch *choiceView) []byte {
-	// The choice's span in data: the array's first element.
-	el := jsonscan.Elements(c.choices)
-	el.Next()
-	es, ee := el.ValueSpan()
-	es, ee = es+c.choicesAt, ee+c.choicesAt
+	es, ee := ch.start+c.choicesAt, ch.end+c.choicesAt // the choice's span in data
 	if inPlace {
 		// Bytes only move towards the start, and a cut member (at least
 		// `"logprobs":0`) is longer than the line end written: ev holds
@@ -151,11 +150,13 @@ func withoutLogprobs(ev, data []byte, inPlace bool, c *chunkView, ch *choiceView
 	return append(out, "\n\n"...)
 }
 
-// read walks the event's top level: n is the number of choices.
-func (c *chunkView) read(data []byte) (n int, ok bool) {
+// read walks the event's top level (validating all of it, as decoding
+// would; the walks below it do not check again).
+func (c *chunkView) read(data []byte) bool {
 	it := jsonscan.Members(data)
 	for it.Next() {
 		k := it.Key()
+		ok := true
 		switch {
 		case jsonscan.KeyFold(k, "id"):
 			ok = str(&it, &c.id)
@@ -168,69 +169,53 @@ func (c *chunkView) read(data []byte) (n int, ok bool) {
 		case jsonscan.KeyFold(k, "created"):
 			ok = integer(&it, &c.created)
 		case jsonscan.KeyFold(k, "usage"):
-			c.usage, ok = it.Value(), true
+			c.usage = it.Value()
 		case jsonscan.KeyFold(k, "choices"):
 			switch it.Kind() {
 			case jsonscan.Array:
-				c.choices, ok = it.Value(), true
+				c.choices, c.hasChoices = it.Sub(), true
 				c.choicesAt, _ = it.ValueSpan()
 			case jsonscan.Null:
-				c.choices, ok = nil, true
+				c.hasChoices = false
 			default:
 				ok = false
 			}
-		default:
-			ok = true
 		}
 		if !ok {
-			return 0, false
+			return false
 		}
 	}
-	if it.Err() != nil {
-		return 0, false
-	}
-	if c.choices == nil {
-		return 0, true
-	}
-	el := jsonscan.Elements(c.choices)
-	for el.Next() {
-	}
-	return el.Count(), true
+	return it.Err() == nil
 }
 
 // readChoices type-checks every choice, as decoding the whole event
 // would, and reads the first into ch, appending its token ids to
-// s.Tokens.
-func readChoices(choices []byte, ch *choiceView, s *Stream) bool {
-	el := jsonscan.Elements(choices)
+// s.Tokens; n is the number of choices.
+func readChoices(el jsonscan.Iter, ch *choiceView, s *Stream) (n int, ok bool) {
 	for first := true; el.Next(); first = false {
 		switch el.Kind() {
 		case jsonscan.Object:
 		case jsonscan.Null:
 			continue
 		default:
-			return false
+			return 0, false
 		}
 		var v choiceView
-		dst := ch
-		if !first {
-			dst = &v
-		}
-		var tokens *[]int
+		dst, tokens := &v, (*[]int)(nil)
 		if first {
-			tokens = &s.Tokens
+			dst, tokens = ch, &s.Tokens
+			ch.start, ch.end = el.ValueSpan()
 		}
-		if !dst.read(el.Value(), tokens) {
-			return false
+		if !dst.read(el.Sub(), tokens) {
+			return 0, false
 		}
 	}
-	return true
+	return el.Count(), true
 }
 
-func (ch *choiceView) read(obj []byte, tokens *[]int) bool {
-	it := jsonscan.Members(obj)
+func (ch *choiceView) read(it jsonscan.Iter, tokens *[]int) bool {
 	var idx int64
-	var delta []byte
+	var delta jsonscan.Iter
 	base := 0 // the token ids before this choice's: a repeated logprobs replaces them
 	if tokens != nil {
 		base = len(*tokens)
@@ -249,9 +234,9 @@ func (ch *choiceView) read(obj []byte, tokens *[]int) bool {
 			ok = str(&it, &ch.text)
 		case jsonscan.KeyFold(k, "delta"):
 			ok = it.Kind() == jsonscan.Object || it.Kind() == jsonscan.Null
-			delta = nil
-			if it.Kind() == jsonscan.Object {
-				delta = it.Value()
+			ch.hasDelta = it.Kind() == jsonscan.Object
+			if ch.hasDelta {
+				delta = it.Sub()
 			}
 		case jsonscan.KeyFold(k, "logprobs"):
 			if jsonscan.KeyIs(k, "logprobs") && !ch.cuts.Add(&it) {
@@ -262,7 +247,7 @@ func (ch *choiceView) read(obj []byte, tokens *[]int) bool {
 			}
 			switch it.Kind() {
 			case jsonscan.Object:
-				ok = readTokenIDs(it.Value(), tokens)
+				ok = readTokenIDs(it.Sub(), tokens)
 				ch.logprobs = true
 			case jsonscan.Null:
 				ch.logprobs = false
@@ -274,60 +259,54 @@ func (ch *choiceView) read(obj []byte, tokens *[]int) bool {
 			return false
 		}
 	}
-	if it.Err() != nil {
-		return false
-	}
-	ch.hasDelta = delta != nil
-	if delta == nil {
+	if !ch.hasDelta {
 		return true
 	}
-	d := jsonscan.Members(delta)
-	for d.Next() {
-		k := d.Key()
+	for delta.Next() {
+		k := delta.Key()
 		ok := true
 		switch {
 		case jsonscan.KeyFold(k, "role"):
-			ok = str(&d, &ch.role)
+			ok = str(&delta, &ch.role)
 		case jsonscan.KeyFold(k, "content"):
-			ok = str(&d, &ch.content)
+			ok = str(&delta, &ch.content)
 		case jsonscan.KeyFold(k, "reasoning_content"):
-			ok = str(&d, &ch.reason)
+			ok = str(&delta, &ch.reason)
 		case jsonscan.KeyFold(k, "tool_calls"):
-			ch.toolCalls = d.Value()
+			ch.toolCalls = delta.Value()
 		}
 		if !ok {
 			return false
 		}
 	}
-	return d.Err() == nil
+	return true
 }
 
 // readTokenIDs reads logprobs.content[].id, appending to tokens when it is
 // not nil. A null entry or id counts as token 0, as decoding it would.
-func readTokenIDs(lp []byte, tokens *[]int) bool {
-	it := jsonscan.Members(lp)
-	var content []byte
+func readTokenIDs(it jsonscan.Iter, tokens *[]int) bool {
+	var content jsonscan.Iter
+	has := false
 	for it.Next() {
 		if jsonscan.KeyFold(it.Key(), "content") {
 			switch it.Kind() {
 			case jsonscan.Array:
-				content = it.Value()
+				content, has = it.Sub(), true
 			case jsonscan.Null:
-				content = nil
+				has = false
 			default:
 				return false
 			}
 		}
 	}
-	if it.Err() != nil || content == nil {
-		return it.Err() == nil
+	if !has {
+		return true
 	}
-	el := jsonscan.Elements(content)
-	for el.Next() {
+	for content.Next() {
 		var id int64
-		switch el.Kind() {
+		switch content.Kind() {
 		case jsonscan.Object:
-			e := jsonscan.Members(el.Value())
+			e := content.Sub()
 			for e.Next() {
 				if jsonscan.KeyFold(e.Key(), "id") && !integer(&e, &id) {
 					return false
@@ -341,7 +320,7 @@ func readTokenIDs(lp []byte, tokens *[]int) bool {
 			*tokens = append(*tokens, int(id))
 		}
 	}
-	return el.Err() == nil
+	return true
 }
 
 // str reads a string field: null leaves nil, another type is an error.

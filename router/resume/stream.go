@@ -152,7 +152,7 @@ func includeUsage(it *jsonscan.Iter) bool {
 		return false
 	}
 	v := false
-	so := jsonscan.Members(it.Value())
+	so := it.Sub()
 	for so.Next() {
 		if jsonscan.KeyFold(so.Key(), "include_usage") && so.Kind() == jsonscan.Bool {
 			v = jsonscan.IsTrue(so.Value())
