@@ -1,7 +1,6 @@
 package jsonscan
 
 import (
-	"bytes"
 	"encoding/binary"
 	"math/bits"
 )
@@ -322,6 +321,12 @@ func skipTrusted(doc []byte, i int) (int, Kind) {
 	case Object, Array:
 		depth := 0
 		for i < len(doc) {
+			for i < len(doc) && !structural[doc[i]] {
+				i++
+			}
+			if i >= len(doc) {
+				break
+			}
 			switch doc[i] {
 			case '"':
 				i = skipStringTrusted(doc, i)
@@ -347,23 +352,35 @@ func skipTrusted(doc []byte, i int) (int, Kind) {
 	return i, k
 }
 
-// skipStringTrusted: the string's end is the first quote not escaped by
-// an odd run of backslashes.
+// structural marks the bytes a trusted container skip stops at.
+var structural = [256]bool{'"': true, '{': true, '[': true, '}': true, ']': true}
+
+// skipStringTrusted: the string's end is the first quote not escaped;
+// words with neither a quote nor a backslash are passed eight bytes at a
+// time.
 func skipStringTrusted(doc []byte, i int) int {
 	i++
-	for {
-		j := bytes.IndexByte(doc[i:], '"')
-		if j < 0 {
-			return len(doc)
+	for i < len(doc) {
+		for i+8 <= len(doc) {
+			w := binary.LittleEndian.Uint64(doc[i:])
+			q, b := w^(lsb*'"'), w^(lsb*'\\')
+			if m := ((q-lsb)&^q | (b-lsb)&^b) & msb; m != 0 {
+				i += bits.TrailingZeros64(m) >> 3
+				break
+			}
+			i += 8
 		}
-		i += j
-		n := 0
-		for n < i && doc[i-1-n] == '\\' {
-			n++
+		if i >= len(doc) {
+			break
 		}
-		i++
-		if n%2 == 0 {
-			return i
+		switch doc[i] {
+		case '"':
+			return i + 1
+		case '\\':
+			i += 2
+		default:
+			i++
 		}
 	}
+	return len(doc)
 }

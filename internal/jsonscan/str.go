@@ -163,16 +163,26 @@ func KeyIs(key []byte, name string) bool {
 // matches a key to a struct field: after decoding, equal under Unicode
 // simple case folding ("MODEL", "Model" and "model" are one field).
 func KeyFold(key []byte, name string) bool {
-	if !hasEscapeOrHigh(key) && isASCII(name) {
-		if len(key) != len(name) {
-			return false
-		}
-		for i := 0; i < len(key); i++ {
-			if upper(key[i]) != upper(name[i]) {
+	// The common case, plain ASCII on both sides, in one pass.
+	if len(key) == len(name) {
+		i := 0
+		for ; i < len(key); i++ {
+			c, n := key[i], name[i]
+			if c == n {
+				continue
+			}
+			if c >= utf8.RuneSelf || n >= utf8.RuneSelf || c == '\\' {
+				break // decode from here on
+			}
+			if upper(c) != upper(n) {
 				return false
 			}
 		}
-		return true
+		if i == len(key) {
+			return true
+		}
+	} else if !hasEscapeOrHigh(key) && isASCII(name) {
+		return false
 	}
 	j := 0
 	for i := 0; i < len(key); {
