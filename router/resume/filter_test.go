@@ -231,7 +231,8 @@ func TestFilterAllocations(t *testing.T) {
 	}
 }
 
-// BenchmarkFilter filters a whole recorded stream per op.
+// BenchmarkFilter runs a whole recorded stream per op, from Prepare (the
+// stream's buffers are sized there) through every event.
 func BenchmarkFilter(b *testing.B) {
 	for _, file := range []string{"llama-chat.sse", "llama-completion-ascii.sse"} {
 		evs := fixtureEvents(b, file)
@@ -239,16 +240,22 @@ func BenchmarkFilter(b *testing.B) {
 		for _, ev := range evs {
 			size += len(ev)
 		}
+		kind := fixtures[file]
+		body := []byte(fmt.Sprintf(`{"model":"tiny","prompt":"x","messages":[],"max_tokens":%d,"stream":true}`, len(evs)))
 		for _, impl := range []struct {
-			name   string
-			filter func(*Stream, []byte) []byte
-		}{{"scan", (*Stream).Filter}, {"encoding-json", (*Stream).legacyFilter}} {
+			name    string
+			prepare func(Kind, []byte) ([]byte, *Stream, error)
+			filter  func(*Stream, []byte) []byte
+		}{{"scan", Prepare, (*Stream).Filter}, {"encoding-json", legacyPrepare, (*Stream).legacyFilter}} {
 			b.Run(fmt.Sprintf("%s/%s-%devents", impl.name, strings.TrimSuffix(file, ".sse"), len(evs)), func(b *testing.B) {
 				buf := make([]byte, 0, 4096)
 				b.SetBytes(int64(size))
 				b.ReportAllocs()
 				for b.Loop() {
-					s := &Stream{Kind: fixtures[file], injected: true}
+					_, s, err := impl.prepare(kind, body)
+					if err != nil {
+						b.Fatal(err)
+					}
 					for _, ev := range evs {
 						buf = append(buf[:0], ev...) // the relay's own event buffer
 						impl.filter(s, buf)

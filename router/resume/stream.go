@@ -97,6 +97,7 @@ func Prepare(kind Kind, body []byte) ([]byte, *Stream, error) {
 		stream, several, clientLogprobs, clientUsage bool
 		cuts                                         jsonscan.Cuts
 		tooMany                                      bool
+		limits                                       [3]int64 // max_completion_tokens, max_tokens, n_predict
 	)
 	it := jsonscan.Members(body)
 	for it.Next() {
@@ -116,6 +117,12 @@ func Prepare(kind Kind, body []byte) ([]byte, *Stream, error) {
 			tooMany = tooMany || !cuts.Add(&it)
 		case kind == Chat && jsonscan.KeyIs(k, "top_logprobs"):
 			tooMany = tooMany || !cuts.Add(&it)
+		case jsonscan.KeyIs(k, "max_completion_tokens"):
+			limits[0], _ = jsonscan.Int(it.Value())
+		case jsonscan.KeyIs(k, "max_tokens"):
+			limits[1], _ = jsonscan.Int(it.Value())
+		case jsonscan.KeyIs(k, "n_predict"):
+			limits[2], _ = jsonscan.Int(it.Value())
 		}
 	}
 	switch {
@@ -142,7 +149,26 @@ func Prepare(kind Kind, body []byte) ([]byte, *Stream, error) {
 	}
 	out = append(out, injected...)
 	out = append(out, body[end:]...)
-	return out, &Stream{Kind: kind, injected: true, clientUsage: clientUsage}, nil
+	st := &Stream{Kind: kind, injected: true, clientUsage: clientUsage}
+	st.reserve(limits)
+	return out, st, nil
+}
+
+// reserve sizes the text and token buffers for the answer the request
+// allows (the first limit given, as Continue reads them), within bounds:
+// a stream then grows them a few times at most instead of once per
+// doubling from empty.
+func (s *Stream) reserve(limits [3]int64) {
+	n := int64(64)
+	for _, l := range limits {
+		if l > 0 {
+			n = l
+			break
+		}
+	}
+	n = min(max(n, 16), 1024)
+	s.Tokens = make([]int, 0, n)
+	s.Text = make([]byte, 0, 4*n)
 }
 
 // includeUsage reads stream_options.include_usage as encoding/json fills
