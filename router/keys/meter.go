@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"io"
 	"regexp"
+
+	"github.com/llorch/llorch/internal/jsonscan"
 )
 
 // wireUsage is OpenAI's usage object (embeddings carry prompt_tokens only).
@@ -18,42 +20,79 @@ type wireUsage struct {
 // whether the client asked for that itself (then its usage chunk is
 // relayed; otherwise the Meter hides it). A body it cannot read is
 // returned unchanged.
+//
+// The body is walked, not decoded, and spliced: the client's bytes stay as
+// they are but for the one member added. Keys match exactly, as the
+// engine reads them, and the last stream_options is the one that counts.
 func AskUsage(body []byte) (out []byte, clientAsked bool) {
-	var probe struct {
-		StreamOptions map[string]json.RawMessage `json:"stream_options"`
+	var (
+		so        []byte        // the last stream_options value
+		soIt      jsonscan.Iter // a walk of it
+		soAt      int
+		soKind    jsonscan.Kind
+		every     jsonscan.Cuts // every stream_options member: all cut when the last is null
+		everyFull bool
+		soCount   int
+	)
+	it := jsonscan.Members(body)
+	for it.Next() {
+		if jsonscan.KeyIs(it.Key(), "stream_options") {
+			so, soKind, soIt = it.Value(), it.Kind(), it.Sub()
+			soAt, _ = it.ValueSpan()
+			everyFull = everyFull || !every.Add(&it)
+			soCount++
+		}
 	}
-	if err := json.Unmarshal(body, &probe); err != nil {
+	if it.Err() != nil {
 		return body, false
 	}
-	if v, ok := probe.StreamOptions["include_usage"]; ok && string(bytes.TrimSpace(v)) == "true" {
+	const member = `"stream_options":{"include_usage":true}`
+	switch {
+	case so == nil || soKind == jsonscan.Null:
+		// The common case: the member goes after the opening brace, the
+		// rest of a possibly large body left as it is; a null one is cut.
+		if everyFull {
+			return body, false
+		}
+		open := it.Open()
+		out = make([]byte, 0, len(body)+len(member)+1)
+		out = append(out, body[:open+1]...)
+		out = append(out, member...)
+		if it.Count() > soCount {
+			out = append(out, ',')
+		}
+		if so == nil {
+			return append(out, body[open+1:]...), false
+		}
+		return every.AppendFrom(out, body, open+1), false
+	case soKind != jsonscan.Object:
+		return body, false
+	}
+	// The client's own stream_options: include_usage added to them.
+	var cuts jsonscan.Cuts
+	asked := false
+	inner := soIt
+	for inner.Next() {
+		if jsonscan.KeyIs(inner.Key(), "include_usage") {
+			asked = jsonscan.IsTrue(inner.Value())
+			if !cuts.Add(&inner) {
+				return body, false
+			}
+		}
+	}
+	if asked {
 		return body, true
 	}
-	if probe.StreamOptions == nil {
-		// The common case: add the field after the opening brace, leaving
-		// the rest of a possibly large body as it is.
-		i := bytes.IndexByte(body, '{')
-		rest := bytes.TrimLeft(body[i+1:], " \t\r\n")
-		sep := ","
-		if len(rest) > 0 && rest[0] == '}' {
-			sep = ""
-		}
-		out = make([]byte, 0, len(body)+40)
-		out = append(out, body[:i+1]...)
-		out = append(out, `"stream_options":{"include_usage":true}`+sep...)
-		return append(out, body[i+1:]...), false
+	end := inner.Close()
+	out = make([]byte, 0, len(body)+len(`,"include_usage":true`))
+	out = append(out, body[:soAt]...)
+	out = cuts.AppendTo(out, so[:end])
+	if inner.Count() > cuts.Len() {
+		out = append(out, ',')
 	}
-	var all map[string]json.RawMessage
-	if err := json.Unmarshal(body, &all); err != nil {
-		return body, false
-	}
-	probe.StreamOptions["include_usage"] = json.RawMessage("true")
-	so, _ := json.Marshal(probe.StreamOptions)
-	all["stream_options"] = so
-	b, err := json.Marshal(all)
-	if err != nil {
-		return body, false
-	}
-	return b, false
+	out = append(out, `"include_usage":true`...)
+	out = append(out, so[end:]...)
+	return append(out, body[soAt+len(so):]...), false
 }
 
 // Meter reads the usage an engine reports in its answer while the answer
@@ -115,24 +154,106 @@ func (m *Meter) Event(ev []byte) (drop bool) {
 	if !bytes.Contains(ev, usageField) {
 		return false
 	}
-	var chunk struct {
-		Choices *[]json.RawMessage `json:"choices"`
-		Usage   *wireUsage         `json:"usage"`
-	}
-	if json.Unmarshal(sseData(ev), &chunk) != nil || chunk.Usage == nil {
+	u, ok, noChoices := readUsage(sseData(ev), true)
+	if !ok {
 		return false
 	}
-	m.prompt, m.completion, m.seen = chunk.Usage.PromptTokens, chunk.Usage.CompletionTokens, true
-	return m.Hide && chunk.Choices != nil && len(*chunk.Choices) == 0
+	m.prompt, m.completion, m.seen = u.PromptTokens, u.CompletionTokens, true
+	return m.Hide && noChoices
 }
 
-// sseData joins an event's data lines.
+// readUsage reads a chunk's or answer's top-level usage as decoding it
+// into struct{Usage *wireUsage} would (with choices: and Choices
+// *[]json.RawMessage), without decoding it: ok false when there is none
+// or that decoding would fail; noChoices: choices is an empty array.
+func readUsage(doc []byte, choices bool) (u wireUsage, ok, noChoices bool) {
+	it := jsonscan.Members(doc)
+	for it.Next() {
+		switch k := it.Key(); {
+		case jsonscan.KeyFold(k, "usage"):
+			switch it.Kind() {
+			case jsonscan.Null:
+				u, ok = wireUsage{}, false
+			case jsonscan.Object:
+				if !ok {
+					u = wireUsage{}
+				}
+				if !u.read(it.Sub()) {
+					return wireUsage{}, false, false
+				}
+				ok = true
+			default:
+				return wireUsage{}, false, false
+			}
+		case choices && jsonscan.KeyFold(k, "choices"):
+			switch it.Kind() {
+			case jsonscan.Null:
+				noChoices = false
+			case jsonscan.Array:
+				el := it.Sub()
+				noChoices = !el.Next()
+			default:
+				return wireUsage{}, false, false
+			}
+		}
+	}
+	if it.Err() != nil {
+		return wireUsage{}, false, false
+	}
+	return u, ok, noChoices
+}
+
+// read fills the counts obj gives (a repeated usage object adds to the
+// last, as decoding does); false on a count that is not an integer.
+func (u *wireUsage) read(it jsonscan.Iter) bool {
+	for it.Next() {
+		var dst *int64
+		switch k := it.Key(); {
+		case jsonscan.KeyFold(k, "prompt_tokens"):
+			dst = &u.PromptTokens
+		case jsonscan.KeyFold(k, "completion_tokens"):
+			dst = &u.CompletionTokens
+		default:
+			continue
+		}
+		switch it.Kind() {
+		case jsonscan.Null:
+		case jsonscan.Number:
+			n, ok := jsonscan.Int(it.Value())
+			if !ok {
+				return false
+			}
+			*dst = n
+		default:
+			return false
+		}
+	}
+	return it.Err() == nil
+}
+
+// sseData joins an event's data lines (no copy for one line).
 func sseData(ev []byte) []byte {
 	var out []byte
-	for _, line := range bytes.Split(ev, []byte("\n")) {
+	n := 0
+	for rest := ev; len(rest) > 0; {
+		line := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = nil
+		}
 		line = bytes.TrimSuffix(line, []byte("\r"))
 		if d, ok := bytes.CutPrefix(line, []byte("data:")); ok {
-			out = append(out, bytes.TrimPrefix(d, []byte(" "))...)
+			d = bytes.TrimPrefix(d, []byte(" "))
+			switch n {
+			case 0:
+				out = d
+			case 1:
+				out = append(append([]byte(nil), out...), d...)
+			default:
+				out = append(out, d...)
+			}
+			n++
 		}
 	}
 	return out
@@ -172,11 +293,8 @@ var usageObject = regexp.MustCompile(`"usage"\s*:\s*(\{[^{}]*\})`)
 func (m *Meter) parseBody() {
 	var u wireUsage
 	if m.bodyTotal <= maxBuffered {
-		var resp struct {
-			Usage *wireUsage `json:"usage"`
-		}
-		if json.Unmarshal(m.body.Bytes(), &resp) == nil && resp.Usage != nil {
-			m.prompt, m.completion, m.seen = resp.Usage.PromptTokens, resp.Usage.CompletionTokens, true
+		if u, ok, _ := readUsage(m.body.Bytes(), false); ok {
+			m.prompt, m.completion, m.seen = u.PromptTokens, u.CompletionTokens, true
 		}
 		return
 	}
@@ -192,10 +310,7 @@ func (m *Meter) ObserveData(data []byte) {
 	if !bytes.Contains(data, usageField) {
 		return
 	}
-	var chunk struct {
-		Usage *wireUsage `json:"usage"`
-	}
-	if json.Unmarshal(data, &chunk) == nil && chunk.Usage != nil {
-		m.prompt, m.completion, m.seen = chunk.Usage.PromptTokens, chunk.Usage.CompletionTokens, true
+	if u, ok, _ := readUsage(data, false); ok {
+		m.prompt, m.completion, m.seen = u.PromptTokens, u.CompletionTokens, true
 	}
 }

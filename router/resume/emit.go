@@ -1,5 +1,7 @@
 package resume
 
+import "encoding/json"
+
 // The chunks a continuation writes, in the shape of the stream it
 // continues: same id, created, model and object as the engine's first
 // chunk, so the client's SDK sees one answer.
@@ -100,4 +102,16 @@ func (s *Stream) finish(emit func([]byte) error, reason string, promptTokens int
 	}
 	s.Done = true
 	return nil
+}
+
+// sseData encodes v as one SSE data event.
+func sseData(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, len(b)+8)
+	out = append(out, "data: "...)
+	out = append(out, b...)
+	return append(out, "\n\n"...), nil
 }

@@ -3,120 +3,146 @@ package resume
 import (
 	"bytes"
 	"encoding/json"
+
+	"github.com/llorch/llorch/internal/jsonscan"
 )
 
-// chunk is the part of a streamed chat or completion chunk the filter
-// reads and, when it stripped logprobs, writes back.
-type chunk struct {
-	ID                string          `json:"id"`
-	Object            string          `json:"object"`
-	Created           int64           `json:"created"`
-	Model             string          `json:"model"`
-	SystemFingerprint string          `json:"system_fingerprint,omitempty"`
-	Choices           []choice        `json:"choices"`
-	Usage             json.RawMessage `json:"usage,omitempty"`
-}
-
-type choice struct {
-	Index        int       `json:"index"`
-	Delta        *delta    `json:"delta,omitempty"`
-	Text         *string   `json:"text,omitempty"`
-	Logprobs     *logprobs `json:"logprobs,omitempty"`
-	FinishReason *string   `json:"finish_reason"`
-}
-
-type delta struct {
-	Role             string          `json:"role,omitempty"`
-	Content          *string         `json:"content,omitempty"`
-	ReasoningContent *string         `json:"reasoning_content,omitempty"`
-	ToolCalls        json.RawMessage `json:"tool_calls,omitempty"`
-}
-
-type logprobs struct {
-	Content []struct {
-		ID int `json:"id"`
-	} `json:"content"`
-}
+// The filter reads each engine event without decoding it: a walk of the
+// event finds the fields the stream follows, read as encoding/json would
+// read them into the chunk's Go shape (keys matched case-insensitively, a
+// value of the wrong type makes the event unreadable), and the injected
+// logprobs are cut out of the event's own bytes, in place.
 
 // Filter reads one SSE event from the engine, records what it carries and
 // returns the event to write to the client: unchanged, or with the
 // logprobs the router asked for removed. Events it cannot read pass
 // through unchanged and make the stream unresumable (never a wrong resume).
+//
+// An event that loses its logprobs is edited in ev's own memory (the
+// result shares it) when it is one "data: " line, as engines send them.
 func (s *Stream) Filter(ev []byte) []byte {
-	data, ok := eventData(ev)
+	data, inPlace, ok := eventData(ev)
 	if !ok {
 		return ev // comment, keep-alive, or an event without data
 	}
-	if bytes.Equal(data, []byte("[DONE]")) {
+	if string(data) == "[DONE]" {
 		s.Done = true
 		return ev
 	}
-	var c chunk
-	if err := json.Unmarshal(data, &c); err != nil {
+	if string(jsonscan.Trim(data)) == "null" {
+		return ev // decodes to an empty chunk: nothing to follow
+	}
+	var c chunkView
+	var ch choiceView
+	tokens := len(s.Tokens)
+	n := 0
+	ok = c.read(data)
+	if ok && c.hasChoices {
+		n, ok = readChoices(c.choices, &ch, s)
+	}
+	if !ok {
+		s.Tokens = s.Tokens[:tokens]
 		s.block("an engine event the router could not read")
 		return ev
 	}
 	if s.ID == "" {
-		s.ID, s.Object, s.Created, s.Model, s.SystemFingerprint = c.ID, c.Object, c.Created, c.Model, c.SystemFingerprint
+		s.setIdentity(&c)
 	}
-	if len(c.Usage) > 0 && !isNull(c.Usage) {
-		var u struct {
-			PromptTokens int `json:"prompt_tokens"`
-		}
-		_ = json.Unmarshal(c.Usage, &u)
-		s.promptTokens = u.PromptTokens
+	if !jsonscan.IsNull(c.usage) {
+		s.promptTokens = promptTokens(c.usage)
 		s.UsageSent = true
 	}
-	if len(c.Choices) > 1 {
+	if n > 1 {
+		s.Tokens = s.Tokens[:tokens]
 		s.block("several choices")
 		return ev
 	}
-	stripped := false
-	for i := range c.Choices {
-		ch := &c.Choices[i]
-		if ch.FinishReason != nil {
-			s.sawFinish = true
+	if n == 0 {
+		return ev
+	}
+	if ch.finish {
+		s.sawFinish = true
+	}
+	if ch.hasDelta {
+		if len(ch.role) > 2 { // a non-empty string
+			s.roleSent = true
 		}
-		if ch.Delta != nil {
-			if ch.Delta.Role != "" {
-				s.roleSent = true
-			}
-			if len(ch.Delta.ToolCalls) > 0 && !isNull(ch.Delta.ToolCalls) {
-				s.block("the answer is a tool call")
-			}
-			if ch.Delta.ReasoningContent != nil && *ch.Delta.ReasoningContent != "" {
-				s.block("the answer is inside a reasoning block")
-			}
-			if ch.Delta.Content != nil {
-				s.Text = append(s.Text, *ch.Delta.Content...)
-			}
+		if !jsonscan.IsNull(ch.toolCalls) {
+			s.block("the answer is a tool call")
 		}
-		if ch.Text != nil {
-			s.Text = append(s.Text, *ch.Text...)
+		if len(ch.reason) > 2 {
+			s.block("the answer is inside a reasoning block")
 		}
-		if ch.Logprobs != nil {
-			for _, t := range ch.Logprobs.Content {
-				s.Tokens = append(s.Tokens, t.ID)
-			}
-			if s.injected {
-				ch.Logprobs = nil
-				stripped = true
-			}
-		} else if (ch.Delta != nil && ch.Delta.Content != nil && *ch.Delta.Content != "") || (ch.Text != nil && *ch.Text != "") {
+		if ch.content != nil {
+			s.Text, _ = jsonscan.AppendString(s.Text, ch.content)
+		}
+	}
+	if ch.text != nil {
+		s.Text, _ = jsonscan.AppendString(s.Text, ch.text)
+	}
+	if !ch.logprobs {
+		if len(ch.content) > 2 || len(ch.text) > 2 {
 			s.block("the engine sent text without token ids")
 		}
-	}
-	if !stripped {
 		return ev
 	}
-	// Only chunks that carried injected logprobs are re-encoded, and only
-	// that field goes: everything else the engine sent stays.
-	out, err := withoutLogprobs(data)
-	if err != nil {
-		s.block("re-encoding an engine event failed")
+	if !s.injected {
 		return ev
 	}
-	return out
+	if ch.cutsFull {
+		s.block("an engine event the router could not read")
+		return ev
+	}
+	if ch.cuts.Len() == 0 {
+		return ev // a "Logprobs" key: decoded, but not the member to cut
+	}
+	return withoutLogprobs(ev, data, inPlace, &c, &ch)
+}
+
+// withoutLogprobs is the event with the first choice's logprobs members
+// cut, as one "data: " line.
+func withoutLogprobs(ev, data []byte, inPlace bool, c *chunkView, ch *choiceView) []byte {
+	es, ee := ch.start+c.choicesAt, ch.end+c.choicesAt // the choice's span in data
+	if inPlace {
+		// Bytes only move towards the start, and a cut member (at least
+		// `"logprobs":0`) is longer than the line end written: ev holds
+		// the result, and nothing past len(ev) is touched.
+		out := ch.cuts.AppendTo(ev[:len("data: ")+es], data[es:ee])
+		out = append(out, data[ee:]...)
+		return append(out, "\n\n"...)
+	}
+	var j bytes.Buffer
+	j.Grow(len(data))
+	j.Write(data[:es])
+	j.Write(ch.cuts.AppendTo(nil, data[es:ee]))
+	j.Write(data[ee:])
+	out := make([]byte, 0, j.Len()+8)
+	out = append(out, "data: "...)
+	// Joined data lines may hold newlines: one data line needs compact JSON.
+	var cj bytes.Buffer
+	if json.Compact(&cj, j.Bytes()) == nil {
+		out = append(out, cj.Bytes()...)
+	} else {
+		out = append(out, j.Bytes()...)
+	}
+	return append(out, "\n\n"...)
+}
+
+// setIdentity keeps the first chunk's id, object, model and fingerprint:
+// one allocation for the four.
+func (s *Stream) setIdentity(c *chunkView) {
+	var buf [256]byte
+	b := buf[:0]
+	var ends [4]int
+	for i, v := range [4][]byte{c.id, c.object, c.model, c.fingerprint} {
+		if v != nil {
+			b, _ = jsonscan.AppendString(b, v)
+		}
+		ends[i] = len(b)
+	}
+	all := string(b)
+	s.ID, s.Object, s.Model, s.SystemFingerprint = all[:ends[0]], all[ends[0]:ends[1]], all[ends[1]:ends[2]], all[ends[2]:ends[3]]
+	s.Created = c.created
 }
 
 // Finished reports whether the engine ended the answer itself (a finish
@@ -127,60 +153,4 @@ func (s *Stream) block(why string) {
 	if s.blocked == "" {
 		s.blocked = why
 	}
-}
-
-func withoutLogprobs(data []byte) ([]byte, error) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(data, &top); err != nil {
-		return nil, err
-	}
-	var choices []map[string]json.RawMessage
-	if err := json.Unmarshal(top["choices"], &choices); err != nil {
-		return nil, err
-	}
-	for _, c := range choices {
-		delete(c, "logprobs")
-	}
-	cb, err := json.Marshal(choices)
-	if err != nil {
-		return nil, err
-	}
-	top["choices"] = cb
-	return sseData(top)
-}
-
-// sseData encodes v as one SSE data event.
-func sseData(v any) ([]byte, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]byte, 0, len(b)+8)
-	out = append(out, "data: "...)
-	out = append(out, b...)
-	return append(out, "\n\n"...), nil
-}
-
-// eventData returns the data of an SSE event (data lines joined by "\n").
-func eventData(ev []byte) ([]byte, bool) {
-	var data []byte
-	found := false
-	for len(ev) > 0 {
-		line := ev
-		if i := bytes.IndexByte(ev, '\n'); i >= 0 {
-			line, ev = ev[:i], ev[i+1:]
-		} else {
-			ev = nil
-		}
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		if v, ok := bytes.CutPrefix(line, []byte("data:")); ok {
-			v = bytes.TrimPrefix(v, []byte(" "))
-			if found {
-				data = append(data, '\n')
-			}
-			data = append(data, v...)
-			found = true
-		}
-	}
-	return data, found
 }

@@ -54,6 +54,11 @@ func (LlamaCpp) Check(kind Kind, body []byte) error {
 	return nil
 }
 
+func isNull(v json.RawMessage) bool {
+	t := bytes.TrimSpace(v)
+	return len(t) == 0 || bytes.Equal(t, []byte("null"))
+}
+
 // Call is one engine request of a continuation: the engine's base URL and
 // the headers it needs (engine token, correlation id, trace context).
 type Call struct {

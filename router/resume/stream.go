@@ -13,10 +13,10 @@
 package resume
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/llorch/llorch/internal/jsonscan"
 )
 
 // Kind is the API shape of a stream.
@@ -88,50 +88,103 @@ var ErrNotResumable = errors.New("request cannot be resumed")
 // alternative) when the client did not ask for logprobs. Requests the
 // router cannot continue exactly (several choices, client-chosen logprobs,
 // not streaming) return ErrNotResumable and are relayed untouched.
+//
+// The body is not decoded: one walk reads the few fields that decide, and
+// the upstream body is the client's, byte for byte, with any logprobs (and
+// for chat top_logprobs) members cut and the router's appended.
 func Prepare(kind Kind, body []byte) ([]byte, *Stream, error) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrNotResumable, err)
+	var (
+		stream, several, clientLogprobs, clientUsage bool
+		cuts                                         jsonscan.Cuts
+		tooMany                                      bool
+		limits                                       [3]int64 // max_completion_tokens, max_tokens, n_predict
+	)
+	it := jsonscan.Members(body)
+	for it.Next() {
+		switch k := it.Key(); {
+		case jsonscan.KeyIs(k, "stream"):
+			stream = jsonscan.IsTrue(it.Value())
+		case jsonscan.KeyIs(k, "n"):
+			several = string(it.Value()) != "1" && it.Kind() != jsonscan.Null
+		case jsonscan.KeyIs(k, "stream_options"):
+			clientUsage = includeUsage(&it)
+		case jsonscan.KeyIs(k, "logprobs"):
+			if kind == Chat {
+				clientLogprobs = jsonscan.IsTrue(it.Value())
+			} else {
+				clientLogprobs = it.Kind() != jsonscan.Null
+			}
+			tooMany = tooMany || !cuts.Add(&it)
+		case kind == Chat && jsonscan.KeyIs(k, "top_logprobs"):
+			tooMany = tooMany || !cuts.Add(&it)
+		case jsonscan.KeyIs(k, "max_completion_tokens"):
+			limits[0], _ = jsonscan.Int(it.Value())
+		case jsonscan.KeyIs(k, "max_tokens"):
+			limits[1], _ = jsonscan.Int(it.Value())
+		case jsonscan.KeyIs(k, "n_predict"):
+			limits[2], _ = jsonscan.Int(it.Value())
+		}
 	}
-	if !isTrue(top["stream"]) {
+	switch {
+	case it.Err() != nil:
+		return nil, nil, fmt.Errorf("%w: %v", ErrNotResumable, it.Err())
+	case !stream:
 		return nil, nil, fmt.Errorf("%w: not streaming", ErrNotResumable)
-	}
-	if n, ok := top["n"]; ok && !bytes.Equal(bytes.TrimSpace(n), []byte("1")) && !isNull(n) {
+	case several:
 		return nil, nil, fmt.Errorf("%w: several choices", ErrNotResumable)
+	case clientLogprobs:
+		return nil, nil, fmt.Errorf("%w: the client asked for logprobs", ErrNotResumable)
+	case tooMany:
+		return nil, nil, fmt.Errorf("%w: logprobs repeated in the body", ErrNotResumable)
 	}
-	s := &Stream{Kind: kind}
-	if so, ok := top["stream_options"]; ok {
-		var v struct {
-			IncludeUsage bool `json:"include_usage"`
-		}
-		_ = json.Unmarshal(so, &v)
-		s.clientUsage = v.IncludeUsage
+	injected := `"logprobs":true,"top_logprobs":1`
+	if kind == Completion {
+		injected = `"logprobs":1`
 	}
-	switch kind {
-	case Chat:
-		if isTrue(top["logprobs"]) {
-			return nil, nil, fmt.Errorf("%w: the client asked for logprobs", ErrNotResumable)
-		}
-		top["logprobs"] = json.RawMessage("true")
-		top["top_logprobs"] = json.RawMessage("1")
-	case Completion:
-		if lp, ok := top["logprobs"]; ok && !isNull(lp) {
-			return nil, nil, fmt.Errorf("%w: the client asked for logprobs", ErrNotResumable)
-		}
-		top["logprobs"] = json.RawMessage("1")
+	end := it.Close()
+	out := make([]byte, 0, len(body)+len(injected)+1)
+	out = cuts.AppendTo(out, body[:end])
+	if it.Count() > cuts.Len() {
+		out = append(out, ',')
 	}
-	s.injected = true
-	out, err := json.Marshal(top)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrNotResumable, err)
-	}
-	return out, s, nil
+	out = append(out, injected...)
+	out = append(out, body[end:]...)
+	st := &Stream{Kind: kind, injected: true, clientUsage: clientUsage}
+	st.reserve(limits)
+	return out, st, nil
 }
 
-func isTrue(v json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(v), []byte("true")) }
-func isNull(v json.RawMessage) bool {
-	t := bytes.TrimSpace(v)
-	return len(t) == 0 || bytes.Equal(t, []byte("null"))
+// reserve sizes the text and token buffers for the answer the request
+// allows (the first limit given, as Continue reads them), within bounds:
+// a stream then grows them a few times at most instead of once per
+// doubling from empty.
+func (s *Stream) reserve(limits [3]int64) {
+	n := int64(64)
+	for _, l := range limits {
+		if l > 0 {
+			n = l
+			break
+		}
+	}
+	n = min(max(n, 16), 1024)
+	s.Tokens = make([]int, 0, n)
+	s.Text = make([]byte, 0, 4*n)
+}
+
+// includeUsage reads stream_options.include_usage as encoding/json fills
+// a bool: the last true or false wins, anything else leaves it.
+func includeUsage(it *jsonscan.Iter) bool {
+	if it.Kind() != jsonscan.Object {
+		return false
+	}
+	v := false
+	so := it.Sub()
+	for so.Next() {
+		if jsonscan.KeyFold(so.Key(), "include_usage") && so.Kind() == jsonscan.Bool {
+			v = jsonscan.IsTrue(so.Value())
+		}
+	}
+	return v
 }
 
 func (k Kind) String() string {
