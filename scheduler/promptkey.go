@@ -25,6 +25,15 @@ import (
 // affinity key and the stable prefix's block hashes. A body it cannot read
 // gives neither: placement then goes by load alone.
 func PromptKey(body []byte) (key string, hashes []uint64) {
+	if k, h, ok := promptKeyScan(body); ok {
+		return k, h
+	}
+	return promptKeyDecoded(body)
+}
+
+// promptKeyDecoded is PromptKey by decoding: every shape, and the
+// reference promptKeyScan is held to.
+func promptKeyDecoded(body []byte) (key string, hashes []uint64) {
 	var b struct {
 		Messages []chatMessage   `json:"messages"`
 		Prompt   json.RawMessage `json:"prompt"`
