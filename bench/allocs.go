@@ -78,14 +78,27 @@ func subName(full, name string) string {
 }
 
 // allocsRows turns the benchmark's lines into table rows: allocs/op and
-// B/op per sub-benchmark against goalAllocs. No lines (the benchmark is not
-// in this tree yet) is a figure not measured, with the reason.
+// B/op per sub-benchmark against goalAllocs. A "floor" sub-benchmark (a
+// bare net/http server answering the same request) is what Go's HTTP
+// server itself costs, which no handler can avoid: with it, the goal is
+// judged on the router's own share (total − floor), the floor beside it.
+// No lines (the benchmark is not in this tree yet) is a figure not
+// measured, with the reason.
 func allocsRows(section string, lines []benchLine) {
 	if len(lines) == 0 {
 		notMeasured(section, "allocations per proxied request", allocsBenchName+" is not in ./router (no result lines)")
 		return
 	}
+	var floor *benchLine
+	for i := range lines {
+		if lines[i].Sub == "floor" && lines[i].hasMem {
+			floor = &lines[i]
+		}
+	}
 	for _, l := range lines {
+		if l.Sub == "floor" {
+			continue
+		}
 		fig := "allocations per proxied request"
 		if l.Sub != "" {
 			fig += ", " + l.Sub
@@ -94,8 +107,15 @@ func allocsRows(section string, lines []benchLine) {
 			notMeasured(section, fig, "no allocs/op in the output (-benchmem missing?)")
 			continue
 		}
-		add(section, fig, fmt.Sprintf("%.0f allocs/op, %.0f B/op (%.0f ns/op)", l.AllocsOp, l.BOp, l.NsOp), "",
-			fmt.Sprintf("≤%d allocs", goalAllocs), b(l.AllocsOp <= goalAllocs))
+		if floor == nil {
+			add(section, fig, fmt.Sprintf("%.0f allocs/op, %.0f B/op (%.0f ns/op)", l.AllocsOp, l.BOp, l.NsOp), "",
+				fmt.Sprintf("≤%d allocs", goalAllocs), b(l.AllocsOp <= goalAllocs))
+			continue
+		}
+		own := l.AllocsOp - floor.AllocsOp
+		add(section, fig, fmt.Sprintf("%.0f allocs/op of the router's own (%.0f in all, %.0f B/op)", own, l.AllocsOp, l.BOp),
+			fmt.Sprintf("%.0f allocs/op, %.0f B/op (Go's HTTP server alone)", floor.AllocsOp, floor.BOp),
+			fmt.Sprintf("≤%d allocs (router's own)", goalAllocs), b(own <= goalAllocs))
 	}
 }
 
