@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -77,6 +79,11 @@ func TestE2ETLS(t *testing.T) {
 	for _, k := range keys {
 		t.Logf("plain HTTP: %s", k)
 	}
+	// And the router says so itself: its listener is TLS and its Consul
+	// address https://.
+	rlog, _ := os.ReadFile(filepath.Join(c.dir, "logs", "router.log"))
+	said := strings.Contains(string(rlog), "tls=true consul=https://127.0.0.1:8501")
+	must(t, "TLS. router listens on TLS, reaches Consul at https://", lbl, said, "router log has \"tls=true consul=https://127.0.0.1:8501\": %v", said)
 	must(t, "TLS. no hop answers plain HTTP", lbl, len(refusals) == 8 && len(plain) == 0,
 		"%d tried (router, 3 engines, :8500 of 4 Consul agents), answered in the clear: %v", len(refusals), plain)
 
