@@ -47,15 +47,26 @@ type fleet struct {
 	dir                                 string
 	routerAddr                          string
 	readTokFile, engTokFile, apiTokFile string
+	tls                                 *fleetTLS // nil: plain HTTP everywhere
 }
 
-func startFleet(t *testing.T) *fleet {
+func startFleet(t *testing.T) *fleet { return startFleetWith(t, nil) }
+
+// startFleetWith starts the fleet; with tf, every hop is TLS: Consul
+// serves HTTPS only (verifying clients), the engine serves HTTPS and is
+// announced tls=1, the router listens on HTTPS.
+func startFleetWith(t *testing.T, tf *fleetTLS) *fleet {
 	llama := testenv.LlamaServer(t)
-	c := testenv.StartConsul(t)
+	var c *testenv.Consul
+	if tf != nil {
+		c = testenv.StartConsulTLS(t, testenv.ConsulTLS{CA: tf.ca, VerifyIncoming: true})
+	} else {
+		c = testenv.StartConsul(t)
+	}
 	dir := t.TempDir()
 	engineToken := "engine-token-0123456789abcdef0123456789"
 	apiToken := "api-token-0123456789abcdef0123456789abcd"
-	f := &fleet{consul: c, dir: dir,
+	f := &fleet{consul: c, dir: dir, tls: tf,
 		readTokFile: writeSecret(t, dir, "consul-router.token", c.Token(t, consultest.RouterPolicy(t))),
 		engTokFile:  writeSecret(t, dir, "engine.token", engineToken),
 		apiTokFile:  writeSecret(t, dir, "api.token", apiToken),
@@ -66,6 +77,16 @@ func startFleet(t *testing.T) *fleet {
 	ad, _ := engine.Get("llamacpp")
 	port := testenv.FreePort(t)
 	spec := engine.Spec{Model: ggufgen.TestModel(t, ggufgen.DefaultOptions()), ModelName: "tiny", Host: "127.0.0.1", Port: port, Slots: 1, APIKey: engineToken}
+	inst := registry.Instance{ID: "engine-a", Service: registry.DefaultServiceName, Address: "127.0.0.1", Port: port, Model: "tiny",
+		Engine: "llamacpp", NodeID: "node-a", PoolID: "pool-a", Slots: 1}
+	scfg := supervise.Config{Adapter: ad, Instance: inst}
+	var consulTLS consul.TLS
+	if tf != nil {
+		spec.TLSCertFile, spec.TLSKeyFile = tf.engine.Cert, tf.engine.Key
+		scfg.Instance.TLS = true
+		scfg.Base, scfg.Client = "https://127.0.0.1:"+strconv.Itoa(port), tf.client(t)
+		consulTLS = consul.TLS{CAFile: c.TLS.CAFile, CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile}
+	}
 	cmdSpec, err := ad.Command(llama, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -77,15 +98,14 @@ func startFleet(t *testing.T) *fleet {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(-eng.Process.Pid, syscall.SIGKILL); eng.Wait() })
-	reg, err := consul.NewRegistrar(consul.RegistrarConfig{Address: c.Addr, Token: driverTok})
+	reg, err := consul.NewRegistrar(consul.RegistrarConfig{Address: c.Addr, Token: driverTok, TLS: consulTLS})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	sup := supervise.New(supervise.Config{Adapter: ad, Spec: spec, Registrar: reg, Instance: registry.Instance{
-		ID: "engine-a", Service: registry.DefaultServiceName, Address: "127.0.0.1", Port: port, Model: "tiny",
-		Engine: "llamacpp", NodeID: "node-a", PoolID: "pool-a", Slots: 1}})
+	scfg.Spec, scfg.Registrar = spec, reg
+	sup := supervise.New(scfg)
 	go sup.Run(ctx)
 	select {
 	case <-sup.Ready():
@@ -103,13 +123,16 @@ func startFleet(t *testing.T) *fleet {
 	f.routerAddr = rl.Addr().String()
 	rcfg.Addr = f.routerAddr
 	rcfg.APITokenFile, rcfg.EngineTokenFile = f.apiTokFile, f.engTokFile
+	if tf != nil {
+		rcfg.TLSCertFile, rcfg.TLSKeyFile, rcfg.EngineCAFile = tf.router.Cert, tf.router.Key, tf.router.CA
+	}
 	rt, err := router.New(rcfg, &consul.Watcher{Client: cc}, nil, hclog.NewNullLogger(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	go rt.Run(ctx)
-	srv := &http.Server{Handler: rt.Handler()}
-	go srv.Serve(rl)
+	srv := rt.HTTPServer()
+	go rt.Serve(srv, rl)
 	t.Cleanup(func() { srv.Close() })
 	return f
 }
@@ -251,11 +274,17 @@ func tail(s string) string {
 	return s
 }
 
-// deploy/prometheus.yml finds both services in Consul and maps the meta to
-// the same labels as the HTTP SD file (checked without a Prometheus; the
+// deploy/prometheus.yml (and its TLS form) finds both services in Consul
+// and maps the meta to the same labels as the HTTP SD file (checked without a Prometheus; the
 // scrape test above runs it).
 func TestConsulSDConfigShape(t *testing.T) {
-	raw, err := os.ReadFile("prometheus.yml")
+	for _, f := range []string{"prometheus.yml", "prometheus-tls.yml"} {
+		t.Run(f, func(t *testing.T) { consulSDConfigShape(t, f) })
+	}
+}
+
+func consulSDConfigShape(t *testing.T, file string) {
+	raw, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}

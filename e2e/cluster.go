@@ -54,6 +54,7 @@ type cluster struct {
 	logs    []string // every log file of the run, for the leak scan
 	scanned int
 	http    *http.Client
+	tls     *clusterTLS // the TLS variant: every hop over TLS; nil: plain HTTP
 }
 
 type task struct {
@@ -61,9 +62,16 @@ type task struct {
 	handle                         *drivers.TaskHandle
 }
 
-func newCluster(t *testing.T, f *fabric) *cluster {
-	c := &cluster{t: t, f: f, dir: keptDir(t, f), agents: map[string]*exec.Cmd{}, plugins: map[string]*nomadclient.Plugin{},
-		http: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+// newCluster prepares a run on f's hosts; withTLS issues the TLS
+// variant's certificates and makes every client of the run verify them.
+func newCluster(t *testing.T, f *fabric, withTLS bool) *cluster {
+	c := &cluster{t: t, f: f, dir: keptDir(t, f), agents: map[string]*exec.Cmd{}, plugins: map[string]*nomadclient.Plugin{}}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	if withTLS {
+		c.tls = newClusterTLS(c)
+		tr.TLSClientConfig = c.tls.clientConfig(nil)
+	}
+	c.http = &http.Client{Timeout: 15 * time.Second, Transport: tr}
 	c.bin = nomadclient.Binary(t)
 	c.llama = testenv.LlamaServer(t)
 	c.consul = testenv.ConsulBinary(t)
@@ -129,6 +137,30 @@ func (c *cluster) spawn(host, name string, env []string, bin string, args ...str
 	return cmd
 }
 
+// label is the run's ENGINE column in the results table.
+func (c *cluster) label() string {
+	if c.tls != nil {
+		return realTLS
+	}
+	return real
+}
+
+// routerURL is where clients reach the router (https:// in the TLS variant).
+func (c *cluster) routerURL() string {
+	if c.tls != nil {
+		return "https://" + subnet + "1:8080"
+	}
+	return "http://" + subnet + "1:8080"
+}
+
+// consulPort is the agents' API port: HTTPS-only 8501 in the TLS variant.
+func (c *cluster) consulPort() string {
+	if c.tls != nil {
+		return strconv.Itoa(consulHTTPSPort)
+	}
+	return "8500"
+}
+
 // startConsul starts the server (ctl) or a client agent joined to it, ACLs
 // on, fast LAN gossip so a lost node is noticed in seconds.
 func (c *cluster) startConsul(host string, server bool) {
@@ -144,14 +176,17 @@ func (c *cluster) startConsul(host string, server bool) {
 		role = "server = true\nbootstrap_expect = 1"
 		tokens = fmt.Sprintf("initial_management = %q, agent = %q", c.mgmt, c.mgmt)
 	}
+	ports := "ports { dns = -1, grpc = -1, grpc_tls = -1 }\n"
+	if c.tls != nil {
+		ports = c.tls.consulHCL(host)
+	}
 	cfg := fmt.Sprintf(`datacenter = "dc1"
 node_name = %q
 data_dir = %q
 bind_addr = %q
 client_addr = "127.0.0.1 %s"
 %s
-ports { dns = -1, grpc = -1, grpc_tls = -1 }
-acl {
+%sacl {
   enabled = true
   default_policy = "deny"
   enable_token_persistence = true
@@ -163,7 +198,7 @@ gossip_lan {
   suspicion_mult = 2
 }
 log_level = "info"
-`, host, dataDir, ip, ip, role, tokens)
+`, host, dataDir, ip, ip, role, ports, tokens)
 	cf := filepath.Join(c.dir, "consul-"+host+".hcl")
 	if err := os.WriteFile(cf, []byte(cfg), 0o600); err != nil {
 		c.t.Fatal(err)
@@ -177,8 +212,12 @@ log_level = "info"
 // api is a Consul client to the server agent from the test's namespace.
 func (c *cluster) api(token string) *consul.Client {
 	cfg := consul.DefaultConfig()
-	cfg.Address = subnet + "1:8500"
+	cfg.Address = subnet + "1:" + c.consulPort()
 	cfg.Token = token
+	if c.tls != nil {
+		f := c.tls.consulClient
+		cfg.Scheme, cfg.TLSConfig = "https", consul.TLSConfig{CAFile: f.CA, CertFile: f.Cert, KeyFile: f.Key}
+	}
 	cl, err := consul.NewClient(cfg)
 	if err != nil {
 		c.t.Fatal(err)
@@ -218,14 +257,28 @@ func (c *cluster) makeTokens() {
 }
 
 // startRouter runs `llorch router` on the control host.
+// In the TLS variant: the listener serves HTTPS (no plaintext allowance),
+// engines announcing tls=1 are verified against the CA with a client
+// certificate offered, and Consul is reached at https:// with the router's
+// own client pair (flags, as an operator would set them).
 func (c *cluster) startRouter() {
-	c.router = c.spawn("ctl", "router", []string{
-		"LLORCH_ADDR=" + subnet + "1:8080", "LLORCH_ALLOW_PLAINTEXT=true", "LLORCH_API_TOKEN_FILE=" + c.apiTokFile, "LLORCH_KEYS_FILE=" + c.keysFile,
-		"LLORCH_ENGINE_TOKEN_FILE=" + c.engineTokFile, "CONSUL_HTTP_ADDR=127.0.0.1:8500",
+	env := []string{
+		"LLORCH_ADDR=" + subnet + "1:8080", "LLORCH_API_TOKEN_FILE=" + c.apiTokFile, "LLORCH_KEYS_FILE=" + c.keysFile,
+		"LLORCH_ENGINE_TOKEN_FILE=" + c.engineTokFile,
 		"CONSUL_HTTP_TOKEN_FILE=" + c.routerTokFile, "LLORCH_CONNECT_TIMEOUT=500ms", "LLORCH_LOG_LEVEL=debug", "LLORCH_QUEUE_CAPACITY=64",
-	}, c.bin, "router")
+	}
+	args := []string{"router"}
+	if x := c.tls; x != nil {
+		env = append(env, "LLORCH_TLS_CERT_FILE="+x.routerListen.Cert, "LLORCH_TLS_KEY_FILE="+x.routerListen.Key,
+			"LLORCH_ENGINE_CA_FILE="+x.routerToEngines.CA, "LLORCH_ENGINE_CERT_FILE="+x.routerToEngines.Cert, "LLORCH_ENGINE_KEY_FILE="+x.routerToEngines.Key,
+			"CONSUL_HTTP_ADDR=https://127.0.0.1:"+c.consulPort())
+		args = append(args, "--consul-ca-file="+x.routerToConsul.CA, "--consul-cert-file="+x.routerToConsul.Cert, "--consul-key-file="+x.routerToConsul.Key)
+	} else {
+		env = append(env, "LLORCH_ALLOW_PLAINTEXT=true", "CONSUL_HTTP_ADDR=127.0.0.1:8500")
+	}
+	c.router = c.spawn("ctl", "router", env, c.bin, args...)
 	eventually(c.t, 20*time.Second, "router /healthz", func() bool {
-		resp, err := c.http.Get("http://" + subnet + "1:8080/healthz")
+		resp, err := c.http.Get(c.routerURL() + "/healthz")
 		if err != nil {
 			return false
 		}
@@ -243,9 +296,15 @@ func (c *cluster) startDriver(host string) *nomadclient.Plugin {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	cons := map[string]interface{}{"address": "127.0.0.1:8500", "token_file": c.driverTokFile}
+	if x := c.tls; x != nil {
+		// host:port with the files: the files alone mean HTTPS.
+		cons = map[string]interface{}{"address": "127.0.0.1:" + c.consulPort(), "token_file": c.driverTokFile,
+			"ca_file": x.driverToConsul.CA, "cert_file": x.driverToConsul.Cert, "key_file": x.driverToConsul.Key}
+	}
 	b, err := nomadclient.EncodeConfig(spec.GetSpec(), map[string]interface{}{
 		"engines":           map[string]interface{}{"llamacpp": c.llama},
-		"consul":            map[string]interface{}{"address": "127.0.0.1:8500", "token_file": c.driverTokFile},
+		"consul":            cons,
 		"engine_token_file": c.engineTokFile,
 		"advertise_address": c.f.hosts[host],
 		"node_id":           host,
@@ -287,10 +346,14 @@ func (c *cluster) startTaskFile(host, model, file string, port int) *task {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	b, err := nomadclient.EncodeConfig(ts.GetSpec(), map[string]interface{}{
+	tc := map[string]interface{}{
 		"engine": "llamacpp", "model": file, "model_name": model, "port": "http",
 		"slots": 4, "ctx": 512, "threads": 1, "pool": model + "-pool",
-	})
+	}
+	if c.tls != nil {
+		tc["tls_cert_file"], tc["tls_key_file"] = c.tls.taskPair(c, tk)
+	}
+	b, err := nomadclient.EncodeConfig(ts.GetSpec(), tc)
 	if err != nil {
 		c.t.Fatal(err)
 	}

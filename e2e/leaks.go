@@ -36,7 +36,7 @@ func (c *cluster) useKey() error {
 		model string
 		want  int
 	}{{"tiny", 200}, {"not-allowed", 403}} {
-		r, _ := http.NewRequest("POST", "http://"+subnet+"1:8080/v1/chat/completions",
+		r, _ := http.NewRequest("POST", c.routerURL()+"/v1/chat/completions",
 			bytes.NewReader([]byte(`{"model":"`+tc.model+`","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`)))
 		r.Header.Set("Authorization", "Bearer "+c.keySecret)
 		r.Header.Set("Content-Type", "application/json")
@@ -54,11 +54,15 @@ func (c *cluster) useKey() error {
 }
 
 // scanLeaks reads every log the run produced (router, drivers, Consul
-// agents, engines, task supervisors) and reports files holding a raw token.
+// agents, engines, task supervisors) and reports files holding a raw token
+// (or, in the TLS variant, a private key).
 func (c *cluster) scanLeaks() []string {
 	secrets := []string{c.apiToken, c.engineToken, c.driverToken, c.routerToken, c.mgmt, c.keySecret}
 	for _, tok := range c.agentTokens {
 		secrets = append(secrets, tok)
+	}
+	if c.tls != nil {
+		secrets = append(secrets, c.tls.privateKeys()...)
 	}
 	var leaks []string
 	c.scanned = 0
@@ -79,8 +83,8 @@ func (c *cluster) scanLeaks() []string {
 			if err != nil || d.IsDir() {
 				return nil
 			}
-			// Token files are secrets by design; everything else is a log.
-			if strings.HasSuffix(p, ".token") || strings.Contains(p, "/secrets/") {
+			// Token and key files are secrets by design; everything else is a log.
+			if strings.HasSuffix(p, ".token") || strings.HasSuffix(p, ".key") || strings.Contains(p, "/secrets/") {
 				return nil
 			}
 			b, _ := os.ReadFile(p)

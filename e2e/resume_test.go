@@ -92,7 +92,7 @@ func streamsSurviveNodeLoss(t *testing.T, c *cluster, tasks map[string]*task) {
 			t.Logf("stream %d differs:\n got %q\nwant %q", i, got[i], want[i])
 		}
 	}
-	must(t, scenario, real, broken == 0 && differ == 0, "%s cut under %d streams: %d broken, %d differ (goal 0, 0); all done %v after the cut",
+	must(t, scenario, c.label(), broken == 0 && differ == 0, "%s cut under %d streams: %d broken, %d differ (goal 0, 0); all done %v after the cut",
 		victim, n, broken, differ, took.Round(time.Millisecond))
 }
 
@@ -117,7 +117,7 @@ func busierHost(a, b *task) string {
 // content, the error event's data if one came, and a transport error;
 // each content chunk calls onChunk (which may block).
 func (c *cluster) stream(body string, onChunk func()) (text, errEvent string, err error) {
-	r, _ := http.NewRequest("POST", "http://"+subnet+"1:8080/v1/chat/completions", strings.NewReader(body))
+	r, _ := http.NewRequest("POST", c.routerURL()+"/v1/chat/completions", strings.NewReader(body))
 	r.Header.Set("Authorization", "Bearer "+c.apiToken)
 	r.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(r)

@@ -14,7 +14,7 @@ import (
 )
 
 func (c *cluster) req(method, path string, body []byte) (int, []byte, error) {
-	r, _ := http.NewRequest(method, "http://"+subnet+"1:8080"+path, bytes.NewReader(body))
+	r, _ := http.NewRequest(method, c.routerURL()+path, bytes.NewReader(body))
 	r.Header.Set("Authorization", "Bearer "+c.apiToken)
 	r.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(r)

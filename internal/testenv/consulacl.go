@@ -7,12 +7,17 @@ import (
 	consul "github.com/hashicorp/consul/api"
 )
 
-// Client returns a consul/api client using the given token.
+// Client returns a consul/api client using the given token (over HTTPS,
+// with the CA and client pair, when the agent serves TLS).
 func (c *Consul) Client(t testing.TB, token string) *consul.Client {
 	t.Helper()
 	cfg := consul.DefaultConfig()
 	cfg.Address = c.Addr
 	cfg.Token = token
+	if c.TLS != nil {
+		cfg.Scheme = "https"
+		cfg.TLSConfig = consul.TLSConfig{CAFile: c.TLS.CAFile, CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile}
+	}
 	cl, err := consul.NewClient(cfg)
 	if err != nil {
 		t.Fatalf("consul client: %v", err)
