@@ -137,13 +137,6 @@ func (c *cluster) spawn(host, name string, env []string, bin string, args ...str
 	return cmd
 }
 
-// label is the run's ENGINE column in the results table.
-func (c *cluster) label() string {
-	if c.tls != nil {
-		return realTLS
-	}
-	return real
-}
 
 // routerURL is where clients reach the router (https:// in the TLS variant).
 func (c *cluster) routerURL() string {

@@ -126,3 +126,11 @@ func TestE2ETLS(t *testing.T) {
 		c.stopTask(tk)
 	}
 }
+
+// label is the run's ENGINE column in the results table.
+func (c *cluster) label() string {
+	if c.tls != nil {
+		return realTLS
+	}
+	return real
+}
