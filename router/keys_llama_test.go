@@ -78,6 +78,11 @@ func TestKeysUsageMatchesRealLlamaServer(t *testing.T) {
 	// the tap from replaying onto a closed one.
 	tap.Transport = &http.Transport{DisableKeepAlives: true}
 	tap.ModifyResponse = func(resp *http.Response) error {
+		if path := resp.Request.URL.Path; path != "/v1/chat/completions" && path != "/v1/completions" {
+			// The router's engine-load poller (GET /slots, /metrics every
+			// EnginePoll) passes the tap too; those are not answers.
+			return nil
+		}
 		b, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err != nil {
@@ -92,7 +97,10 @@ func TestKeysUsageMatchesRealLlamaServer(t *testing.T) {
 	tapSrv := httptest.NewServer(tap)
 	t.Cleanup(tapSrv.Close)
 
-	h := newKeyHarness(t, nil, keys.Key{Name: "team-a", Digest: keys.DigestOf(secretA), TPM: 1_000_000, RPM: 1000})
+	// A fast load poll: the poller's GETs interleave with the workload,
+	// and neither the tap's count nor the key's usage may take them in.
+	fastPoll := func(c *Config) { c.EnginePoll, c.EngineStaleAfter = 20*time.Millisecond, time.Second }
+	h := newKeyHarness(t, fastPoll, keys.Key{Name: "team-a", Digest: keys.DigestOf(secretA), TPM: 1_000_000, RPM: 1000})
 	in := inst(t, "llama-1", "n1", testModel, tapSrv.URL)
 	in.Engine, in.APIs = "llamacpp", []string{"/v1/chat/completions", "/v1/completions"}
 	h.src.Set(in)

@@ -83,6 +83,24 @@ func (st *instState) acquire() {
 
 func (st *instState) release() { st.inFlight.Add(-1) }
 
+// slotHold is one attempt's count in flight on an instance. An attempt
+// releases it when the engine's answer ends, which can be before the
+// attempt does (the client's final flush), or at the latest on return;
+// release is idempotent so both can call it.
+type slotHold struct{ st *instState }
+
+func (st *instState) hold() slotHold {
+	st.acquire()
+	return slotHold{st}
+}
+
+func (h *slotHold) release() {
+	if h.st != nil {
+		h.st.release()
+		h.st = nil
+	}
+}
+
 func newLocalState(od outlierConfig, onEject func(string, time.Duration)) *localState {
 	od = od.withDefaults()
 	return &localState{od: od, now: time.Now, onEject: onEject, m: map[string]*instState{}, models: map[string]int{}}

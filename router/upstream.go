@@ -215,8 +215,8 @@ func (rt *Router) relay(ctx context.Context, call *upstreamCall, cands []registr
 // the instance leaving the registry abort the call (engineclient.Call).
 func (rt *Router) attempt(ctx context.Context, call *upstreamCall, inst registry.Instance, s sink) outcome {
 	st := rt.state.get(inst.ID)
-	st.acquire()
-	defer st.release()
+	slot := st.hold()
+	defer slot.release()
 
 	var span trace.Span
 	if tracing.Enabled() {
@@ -300,6 +300,10 @@ func (rt *Router) attempt(ctx context.Context, call *upstreamCall, inst registry
 		upErr = rt.pumpBody(s, br, &idle)
 	}
 	if upErr == nil {
+		// The engine's last byte is read: its slot is free there, so it
+		// stops counting here before the client's final flush (a report
+		// taken meanwhile would otherwise charge it to no one).
+		slot.release()
 		upErr = s.end(inst)
 	}
 	switch {
