@@ -87,16 +87,21 @@ func (rt *Router) placeWithTicket(ctx context.Context, pr PlaceRequest, prio adm
 
 // notBusy drops the candidates inside an engine-given Retry-After.
 func (rt *Router) notBusy(cands []registry.Instance) []registry.Instance {
-	out := cands[:0:0]
-	for _, c := range cands {
+	for i, c := range cands {
 		if rt.state.BusyFor(c.ID) == 0 {
-			out = append(out, c)
+			continue
 		}
+		// The first busy one: copy the rest without the busy ones (the
+		// placer's slice is not ours to edit).
+		out := append(make([]registry.Instance, 0, len(cands)-1), cands[:i]...)
+		for _, c := range cands[i+1:] {
+			if rt.state.BusyFor(c.ID) == 0 {
+				out = append(out, c)
+			}
+		}
+		return out
 	}
-	if len(out) == len(cands) {
-		return cands
-	}
-	return out
+	return cands
 }
 
 // finished tells the model's queue a slot may be free.

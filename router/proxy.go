@@ -184,7 +184,8 @@ func (rt *Router) relayToClient(w http.ResponseWriter, r *http.Request, call *up
 	defer rt.metrics.inFlight.Dec()
 	began := time.Now()
 	defer func() { rt.finished(call.model, time.Since(began)) }()
-	s := &clientSink{rt: rt, w: w, rc: http.NewResponseController(w), ri: call.ri}
+	s := &call.client // allocated with the call
+	*s = clientSink{rt: rt, w: w, rc: *http.NewResponseController(w), ri: call.ri}
 	res := rt.relay(r.Context(), call, cands, s)
 	switch {
 	case res.abort:
@@ -209,7 +210,7 @@ var errClientWrite = errors.New("writing to the client failed")
 type clientSink struct {
 	rt *Router
 	w  http.ResponseWriter
-	rc *http.ResponseController
+	rc http.ResponseController
 	ri *reqInfo
 }
 

@@ -77,7 +77,7 @@ func (rt *Router) withResume(ctx context.Context, call *upstreamCall, cands []re
 		return &unresumableSink{sink: s, rt: rt, model: call.model}
 	}
 	call.wire = up
-	return &resumingSink{sink: s, rt: rt, ctx: ctx, call: call, kind: kind, body: call.body, stream: st, cands: cands, tried: map[string]bool{}}
+	return &resumingSink{sink: s, rt: rt, ctx: ctx, call: call, kind: kind, body: call.body, stream: st, cands: cands}
 }
 
 // errResumedElsewhere aborts a broken engine's call once its stream goes
@@ -106,6 +106,9 @@ func (s *resumingSink) end(inst registry.Instance) error {
 func (s *resumingSink) broken(inst registry.Instance, reason string, sse bool) outcomeKind {
 	if !sse {
 		return s.sink.broken(inst, reason, sse)
+	}
+	if s.tried == nil {
+		s.tried = map[string]bool{} // made on the first break: most streams never have one
 	}
 	s.tried[inst.ID] = true
 	// The failed engine's connection is closed at once, so it stops

@@ -46,7 +46,7 @@ type upstreamCall struct {
 	// Per-attempt state, reused by every attempt of this request.
 	engine engineclient.Call
 	req    engineclient.Request
-	evBuf  []byte
+	client clientSink // a /v1 call's sink (relayToClient)
 }
 
 // wireBody is what the engine is sent.
@@ -120,6 +120,10 @@ const (
 // upstreamHeaders are the client headers passed to engines. An allow-list:
 // the client's credentials, in whatever header, must never reach an engine.
 var upstreamHeaders = []string{"Accept", "User-Agent", "Traceparent", "Tracestate", "Baggage", "Idempotency-Key"}
+
+// eventPool holds the buffers SSE events are read into (one per stream
+// while it runs; an event that outgrows it gets its own).
+var eventPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
 var copyPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
@@ -263,10 +267,12 @@ func (rt *Router) attempt(ctx context.Context, call *upstreamCall, inst registry
 
 	br := resp.Body
 	sse := bytes.HasPrefix(resp.Header("Content-Type"), []byte("text/event-stream"))
-	var first []byte
+	var first, evBuf []byte
 	if sse {
-		first, err = readEvent(br, call.evBuf[:0])
-		call.evBuf = first
+		bp := eventPool.Get().(*[]byte)
+		defer eventPool.Put(bp)
+		first, err = readEvent(br, (*bp)[:0])
+		evBuf = first
 	} else {
 		_, err = br.Peek(1)
 	}
@@ -295,7 +301,7 @@ func (rt *Router) attempt(ctx context.Context, call *upstreamCall, inst registry
 
 	var upErr error
 	if sse {
-		upErr = rt.pumpSSE(s, br, first, call.evBuf, &idle)
+		upErr = rt.pumpSSE(s, br, first, evBuf, &idle)
 	} else {
 		upErr = rt.pumpBody(s, br, &idle)
 	}
