@@ -60,6 +60,10 @@ type Client struct {
 	mu     sync.Mutex
 	idle   map[Endpoint][]*conn
 	closed bool
+	// closesAfterChunked: endpoints seen closing a connection, without
+	// saying so, after a chunked answer (llama-server does after every
+	// stream); their connections are not pooled after one.
+	closesAfterChunked map[Endpoint]bool
 	// sessions resumes TLS sessions with engines (a new connection after
 	// an idle one expired costs an abbreviated handshake, not a full one).
 	sessions tls.ClientSessionCache
@@ -74,7 +78,7 @@ func New(cfg Config) *Client {
 		cfg.IdleTimeout = 4 * time.Second
 	}
 	return &Client{cfg: cfg, dialer: net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second},
-		idle: map[Endpoint][]*conn{}, sessions: tls.NewLRUClientSessionCache(1024)}
+		idle: map[Endpoint][]*conn{}, closesAfterChunked: map[Endpoint]bool{}, sessions: tls.NewLRUClientSessionCache(1024)}
 }
 
 // CloseIdle closes every idle connection and stops pooling new ones.
@@ -110,10 +114,28 @@ func (c *Client) get(ep Endpoint, now time.Time) *conn {
 	return nil
 }
 
-// put pools cn, or closes it when the pool is full or closed.
+// learnClosesAfterChunked records that ep closes connections after chunked
+// answers, and drops its idle ones that carried one.
+func (c *Client) learnClosesAfterChunked(ep Endpoint) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closesAfterChunked[ep] = true
+	keep := c.idle[ep][:0]
+	for _, cn := range c.idle[ep] {
+		if cn.afterChunked {
+			_ = cn.nc.Close()
+		} else {
+			keep = append(keep, cn)
+		}
+	}
+	c.idle[ep] = keep
+}
+
+// put pools cn, or closes it when the pool is full or closed, or when its
+// endpoint is known to close it after the chunked answer it just carried.
 func (c *Client) put(cn *conn) {
 	c.mu.Lock()
-	if !c.closed && len(c.idle[cn.ep]) < c.cfg.MaxIdlePerHost {
+	if !c.closed && len(c.idle[cn.ep]) < c.cfg.MaxIdlePerHost && !(cn.afterChunked && c.closesAfterChunked[cn.ep]) {
 		c.idle[cn.ep] = append(c.idle[cn.ep], cn)
 		c.mu.Unlock()
 		return
@@ -173,7 +195,10 @@ var ErrAborted = errors.New("engine call aborted")
 // goroutine, fails whatever read or write is under way.
 func (c *Client) Do(ctx context.Context, call *Call, ep Endpoint, req *Request, headerDeadline time.Time) (*Response, error) {
 	for try := 0; ; try++ {
-		cn := c.get(ep, time.Now())
+		var cn *conn
+		if try == 0 { // a replay dials: the other idle ones may be as dead
+			cn = c.get(ep, time.Now())
+		}
 		reused := cn != nil
 		if cn == nil {
 			var err error
@@ -192,6 +217,9 @@ func (c *Client) Do(ctx context.Context, call *Call, ep Endpoint, req *Request, 
 		call.detach()
 		_ = cn.nc.Close()
 		if reused && try == 0 && call.Cause() == nil && replayable(err, cn.got) && ctx.Err() == nil {
+			if cn.afterChunked {
+				c.learnClosesAfterChunked(ep)
+			}
 			continue
 		}
 		return nil, fmt.Errorf("%s: %w", ep.Addr, err)

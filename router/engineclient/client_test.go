@@ -346,3 +346,58 @@ func TestIdleConnectionsExpireBeforeTheEnginesKeepAlive(t *testing.T) {
 		t.Errorf("%d connections, want 2", n)
 	}
 }
+
+// An engine that closes the connection after every chunked answer without
+// saying so (llama-server after a stream): several such connections idle
+// at once must not fail a request (the replay dials), and once learnt they
+// are not pooled, so later requests do not pay a failed round trip.
+func TestEndpointThatClosesAfterChunkedAnswers(t *testing.T) {
+	ep, conns := rawServer(t, func(_ int, c net.Conn, br *bufio.Reader) {
+		for {
+			p, err := readRequest(br)
+			if err != nil {
+				return
+			}
+			if strings.HasPrefix(p, "/stream") {
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+				return // closes, as llama-server does
+			}
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	c := New(Config{ConnectTimeout: time.Second})
+	defer c.CloseIdle()
+	streams := func() {
+		done := make(chan struct{})
+		for range 3 {
+			go func() { defer func() { done <- struct{}{} }(); do(t, c, ep, "/stream", "") }()
+		}
+		for range 3 {
+			<-done
+		}
+	}
+	streams()
+	time.Sleep(20 * time.Millisecond) // the engine has closed all three
+	for range 3 {
+		if st, _, body := do(t, c, ep, "/json", ""); st != 200 || body != "ok" {
+			t.Fatalf("after streams: %d %q", st, body)
+		}
+	}
+	streams()
+	// Learnt: no connection that carried a stream is pooled.
+	c.mu.Lock()
+	for _, cn := range c.idle[ep] {
+		if cn.afterChunked {
+			t.Error("a connection that carried a chunked answer was pooled after learning")
+		}
+	}
+	learnt := c.closesAfterChunked[ep]
+	c.mu.Unlock()
+	if !learnt {
+		t.Error("the endpoint's closing after chunked answers was not learnt")
+	}
+	if st, _, body := do(t, c, ep, "/json", ""); st != 200 || body != "ok" {
+		t.Fatalf("after learning: %d %q", st, body)
+	}
+	_ = conns
+}

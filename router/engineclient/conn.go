@@ -68,8 +68,11 @@ type conn struct {
 	wbuf    []byte
 	expires time.Time // pooled: unusable after this
 	got     int       // bytes of the current answer read
-	resp    Response
-	cache   [maxFields]headerCache
+	// afterChunked: the last answer on it was chunked (see
+	// Client.closesAfterChunked).
+	afterChunked bool
+	resp         Response
+	cache        [maxFields]headerCache
 }
 
 type headerCache struct{ raw, canon, val string }

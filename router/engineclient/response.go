@@ -169,6 +169,7 @@ func (r *Response) Close() {
 		return
 	}
 	cn.expires = time.Now().Add(idle)
+	cn.afterChunked = r.body.mode == modeChunked
 	cn.c.put(cn)
 }
 
