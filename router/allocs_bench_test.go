@@ -44,16 +44,7 @@ func BenchmarkProxyAllocs(b *testing.B) {
 		})}
 		go func() { _ = srv.Serve(ln) }()
 		b.Cleanup(func() { _ = srv.Close() })
-		c := dialRaw(b, ln.Addr().String())
-		req := rawChatRequest(testModel, false)
-		for range 50 {
-			c.roundTrip(b, req)
-		}
-		b.ReportAllocs()
-		b.ResetTimer()
-		for b.Loop() {
-			c.roundTrip(b, req)
-		}
+		measureRoundTrips(b, ln.Addr().String(), rawChatRequest(testModel, false))
 	})
 	for _, tc := range []struct {
 		name   string
@@ -62,18 +53,22 @@ func BenchmarkProxyAllocs(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			up := startCannedEngine(b, tc.stream)
 			rtURL := startShippedRouter(b, inst(b, "a", "n1", testModel, "http://"+up))
-			c := dialRaw(b, rtURL)
-			req := rawChatRequest(testModel, tc.stream)
-			// Warm the pools and both keep-alive connections.
-			for range 50 {
-				c.roundTrip(b, req)
-			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				c.roundTrip(b, req)
-			}
+			measureRoundTrips(b, rtURL, rawChatRequest(testModel, tc.stream))
 		})
+	}
+}
+
+// measureRoundTrips sends req over one keep-alive connection to addr, 50
+// times to warm the pools and connections, then b.N times measured.
+func measureRoundTrips(b *testing.B, addr string, req []byte) {
+	c := dialRaw(b, addr)
+	for range 50 {
+		c.roundTrip(b, req)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		c.roundTrip(b, req)
 	}
 }
 

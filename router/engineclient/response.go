@@ -220,7 +220,7 @@ func (r *Response) namedByConnection(k []byte) bool {
 			continue
 		}
 		for t, rest := nextToken(r.value(i)); t != nil; t, rest = nextToken(rest) {
-			if asciiEqualFoldBytes(t, k) {
+			if asciiEqualFold(t, k) {
 				return true
 			}
 		}
@@ -228,19 +228,8 @@ func (r *Response) namedByConnection(k []byte) bool {
 	return false
 }
 
-func asciiEqualFold(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range b {
-		if lower(b[i]) != lower(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func asciiEqualFoldBytes(a, b []byte) bool {
+// asciiEqualFold compares header names and tokens, ASCII case-insensitive.
+func asciiEqualFold[T string | []byte](a []byte, b T) bool {
 	if len(a) != len(b) {
 		return false
 	}
