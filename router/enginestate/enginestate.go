@@ -80,11 +80,14 @@ type Report struct {
 	// At is when the poll was sent (the report describes the engine no
 	// earlier than that).
 	At time.Time
-	// Others is how many of the engine's busy slots this router does not
-	// account for (other routers' and clients' requests), counted so that
-	// it errs high: the engine's busy slots less this router's requests
-	// still in flight after the answer came, not counting those it started
-	// during the poll (they may not have reached the engine).
+	// Others is how many of the engine's requests, busy slots and queue
+	// together, this router does not account for (other routers' and
+	// clients' requests), counted so that it errs high: the engine's busy
+	// slots and queue less this router's requests still in flight after
+	// the answer came, not counting those it started during the poll (they
+	// may not have reached the engine). The queue is in it because this
+	// router's requests may be waiting there: taken off the busy slots
+	// alone, they would hide other routers' requests in those slots.
 	Others int
 	// OthersHeld is the larger of Others in this report and the one
 	// before: a slot another router freed counts as free only once two
@@ -297,8 +300,11 @@ func (p *Poller) poll(ctx context.Context, e *entry) {
 		return
 	}
 	startedDuring := p.local.Started(in.ID) - startedBefore
-	mine := p.local.InFlight(in.ID) - int(startedDuring)
-	r := Report{Load: l, At: at, Others: max(l.SlotsBusy-mine, 0)}
+	// This router's requests in flight throughout the poll (those started
+	// and ended within it make the figure smaller, never larger): at the
+	// engine they are in its busy slots or in its queue.
+	mine := max(p.local.InFlight(in.ID)-int(startedDuring), 0)
+	r := Report{Load: l, At: at, Others: max(l.SlotsBusy+l.QueueLen-mine, 0)}
 	e.mu.Lock()
 	r.OthersHeld = r.Others
 	if e.have {
