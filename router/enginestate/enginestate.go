@@ -12,6 +12,7 @@ package enginestate
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
@@ -209,7 +210,15 @@ func (p *Poller) Run(ctx context.Context) {
 	sem := make(chan struct{}, p.cfg.Concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	t := time.NewTicker(p.cfg.Interval)
+	next := time.Now()
+	after := func() time.Duration {
+		next = next.Add(jittered(p.cfg.Interval))
+		if now := time.Now(); next.Before(now) {
+			next = now // fallen behind (the process was not running): poll now, without catching up
+		}
+		return time.Until(next)
+	}
+	t := time.NewTimer(after())
 	defer t.Stop()
 	for {
 		live := p.sync(p.instances())
@@ -240,7 +249,20 @@ func (p *Poller) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		t.Reset(after())
 	}
+}
+
+// jittered is the interval with a random fifth either way. Routers with
+// the same interval would otherwise poll at a fixed phase to each other:
+// when that phase is near zero they take their reports at the same moment
+// and act on them at once, both claiming a slot either sees free (as if
+// every report were the start-up burst).
+func jittered(d time.Duration) time.Duration {
+	if d < 5 {
+		return d
+	}
+	return d - d/5 + rand.N(2*d/5)
 }
 
 // sync adds entries for new instances, drops those that left, and lists

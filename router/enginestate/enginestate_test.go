@@ -213,3 +213,22 @@ func TestOthersCountsTheQueue(t *testing.T) {
 		}
 	}
 }
+
+// Poll intervals vary by up to a fifth either way, so two routers polling
+// the same engines do not keep one phase to each other (in step, they
+// would take their reports at the same moment and claim the same free
+// slot together).
+func TestIntervalsAreJittered(t *testing.T) {
+	const d = 200 * time.Millisecond
+	seen := map[time.Duration]bool{}
+	for range 100 {
+		j := jittered(d)
+		if j < d-d/5 || j > d+d/5 {
+			t.Fatalf("interval %v outside %v ± a fifth", j, d)
+		}
+		seen[j/time.Millisecond] = true
+	}
+	if len(seen) < 10 {
+		t.Errorf("100 intervals took only %d distinct millisecond values", len(seen))
+	}
+}
