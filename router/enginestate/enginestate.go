@@ -253,7 +253,7 @@ func (p *Poller) Run(ctx context.Context) {
 	}
 }
 
-// jittered is the interval with a random fifth either way. Routers with
+// jittered is the interval with a random tenth either way. Routers with
 // the same interval would otherwise poll at a fixed phase to each other:
 // when that phase is near zero they take their reports at the same moment
 // and act on them at once, both claiming a slot either sees free (as if
@@ -262,7 +262,7 @@ func jittered(d time.Duration) time.Duration {
 	if d < 5 {
 		return d
 	}
-	return d - d/5 + rand.N(2*d/5)
+	return d - d/10 + rand.N(d/5)
 }
 
 // sync adds entries for new instances, drops those that left, and lists

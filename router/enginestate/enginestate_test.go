@@ -214,7 +214,7 @@ func TestOthersCountsTheQueue(t *testing.T) {
 	}
 }
 
-// Poll intervals vary by up to a fifth either way, so two routers polling
+// Poll intervals vary by up to a tenth either way, so two routers polling
 // the same engines do not keep one phase to each other (in step, they
 // would take their reports at the same moment and claim the same free
 // slot together).
@@ -223,8 +223,8 @@ func TestIntervalsAreJittered(t *testing.T) {
 	seen := map[time.Duration]bool{}
 	for range 100 {
 		j := jittered(d)
-		if j < d-d/5 || j > d+d/5 {
-			t.Fatalf("interval %v outside %v ± a fifth", j, d)
+		if j < d-d/10 || j > d+d/10 {
+			t.Fatalf("interval %v outside %v ± a tenth", j, d)
 		}
 		seen[j/time.Millisecond] = true
 	}
