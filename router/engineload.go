@@ -13,9 +13,10 @@ import (
 // Placement's view of load joins two sources. The engines' own reports
 // (router/enginestate) are the truth several routers share: busy slots and
 // queue count every router's requests. The router's own in-flight count is
-// exact and immediate; so an instance's busy slots are the report's share
-// of other routers' requests (enginestate.Report.OthersHeld, which errs
-// high) plus this router's requests now. A slot this router frees it can
+// exact and immediate; so an instance's load is the report's count of
+// other routers' requests, in its slots or its queue
+// (enginestate.Report.OthersHeld, which errs high), plus this router's
+// requests now, wherever they wait. A slot this router frees it can
 // reuse at once; a slot another router frees is seen at the second report
 // that shows it (at most two poll intervals), by which time its owner has
 // usually taken it again, so two routers rarely claim one slot from the
@@ -87,8 +88,10 @@ func (v liveLoad) Load(id string) scheduler.Load {
 	case enginestate.Fresh:
 		l := s.Report.Load
 		out.Reported = true
+		// OthersHeld counts the engine's queue too (other routers'
+		// requests waiting there), and InFlight this router's, wherever
+		// they are: so the queue is not added again.
 		out.SlotsBusy = s.Report.OthersHeld + out.InFlight
-		out.Queue = l.QueueLen
 		out.KVUsage, out.KVKnown = l.KVCacheUsage, l.KVKnown
 	case enginestate.Stale:
 		out.Stale = true

@@ -1,8 +1,11 @@
 package router
 
 import (
+	"context"
 	"encoding/json"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
@@ -45,5 +48,40 @@ func TestNodesShowLiveLoadAndStale(t *testing.T) {
 	}
 	if l := live(); l.Error == "" {
 		t.Errorf("stale view %+v carries no poll error", l)
+	}
+}
+
+// Placement sees each request at an engine once: other routers' requests
+// in its slots and queue (the report's Others), plus this router's own
+// wherever they wait, the queue not added a second time. Here another
+// router holds both slots and this router's request waits in the engine's
+// queue: three at the engine, two of them another router's.
+func TestPlacementCountsTheEngineQueueOnce(t *testing.T) {
+	e := &slotEngine{slots: 2, hold: 5 * time.Second}
+	srv := httptest.NewServer(e)
+	t.Cleanup(srv.Close)
+	in := inst(t, "e0", "n0", testModel, srv.URL)
+	in.Engine, in.Slots = "llamacpp", 0 // no slot limit: the request goes in although the slots are taken
+	h := newHarness(t, func(c *Config) { c.EnginePoll, c.EngineStaleAfter = 10*time.Millisecond, time.Second }, in)
+	e.cur.Store(2) // another router's two requests
+	waitLoad(t, h, "e0", 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequestWithContext(ctx, "POST", h.srv.URL+"/v1/chat/completions", strings.NewReader(chatBody(testModel, false)))
+		req.Header.Set("Authorization", "Bearer "+clientToken)
+		if resp, err := h.cl.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, 5*time.Second, "reports of this router's request in the engine's queue", func() bool {
+		s := h.rt.engines.Get("e0")
+		return h.rt.state.InFlight("e0") == 1 && s.Report.Load.QueueLen == 1 && s.Report.Others == 2 && s.Report.OthersHeld == 2
+	})
+	ld := (liveLoad{h.rt.state, h.rt.engines, nil}).Load("e0")
+	if total := max(ld.InFlight, ld.SlotsBusy) + ld.Queue; !ld.Reported || total != 3 {
+		t.Errorf("placement load %+v: %d requests at the engine, want 3", ld, total)
 	}
 }

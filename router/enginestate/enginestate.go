@@ -12,6 +12,7 @@ package enginestate
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
@@ -80,11 +81,14 @@ type Report struct {
 	// At is when the poll was sent (the report describes the engine no
 	// earlier than that).
 	At time.Time
-	// Others is how many of the engine's busy slots this router does not
-	// account for (other routers' and clients' requests), counted so that
-	// it errs high: the engine's busy slots less this router's requests
-	// still in flight after the answer came, not counting those it started
-	// during the poll (they may not have reached the engine).
+	// Others is how many of the engine's requests, busy slots and queue
+	// together, this router does not account for (other routers' and
+	// clients' requests), counted so that it errs high: the engine's busy
+	// slots and queue less this router's requests still in flight after
+	// the answer came, not counting those it started during the poll (they
+	// may not have reached the engine). The queue is in it because this
+	// router's requests may be waiting there: taken off the busy slots
+	// alone, they would hide other routers' requests in those slots.
 	Others int
 	// OthersHeld is the larger of Others in this report and the one
 	// before: a slot another router freed counts as free only once two
@@ -206,7 +210,15 @@ func (p *Poller) Run(ctx context.Context) {
 	sem := make(chan struct{}, p.cfg.Concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	t := time.NewTicker(p.cfg.Interval)
+	next := time.Now()
+	after := func() time.Duration {
+		next = next.Add(jittered(p.cfg.Interval))
+		if now := time.Now(); next.Before(now) {
+			next = now // fallen behind (the process was not running): poll now, without catching up
+		}
+		return time.Until(next)
+	}
+	t := time.NewTimer(after())
 	defer t.Stop()
 	for {
 		live := p.sync(p.instances())
@@ -237,7 +249,20 @@ func (p *Poller) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		t.Reset(after())
 	}
+}
+
+// jittered is the interval with a random tenth either way. Routers with
+// the same interval would otherwise poll at a fixed phase to each other:
+// when that phase is near zero they take their reports at the same moment
+// and act on them at once, both claiming a slot either sees free (as if
+// every report were the start-up burst).
+func jittered(d time.Duration) time.Duration {
+	if d < 5 {
+		return d
+	}
+	return d - d/10 + rand.N(d/5)
 }
 
 // sync adds entries for new instances, drops those that left, and lists
@@ -297,8 +322,11 @@ func (p *Poller) poll(ctx context.Context, e *entry) {
 		return
 	}
 	startedDuring := p.local.Started(in.ID) - startedBefore
-	mine := p.local.InFlight(in.ID) - int(startedDuring)
-	r := Report{Load: l, At: at, Others: max(l.SlotsBusy-mine, 0)}
+	// This router's requests in flight throughout the poll (those started
+	// and ended within it make the figure smaller, never larger): at the
+	// engine they are in its busy slots or in its queue.
+	mine := max(p.local.InFlight(in.ID)-int(startedDuring), 0)
+	r := Report{Load: l, At: at, Others: max(l.SlotsBusy+l.QueueLen-mine, 0)}
 	e.mu.Lock()
 	r.OthersHeld = r.Others
 	if e.have {

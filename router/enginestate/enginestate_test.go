@@ -99,8 +99,8 @@ func TestReportsStaleAfterLimit(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, "first report", func() bool { return p.Get("a").Freshness == Fresh })
 	s := p.Get("a")
-	if l := s.Report.Load; l.SlotsBusy != 2 || l.QueueLen != 1 || s.Report.Others != 1 || !l.Cache.Counters {
-		t.Errorf("report %+v, want 2 busy, 1 queued, 1 of them another router's, cache counters", s.Report)
+	if l := s.Report.Load; l.SlotsBusy != 2 || l.QueueLen != 1 || s.Report.Others != 2 || !l.Cache.Counters {
+		t.Errorf("report %+v, want 2 busy, 1 queued, 2 of those 3 not this router's, cache counters", s.Report)
 	}
 	if f.badAuth.Load() != 0 || reports.Load() == 0 {
 		t.Errorf("polls without the engine token: %d; reports: %d", f.badAuth.Load(), reports.Load())
@@ -184,4 +184,51 @@ func TestBoundedConcurrencyAndPrune(t *testing.T) {
 		}
 	}
 	p.mu.RUnlock()
+}
+
+// Others counts the engine's queue with its busy slots: this router's
+// requests may be the ones waiting there, and taking them off the busy
+// slots alone would hide the other routers' requests in those slots. The
+// engine here has 2 busy slots and 1 request queued.
+func TestOthersCountsTheQueue(t *testing.T) {
+	srv := httptest.NewServer(&fakeLlama{})
+	defer srv.Close()
+	inst := instanceOf(t, "a", srv.URL)
+	for _, c := range []struct{ mine, others int }{
+		{0, 3}, // all three are other routers'
+		{1, 2}, // ours waits in the queue: both slots are others'
+		{3, 0},
+		{4, 0}, // more of ours than the engine holds (one is on its way): none, not fewer
+	} {
+		p := New(Config{Interval: 10 * time.Millisecond, StaleAfter: time.Second, Token: "engine-tok"},
+			func() []registry.Instance { return []registry.Instance{inst} }, local{inFlight: c.mine})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { p.Run(ctx); close(done) }()
+		waitFor(t, 2*time.Second, "a report", func() bool { return p.Get("a").Freshness == Fresh })
+		cancel()
+		<-done
+		if r := p.Get("a").Report; r.Others != c.others || r.OthersHeld != c.others {
+			t.Errorf("%d of ours in flight: others %d (held %d), want %d", c.mine, r.Others, r.OthersHeld, c.others)
+		}
+	}
+}
+
+// Poll intervals vary by up to a tenth either way, so two routers polling
+// the same engines do not keep one phase to each other (in step, they
+// would take their reports at the same moment and claim the same free
+// slot together).
+func TestIntervalsAreJittered(t *testing.T) {
+	const d = 200 * time.Millisecond
+	seen := map[time.Duration]bool{}
+	for range 100 {
+		j := jittered(d)
+		if j < d-d/10 || j > d+d/10 {
+			t.Fatalf("interval %v outside %v ± a tenth", j, d)
+		}
+		seen[j/time.Millisecond] = true
+	}
+	if len(seen) < 10 {
+		t.Errorf("100 intervals took only %d distinct millisecond values", len(seen))
+	}
 }
