@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +23,16 @@ import (
 
 // tracer makes the router's spans: request, placement (admission
 // included), upstream call.
-var tracer = tracing.Tracer("router")
+var tracer = currentTracer{"router"}
+
+// currentTracer asks the global provider for its tracer at each use (only
+// with tracing on): a tracer taken once, at start, stays bound to the
+// first provider ever installed.
+type currentTracer struct{ component string }
+
+func (c currentTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	return tracing.Tracer(c.component).Start(ctx, name, opts...)
+}
 
 // retryAfter is the retry hint for retriable placement errors.
 func retryAfter(retriable bool) time.Duration {
