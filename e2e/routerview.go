@@ -100,11 +100,19 @@ func (c *cluster) waitView(limit time.Duration, what string, cond func(nodeEngin
 // taskNode submits a /v2 task (pinned to pin unless empty) and returns the
 // node its started event names.
 func (c *cluster) taskNode(model, pin string) (string, error) {
-	placement := ""
+	return c.sessionTaskNode(model, pin, "")
+}
+
+// sessionTaskNode is taskNode for a task of session (none if empty).
+func (c *cluster) sessionTaskNode(model, pin, session string) (string, error) {
+	extra := ""
 	if pin != "" {
-		placement = `,"placement":{"mode":"pin","pin_node_id":"` + pin + `"}`
+		extra = `,"placement":{"mode":"pin","pin_node_id":"` + pin + `"}`
 	}
-	st, b, err := c.req("POST", "/v2/tasks", []byte(`{"model_ref":"`+model+`","prompt":"hello","max_tokens":32`+placement+`}`))
+	if session != "" {
+		extra += `,"session_id":"` + session + `"`
+	}
+	st, b, err := c.req("POST", "/v2/tasks", []byte(`{"model_ref":"`+model+`","prompt":"hello","max_tokens":32`+extra+`}`))
 	if err != nil || st != 202 {
 		return "", fmt.Errorf("submit: %d %s %v", st, b, err)
 	}
@@ -129,4 +137,58 @@ func (c *cluster) taskNode(model, pin string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no started event: %s", b)
+}
+
+// placementView is what placement sees of model's engines, per node: this
+// router's requests in flight, ejection, and the engine's own last load
+// report (fresh, stale or unknown; busy slots, queue, KV use, its age and
+// the last poll error). For the record when a balance goal is missed.
+func (c *cluster) placementView(model string) string {
+	st, b, err := c.req("GET", "/v2/nodes", nil)
+	if err != nil || st != 200 {
+		return fmt.Sprintf("/v2/nodes: %d %v", st, err)
+	}
+	var v struct {
+		Nodes []struct {
+			NodeID  string `json:"node_id"`
+			Engines []struct {
+				Model     string `json:"model"`
+				Health    string `json:"health"`
+				InFlight  int    `json:"in_flight"`
+				EjectedMs int64  `json:"ejected_ms"`
+				Live      *struct {
+					State       string   `json:"state"`
+					SlotsBusy   int      `json:"slots_busy"`
+					Queue       int      `json:"queue"`
+					KVUsage     *float64 `json:"kv_usage"`
+					ReportAgeMs int64    `json:"report_age_ms"`
+					Error       string   `json:"error"`
+				} `json:"live"`
+			} `json:"engines"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return "/v2/nodes: " + err.Error()
+	}
+	var parts []string
+	for _, n := range v.Nodes {
+		for _, e := range n.Engines {
+			if e.Model != model {
+				continue
+			}
+			s := fmt.Sprintf("%s: %s in_flight=%d ejected=%dms", n.NodeID, e.Health, e.InFlight, e.EjectedMs)
+			if l := e.Live; l != nil {
+				kv := "?"
+				if l.KVUsage != nil {
+					kv = fmt.Sprintf("%.2f", *l.KVUsage)
+				}
+				s += fmt.Sprintf(" live=%s busy=%d queue=%d kv=%s age=%dms", l.State, l.SlotsBusy, l.Queue, kv, l.ReportAgeMs)
+				if l.Error != "" {
+					s += " error=" + l.Error
+				}
+			}
+			parts = append(parts, s)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
