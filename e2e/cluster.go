@@ -137,7 +137,6 @@ func (c *cluster) spawn(host, name string, env []string, bin string, args ...str
 	return cmd
 }
 
-
 // routerURL is where clients reach the router (https:// in the TLS variant).
 func (c *cluster) routerURL() string {
 	if c.tls != nil {
