@@ -34,7 +34,7 @@ func (c *seriesCache[K, V]) get(k K, build func() V) V {
 		if old != nil && len(*old) >= maxCachedSeries {
 			return v
 		}
-		next := make2(old)
+		next := copyMap(old)
 		next[k] = v
 		if c.m.CompareAndSwap(old, &next) {
 			return v
@@ -42,7 +42,7 @@ func (c *seriesCache[K, V]) get(k K, build func() V) V {
 	}
 }
 
-func make2[K comparable, V any](old *map[K]V) map[K]V {
+func copyMap[K comparable, V any](old *map[K]V) map[K]V {
 	if old == nil {
 		return map[K]V{}
 	}

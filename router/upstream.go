@@ -550,7 +550,6 @@ func completeEventBuffered(br *bufio.Reader) bool {
 // classify names an upstream failure for logs and a bounded metrics label.
 func classify(err, cause error) (label, reason string) {
 	var ne net.Error
-	var oe *net.OpError
 	switch {
 	case errors.Is(cause, errIdle), errors.Is(cause, errFirstByte):
 		return "timeout", cause.Error()
@@ -560,7 +559,7 @@ func classify(err, cause error) (label, reason string) {
 		return "timeout", "timed out: " + err.Error()
 	case isTLSError(err):
 		return "tls", "TLS handshake failed: " + err.Error()
-	case errors.As(err, &oe) && oe.Op == "dial":
+	case isDialError(err):
 		return "connect", "connect failed: " + err.Error()
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		return "reset", "connection closed by the engine"

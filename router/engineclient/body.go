@@ -33,15 +33,10 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 			b.eof = true
 			return 0, io.EOF
 		}
-		if int64(len(p)) > b.left {
-			p = p[:b.left]
-		}
-		n, err := b.cn.br.Read(p)
-		b.left -= int64(n)
+		n, err := b.readLeft(p)
 		if b.left == 0 {
 			b.eof = true
-		}
-		if err == io.EOF && b.left > 0 {
+		} else if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		return n, err
@@ -54,11 +49,7 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 				return 0, io.EOF
 			}
 		}
-		if int64(len(p)) > b.left {
-			p = p[:b.left]
-		}
-		n, err := b.cn.br.Read(p)
-		b.left -= int64(n)
+		n, err := b.readLeft(p)
 		if b.left == 0 {
 			b.needCRLF = true
 		}
@@ -70,6 +61,17 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 		n, err := b.cn.br.Read(p)
 		return n, err // EOF is the end; the connection is not reused
 	}
+}
+
+// readLeft reads at most the b.left bytes still due (of the body or of
+// the chunk) and counts them off.
+func (b *bodyReader) readLeft(p []byte) (int, error) {
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.cn.br.Read(p)
+	b.left -= int64(n)
+	return n, err
 }
 
 // nextChunk reads the next chunk's size line (and, after the last chunk,

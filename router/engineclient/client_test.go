@@ -352,7 +352,7 @@ func TestIdleConnectionsExpireBeforeTheEnginesKeepAlive(t *testing.T) {
 // at once must not fail a request (the replay dials), and once learnt they
 // are not pooled, so later requests do not pay a failed round trip.
 func TestEndpointThatClosesAfterChunkedAnswers(t *testing.T) {
-	ep, conns := rawServer(t, func(_ int, c net.Conn, br *bufio.Reader) {
+	ep, _ := rawServer(t, func(_ int, c net.Conn, br *bufio.Reader) {
 		for {
 			p, err := readRequest(br)
 			if err != nil {
@@ -399,5 +399,4 @@ func TestEndpointThatClosesAfterChunkedAnswers(t *testing.T) {
 	if st, _, body := do(t, c, ep, "/json", ""); st != 200 || body != "ok" {
 		t.Fatalf("after learning: %d %q", st, body)
 	}
-	_ = conns
 }
